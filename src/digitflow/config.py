@@ -1,0 +1,154 @@
+"""Typed configuration, one dataclass per concern. Every default lives here and only here.
+
+The CLI and the Prefect flow build a :class:`RunConfig` from their options; the core functions take
+the piece they need (``TrainConfig``, ``AugmentConfig``, ...). :func:`flatten` turns a config into the
+``section.key`` dict that MLflow records as params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, where it lives, and how cross-domain targets are framed."""
+
+    train: str = "mnist:train"
+    test: str = "mnist:test"
+    targets: tuple[str, ...] = ("usps:test",)
+    data_dir: str = "data"  # the CLI resolves $DIGITFLOW_DATA_DIR first
+    cache_dir: str = ".cache/digitflow"  # transformed uint8 tensors, keyed by content hash
+    offline: bool = False
+    target_preprocess: str = "mnist-frame"  # or "resize" (bicubic 16x16 -> 28x28)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation, drawn independently for every image on the training device."""
+
+    affine: bool = True
+    degrees: float = 15.0  # rotation range, +/- degrees
+    translate: float = 0.1  # fraction of the image size, +/-
+    scale_min: float = 0.85
+    scale_max: float = 1.15
+    shear: float = 10.0  # +/- degrees
+    elastic: bool = True
+    elastic_alpha: float = 34.0  # displacement magnitude, pixels
+    elastic_sigma: float = 4.0  # smoothness of the displacement field, pixels
+    extra: tuple[str, ...] = ()  # torchvision.transforms.v2 class names, e.g. "RandomErasing"
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Any ``torch.optim`` optimizer by class name, with keyword arguments.
+
+    ``param_groups`` maps a parameter-name prefix (e.g. ``"classifier"``) to options that override
+    ``kwargs`` for the parameters under it; the rest form the default group.
+    """
+
+    name: str = "SGD"
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 0.01, "momentum": 0.9})
+    param_groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Any ``torch.optim.lr_scheduler`` class by name (stepped once per epoch), or none."""
+
+    name: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: epochs, batches, seed, device, optimizer, schedule, augmentation."""
+
+    epochs: int = 6
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda, then mps, then cpu; or any torch device string
+    amp: bool = True  # bfloat16 autocast, used on CUDA only
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """TorchScript / torch.export export, verification and registration."""
+
+    mode: str = "script"  # "script" or "trace"
+    verify_images: int = 256
+    max_abs_diff: float = 1e-5
+    latency_repeats: int = 50
+    registered_model_name: str = "digitflow-lenet"
+    alias: str = "candidate"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one pipeline run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    output_dir: str = "outputs"  # checkpoints and exported files, one folder per run
+    resume: bool = False
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain nested dicts/lists (JSON- and ``weights_only``-safe)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``RunConfig(train=TrainConfig(epochs=3))`` -> ``{"train.epochs": 3, ...}``.
+
+    Nested dicts (optimizer kwargs, param groups) are flattened too, so every value is a scalar,
+    a list, or None: what MLflow params and the Prefect UI can show.
+    """
+    tree = to_dict(config) if dataclasses.is_dataclass(config) else config
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) dataclass config from :func:`to_dict` output; lists become tuples."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _NESTED):
+            value = from_dict(_NESTED[f.type if isinstance(f.type, str) else f.type.__name__], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "DataConfig": DataConfig,
+    "AugmentConfig": AugmentConfig,
+    "OptimizerConfig": OptimizerConfig,
+    "SchedulerConfig": SchedulerConfig,
+    "TrainConfig": TrainConfig,
+    "ExportConfig": ExportConfig,
+}
