@@ -1,0 +1,24 @@
+"""Choosing the torch device."""
+
+import torch
+
+from digitflow.errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; any other name must be a usable torch device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use --device auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} asked for, but MPS is not available here; use --device auto or cpu")
+    return device

@@ -1,0 +1,79 @@
+"""Optimizers and learning-rate schedulers by name, from ``torch.optim``."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from digitflow.config import OptimizerConfig, SchedulerConfig
+from digitflow.errors import ConfigError
+
+
+def _classes(module, base: type) -> dict[str, type]:
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not name.startswith("_")
+    }
+
+
+def optimizer_names() -> list[str]:
+    """Every optimizer class ``torch.optim`` offers (SGD, Adam, AdamW, LBFGS, ...)."""
+    return sorted(_classes(torch.optim, torch.optim.Optimizer))
+
+
+def scheduler_names() -> list[str]:
+    """Every scheduler class ``torch.optim.lr_scheduler`` offers (StepLR, OneCycleLR, ...)."""
+    base = torch.optim.lr_scheduler.LRScheduler
+    return sorted(n for n in _classes(torch.optim.lr_scheduler, base) if n != "LRScheduler")
+
+
+def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+    """Instantiate ``torch.optim.<name>(param_groups, **kwargs)``.
+
+    ``config.param_groups`` maps a parameter-name prefix to overrides: ``{"classifier": {"lr": 1e-3}}``
+    puts every parameter whose name starts with ``classifier`` into its own group with that learning
+    rate. Parameters matched by no prefix form the first (default) group.
+    """
+    classes = _classes(torch.optim, torch.optim.Optimizer)
+    cls = classes.get(config.name)
+    if cls is None:
+        raise ConfigError(f"unknown optimizer {config.name!r}; choose one of: {', '.join(sorted(classes))}")
+
+    named = list(model.named_parameters())
+    groups: list[dict] = []
+    claimed: set[str] = set()
+    for prefix, options in config.param_groups.items():
+        params = [p for n, p in named if n.startswith(prefix) and n not in claimed]
+        if not params:
+            names = sorted({n.split(".")[0] for n, _ in named})
+            raise ConfigError(f"parameter group {prefix!r} matches no parameter; top-level names are: {', '.join(names)}")
+        claimed.update(n for n, _ in named if n.startswith(prefix))
+        groups.append({"params": params, **options})
+    rest = [p for n, p in named if n not in claimed]
+    if rest:
+        groups.insert(0, {"params": rest})
+    try:
+        return cls(groups, **config.kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimizer {config.name} rejected its options {config.kwargs}: {exc}") from None
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig):
+    """Instantiate ``torch.optim.lr_scheduler.<name>(optimizer, **kwargs)``, or None when no name is set.
+
+    The engine steps it once per epoch (ReduceLROnPlateau gets the epoch's training loss).
+    """
+    if not config.name:
+        return None
+    classes = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+    classes["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
+    cls = classes.get(config.name)
+    if cls is None:
+        raise ConfigError(f"unknown scheduler {config.name!r}; choose one of: {', '.join(scheduler_names())}")
+    try:
+        return cls(optimizer, **config.kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"scheduler {config.name} rejected its options {config.kwargs}: {exc}") from None
