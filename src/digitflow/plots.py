@@ -1,0 +1,76 @@
+"""Figures people would rather look at than read: curves, confusion matrices, misclassified images.
+
+Each function returns a matplotlib Figure (Agg backend, no display needed); the caller saves or
+logs it and closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def training_curves(history: Sequence[dict[str, float]], evaluation: dict[str, float] | None = None) -> Figure:
+    """Loss and accuracy per epoch, side by side; ``evaluation`` (e.g. test metrics) as a dashed line."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
+    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o", label="train")
+    ax_acc.plot(epochs, [h["accuracy"] for h in history], marker="o", label="train")
+    if evaluation:
+        for key, value in evaluation.items():
+            ax = ax_loss if key.endswith("loss") else ax_acc
+            ax.axhline(value, linestyle="--", color="tab:orange", label=key)
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def confusion_matrix_figure(confusion: torch.Tensor, classes: Sequence[str], title: str = "") -> Figure:
+    """Heat map of a (C, C) confusion matrix, rows = true class, columns = predicted, counts printed."""
+    counts = confusion.cpu().numpy()
+    size = max(4.0, 0.5 * len(classes) + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    threshold = counts.max() / 2 if counts.size else 0
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if counts[i, j] > threshold else "black")
+    return fig
+
+
+def misclassified_grid(
+    images: torch.Tensor,
+    predictions: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    max_images: int = 36,
+    title: str = "",
+) -> Figure:
+    """Grid of misclassified images (N, 1, H, W) in [0, 1], each captioned 'pred X / true Y'."""
+    wrong = (predictions.cpu() != labels.cpu()).nonzero().flatten()[:max_images]
+    cols = 6
+    rows = max(1, (len(wrong) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.6), constrained_layout=True, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong.tolist()):
+        ax.imshow(images[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"pred {classes[predictions[i]]}\ntrue {classes[labels[i]]}", fontsize=8)
+    fig.suptitle(title or f"misclassified ({len(wrong)} shown)")
+    return fig
