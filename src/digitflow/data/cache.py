@@ -1,0 +1,226 @@
+"""The transform step: verified raw files -> uint8 images + int64 labels, cached as a torch file.
+
+The cache lives in its own directory (never the data dir) and holds the whole split, keyed by a
+sha256 of the raw files' bytes; slices are cut when loading, so every slice of a split shares one
+cache file and a rerun does no parsing. Cache files are written atomically (temp + replace) and
+read with ``torch.load(weights_only=True)``; an unreadable or stale one is simply rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from digitflow.data import registry
+from digitflow.data.files import Downloader, fetch, temp_path
+from digitflow.data.formats import read_idx_images, read_idx_labels, read_usps
+from digitflow.data.registry import DatasetInfo
+from digitflow.data.spec import DatasetSpec, parse_spec
+from digitflow.errors import DataError
+
+# Bump when the transform's output changes: cache files of older versions are then ignored.
+CACHE_VERSION = 1
+
+# files_digest results for this process, keyed by (path, size, mtime).
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A small picklable record of a prepared (fetched, transformed, cached) dataset slice."""
+
+    spec: str  # canonical spec text
+    name: str
+    split: str
+    cache_path: str  # the whole split as a torch file
+    start: int  # resolved slice of the split
+    stop: int
+    num_samples: int
+    digest: str  # sha256 over raw content + slice: same data, same digest, on any machine
+    num_classes: int
+    image_size: tuple[int, int]  # (H, W)
+    raw_digest: str = ""  # files_digest of the raw files; checked against the cache on load
+    files: tuple[str, ...] = ()  # the raw files it came from
+
+
+@dataclass(eq=False)
+class DigitDataset(Dataset):
+    """Images and labels of one dataset slice; ``ds[i]`` is ``(uint8 (H, W) image, int64 label)``."""
+
+    images: torch.Tensor  # uint8 (N, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    spec: str
+    name: str
+    digest: str
+    num_classes: int
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+
+def files_digest(paths: list[Path]) -> str:
+    """sha256 hex over the files' bytes, in order (each prefixed by its length, so boundaries count).
+
+    Each file's hash is remembered for this process by path, size and mtime.
+    """
+    total = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _digests:
+            one = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    one.update(chunk)
+            _digests[key] = one.hexdigest()
+        total.update(stat.st_size.to_bytes(8, "big"))
+        total.update(bytes.fromhex(_digests[key]))
+    return total.hexdigest()
+
+
+def transform(info: DatasetInfo, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parse a split's raw files -> (uint8 images (N, H, W), int64 labels (N,)), validated."""
+    if info.format == "idx":
+        images, labels = read_idx_images(paths[0]), read_idx_labels(paths[1])
+        if len(images) != len(labels):
+            raise DataError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds "
+                            f"{len(labels)} labels; one of them is not from the same split")
+    elif info.format == "usps":
+        images, labels = read_usps(paths[0])
+    else:  # a registry entry this code does not know how to read: a bug, not a user error
+        raise ValueError(f"unknown dataset format {info.format!r} for {info.name}")
+    if tuple(images.shape[1:]) != tuple(info.image_size):
+        raise DataError(f"{paths[0]} holds {tuple(images.shape[1:])} images, "
+                        f"expected {tuple(info.image_size)} for {info.name}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
+        raise DataError(f"{paths[-1]} holds labels outside 0..{info.num_classes - 1}")
+    return images, labels
+
+
+def prepare(
+    spec: DatasetSpec | str,
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    *,
+    offline: bool = False,
+    downloader: Downloader | None = None,
+) -> PreparedDataset:
+    """Fetch the spec's raw files, transform them into the cache (unless cached), resolve the slice."""
+    spec = parse_spec(str(spec))  # also validates a DatasetSpec built by hand
+    info = registry.DATASETS[spec.name]
+    paths = fetch(spec, data_dir, offline=offline, downloader=downloader)
+    raw_digest = files_digest(paths)
+    cache_path = Path(cache_dir) / f"{spec.name}-{spec.split}-v{CACHE_VERSION}-{raw_digest[:24]}.pt"
+    # mmap: reading just the header tells N without loading the tensors.
+    cached = _read_cache(cache_path, raw_digest, mmap=True)
+    if cached is None:
+        images, labels = transform(info, paths)
+        _write_cache(cache_path, images, labels, raw_digest)
+        total = len(labels)
+    else:
+        total = len(cached["labels"])
+        del cached  # release the mapping
+    start, stop = spec.resolve(total)
+    slice_key = f"v{CACHE_VERSION}:{raw_digest}:{spec.name}:{spec.split}[{start}:{stop}]"
+    return PreparedDataset(
+        spec=str(spec),
+        name=spec.name,
+        split=spec.split,
+        cache_path=str(cache_path),
+        start=start,
+        stop=stop,
+        num_samples=stop - start,
+        digest=hashlib.sha256(slice_key.encode()).hexdigest(),
+        num_classes=info.num_classes,
+        image_size=tuple(info.image_size),
+        raw_digest=raw_digest,
+        files=tuple(str(p) for p in paths),
+    )
+
+
+def load(prepared: PreparedDataset) -> DigitDataset:
+    """The prepared slice as tensors, read from the cache file (no parsing)."""
+    data = _read_cache(Path(prepared.cache_path), prepared.raw_digest, mmap=False)
+    if data is None:
+        raise DataError(f"cache file {prepared.cache_path} for {prepared.spec} is missing or unreadable; "
+                        "prepare the dataset again to rebuild it")
+    images, labels = data["images"], data["labels"]
+    if (prepared.start, prepared.stop) != (0, len(labels)):
+        # clone: a slice view would keep (and pickle) the whole split's storage.
+        images = images[prepared.start : prepared.stop].clone()
+        labels = labels[prepared.start : prepared.stop].clone()
+    info = registry.DATASETS[prepared.name]
+    return DigitDataset(
+        images=images,
+        labels=labels,
+        spec=prepared.spec,
+        name=prepared.name,
+        digest=prepared.digest,
+        num_classes=prepared.num_classes,
+        classes=tuple(info.classes),
+    )
+
+
+def load_dataset(
+    spec: DatasetSpec | str,
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    *,
+    offline: bool = False,
+    downloader: Downloader | None = None,
+) -> DigitDataset:
+    """:func:`prepare` then :func:`load`."""
+    return load(prepare(spec, data_dir, cache_dir, offline=offline, downloader=downloader))
+
+
+def _read_cache(path: Path, raw_digest: str, *, mmap: bool) -> dict | None:
+    """The cache file's content if it is there, readable and built from ``raw_digest``; else None."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:  # truncated/corrupt/foreign file: rebuilding it is the fix
+        return None
+    ok = (
+        isinstance(data, dict)
+        and data.get("version") == CACHE_VERSION
+        and (not raw_digest or data.get("raw_digest") == raw_digest)
+        and isinstance(data.get("images"), torch.Tensor)
+        and isinstance(data.get("labels"), torch.Tensor)
+        and data["images"].dtype == torch.uint8
+        and data["images"].dim() == 3
+        and data["labels"].dtype == torch.int64
+        and data["labels"].shape == data["images"].shape[:1]
+    )
+    return data if ok else None
+
+
+def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, raw_digest: str) -> None:
+    """Save atomically: a temp file in the same directory, then ``os.replace``."""
+    tmp = temp_path(path, ".tmp")
+    payload = {"version": CACHE_VERSION, "raw_digest": raw_digest, "images": images, "labels": labels}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())
+        raise DataError(f"cannot write the dataset cache {path} ({reason}); "
+                        "choose a writable cache dir with free space") from e
+    finally:
+        tmp.unlink(missing_ok=True)
