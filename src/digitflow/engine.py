@@ -28,9 +28,9 @@ from digitflow.errors import CheckpointError, TrainingDivergedError
 from digitflow.optim import build_optimizer, build_scheduler
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
-# on_batch(batch_index, num_batches, loss_or_None): loss is only a float on check intervals,
+# on_batch(epoch, batch_index, num_batches, loss_or_None): loss is only a float on check intervals,
 # so reporting progress never forces a GPU sync on every batch.
-BatchCallback = Callable[[int, int, float | None], None]
+BatchCallback = Callable[[int, int, int, float | None], None]
 EpochCallback = Callable[[dict[str, Any]], None]
 
 CHECK_EVERY = 20  # batches between finiteness checks of the running loss (one device sync each)
@@ -101,7 +101,7 @@ def train_one_epoch(
                     "lower the learning rate or pick another optimizer"
                 )
         if on_batch is not None:
-            on_batch(b + 1, num_batches, reported)
+            on_batch(epoch, b + 1, num_batches, reported)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -201,7 +201,7 @@ def fit(
 
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, model_name=model_name)
-        if state["config"] != _resumable(config):
+        if state["config"] != resumable_settings(config):
             raise CheckpointError(
                 f"{checkpoint_path} was written with other training settings; "
                 "resume with the same options or start without --resume"
@@ -236,7 +236,7 @@ def fit(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "config": _resumable(config),
+                "config": resumable_settings(config),
                 "epoch": epoch,
                 "history": history,
             })
@@ -251,7 +251,7 @@ def fit(
     )
 
 
-def _resumable(config: TrainConfig) -> dict[str, Any]:
+def resumable_settings(config: TrainConfig) -> dict[str, Any]:
     """The settings a resumed run must share with the checkpoint (all but the epoch count and device)."""
     settings = to_dict(config)
     settings.pop("epochs")

@@ -1,0 +1,5 @@
+"""``python -m flows`` is the ``digitflow`` command."""
+
+from flows.cli import main
+
+raise SystemExit(main())

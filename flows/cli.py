@@ -1,0 +1,195 @@
+"""The ``digitflow`` command (also ``python -m flows``).
+
+``digitflow run`` runs the pipeline flow in-process (Prefect's ephemeral mode when no server is
+configured) and prints a summary. Bad input ends with one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from digitflow.config import AugmentConfig, DataConfig, ExportConfig, OptimizerConfig, RunConfig, TrainConfig
+from digitflow.data import DATASETS, parse_spec
+from digitflow.data.framing import PREPROCESSORS
+from digitflow.errors import ConfigError, DataError, DigitflowError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+EPILOG = """\
+dataset specs: NAME:SPLIT[START:STOP] with NAME in {datasets} and SPLIT train or test;
+  bounds are indices or percentages: mnist:train, mnist:test[:8000], mnist:test[8000:], usps:test[:50%%]
+examples:
+  digitflow run --epochs 3
+  DIGITFLOW_DATA_DIR=../shared/data digitflow run --train 'mnist:test[:8000]' --test 'mnist:test[8000:]' --offline
+  digitflow run --optimizer AdamW --opt lr=1e-3 --opt weight_decay=0.01 --scheduler OneCycleLR --sched max_lr=0.01 --sched total_steps=6
+  digitflow run --param-group classifier:lr=0.001      # a separate learning rate for the classifier head
+results: MLflow (make ui, http://127.0.0.1:5000), Prefect (prefect server start, or artifacts in the run)
+"""
+
+
+def _literal(text: str) -> Any:
+    """``"0.1"`` -> 0.1, ``"[0.9, 0.99]"`` -> [0.9, 0.99], ``"True"`` -> True, anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} takes KEY=VALUE, got {item!r} (e.g. {option} lr=0.01)")
+        out[key.strip()] = _literal(value.strip())
+    return out
+
+
+def _param_groups(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        prefix, sep, rest = item.partition(":")
+        if not sep or not prefix:
+            raise ConfigError(f"--param-group takes PREFIX:KEY=VALUE, got {item!r} (e.g. classifier:lr=0.001)")
+        groups.setdefault(prefix, {}).update(_key_values([rest], "--param-group PREFIX:"))
+    return groups
+
+
+def _spec(text: str) -> str:
+    """argparse type: validate a dataset spec early, so a typo fails before anything starts."""
+    try:
+        return str(parse_spec(text))
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``digitflow`` argument parser (``digitflow run --help`` lists every option)."""
+    parser = argparse.ArgumentParser(prog="digitflow", description="Workflow-orchestrated digit classifiers: Prefect flows, MLflow tracking.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run", help="train, evaluate, test across domains and export, tracked in MLflow",
+        description="Run the pipeline: data -> train -> evaluate -> cross-domain test -> export. "
+        "Every stage is a Prefect task with its own MLflow child run under one parent run.",
+        epilog=EPILOG.format(datasets=", ".join(sorted(DATASETS))),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = DataConfig()
+    data = run.add_argument_group("data")
+    data.add_argument("--train", type=_spec, default=d.train, metavar="SPEC", help=f"training split (default {d.train})")
+    data.add_argument("--test", type=_spec, default=d.test, metavar="SPEC", help=f"held-out split (default {d.test})")
+    data.add_argument("--target", type=_spec, nargs="+", default=list(d.targets), metavar="SPEC",
+                      help=f"cross-domain test set(s), each evaluated in its own task (default {' '.join(d.targets)})")
+    data.add_argument("--no-target", dest="target", action="store_const", const=[], help="skip cross-domain testing")
+    data.add_argument("--target-preprocess", choices=sorted(PREPROCESSORS), default=d.target_preprocess,
+                      help=f"how images that are not 28x28 (USPS) are framed (default {d.target_preprocess})")
+    data.add_argument("--data-dir", default=None, metavar="DIR",
+                      help=f"where the official files are, torchvision layout (default $DIGITFLOW_DATA_DIR or ./{d.data_dir})")
+    data.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR", help=f"transformed-tensor cache (default {d.cache_dir})")
+    data.add_argument("--offline", action="store_true", help="never download; use the files already in the data dir")
+
+    t, o = TrainConfig(), OptimizerConfig()
+    train = run.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=t.epochs, help=f"(default {t.epochs})")
+    train.add_argument("--batch-size", type=int, default=t.batch_size, help=f"(default {t.batch_size})")
+    train.add_argument("--seed", type=int, default=t.seed, help=f"same seed, same metrics on the CPU (default {t.seed})")
+    train.add_argument("--device", default=t.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default auto)")
+    train.add_argument("--no-amp", dest="amp", action="store_false", help="disable bfloat16 mixed precision on CUDA")
+    train.add_argument("--optimizer", default=o.name, metavar="NAME", help=f"any torch.optim class: SGD, Adam, AdamW, LBFGS, ... (default {o.name})")
+    train.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                       help=f"optimizer keyword argument, repeatable (default for SGD: {', '.join(f'{k}={v}' for k, v in o.kwargs.items())})")
+    train.add_argument("--lr", type=float, default=None, help="shortcut for --opt lr=LR")
+    train.add_argument("--param-group", action="append", metavar="PREFIX:KEY=VALUE",
+                       help="options for parameters whose name starts with PREFIX (features, classifier, classifier.3), repeatable")
+    train.add_argument("--scheduler", default=None, metavar="NAME", help="any torch.optim.lr_scheduler class, stepped per epoch (default none)")
+    train.add_argument("--sched", action="append", metavar="KEY=VALUE", help="scheduler keyword argument, repeatable")
+    a = AugmentConfig()
+    train.add_argument("--augment", nargs="+", default=None, metavar="NAME",
+                       help="augmentations drawn per image: affine, elastic, and torchvision.transforms.v2 "
+                       f"classes such as RandomErasing (default: {' '.join(n for n in ('affine', 'elastic') if getattr(a, n))})")
+    train.add_argument("--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options from its last checkpoint")
+
+    e, r = ExportConfig(), RunConfig()
+    out = run.add_argument_group("export and tracking")
+    out.add_argument("--export-mode", choices=["script", "trace"], default=e.mode, help=f"TorchScript: torch.jit.script or trace (default {e.mode})")
+    out.add_argument("--output-dir", default=r.output_dir, metavar="DIR", help=f"checkpoints and exported files (default {r.output_dir})")
+    out.add_argument("--experiment", default="digitflow", help="MLflow experiment name (default digitflow)")
+    return parser
+
+
+def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """Parsed options -> keyword arguments of :func:`flows.pipeline.pipeline`."""
+    optimizer_kwargs = _key_values(args.opt, "--opt") if args.opt else None
+    if args.lr is not None:
+        base = OptimizerConfig().kwargs if optimizer_kwargs is None and args.optimizer == OptimizerConfig.name else {}
+        optimizer_kwargs = {**base, **(optimizer_kwargs or {}), "lr": args.lr}
+    if optimizer_kwargs is None and args.optimizer != OptimizerConfig.name:
+        optimizer_kwargs = {}  # SGD's defaults (lr, momentum) are not another optimizer's
+    params = dict(
+        train=args.train, test=args.test, target=args.target, target_preprocess=args.target_preprocess,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, optimizer_kwargs=optimizer_kwargs,
+        param_groups=_param_groups(args.param_group) or None, scheduler=args.scheduler,
+        scheduler_kwargs=_key_values(args.sched, "--sched") or None, seed=args.seed, device=args.device,
+        amp=args.amp, export_mode=args.export_mode, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        offline=args.offline, resume=args.resume, output_dir=args.output_dir, experiment=args.experiment,
+    )
+    if args.augment is not None:
+        params["augment"] = args.augment
+    return params
+
+
+class _OneLineErrors(logging.Filter):
+    """Drop the traceback from log records of expected errors (DigitflowError): the message says it all.
+
+    Prefect logs a failed task's exception with its traceback; for bad input that is noise in front
+    of the one line that matters. Bugs (any other exception) keep their tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DigitflowError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_expected_errors() -> None:
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            handler.addFilter(_OneLineErrors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``digitflow`` console script."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        params = flow_parameters(args)
+    except ConfigError as exc:
+        parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
+
+    from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid
+
+    _quiet_expected_errors()
+    try:
+        summary = pipeline(**params)
+    except (ConfigError, DataError) as exc:
+        print(f"digitflow: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DigitflowError as exc:
+        print(f"digitflow: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(["", "digitflow run finished", *("  " + line for line in summary.lines())]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

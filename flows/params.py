@@ -1,0 +1,96 @@
+"""Flow parameters -> one typed :class:`RunConfig`. Defaults come from ``digitflow.config`` only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from digitflow.config import (
+    AugmentConfig,
+    DataConfig,
+    ExportConfig,
+    OptimizerConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainConfig,
+)
+from digitflow.data import parse_spec
+from digitflow.engine import resumable_settings
+from digitflow.errors import ConfigError
+
+DATA_DIR_ENV = "DIGITFLOW_DATA_DIR"
+GEOMETRIC_AUGMENTS = ("affine", "elastic")
+DEFAULT_AUGMENT = [name for name in GEOMETRIC_AUGMENTS if getattr(AugmentConfig, name)]
+
+
+def default_data_dir() -> str:
+    """``$DIGITFLOW_DATA_DIR``, else ``DataConfig.data_dir`` (``./data``)."""
+    return os.environ.get(DATA_DIR_ENV) or DataConfig.data_dir
+
+
+def build_config(
+    *,
+    train: str,
+    test: str,
+    target: list[str],
+    target_preprocess: str,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    optimizer_kwargs: dict[str, Any] | None,
+    param_groups: dict[str, dict[str, Any]] | None,
+    scheduler: str | None,
+    scheduler_kwargs: dict[str, Any] | None,
+    augment: list[str] | None,
+    seed: int,
+    device: str,
+    amp: bool,
+    export_mode: str,
+    data_dir: str | None,
+    cache_dir: str,
+    offline: bool,
+    resume: bool,
+    output_dir: str,
+) -> RunConfig:
+    """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input."""
+    for spec in (train, test, *target):
+        parse_spec(spec)
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(f"epochs and batch size must be at least 1 (got epochs={epochs}, batch size={batch_size})")
+    if export_mode not in ("script", "trace"):
+        raise ConfigError(f"unknown export mode {export_mode!r}; valid modes: script, trace")
+    augment = DEFAULT_AUGMENT if augment is None else augment
+    return RunConfig(
+        data=DataConfig(
+            train=train, test=test, targets=tuple(target), target_preprocess=target_preprocess,
+            data_dir=data_dir or default_data_dir(), cache_dir=cache_dir, offline=offline,
+        ),
+        train=TrainConfig(
+            epochs=epochs, batch_size=batch_size, seed=seed, device=device, amp=amp,
+            optimizer=OptimizerConfig(
+                name=optimizer,
+                kwargs=OptimizerConfig().kwargs if optimizer_kwargs is None else dict(optimizer_kwargs),
+                param_groups=dict(param_groups or {}),
+            ),
+            scheduler=SchedulerConfig(name=scheduler or None, kwargs=dict(scheduler_kwargs or {})),
+            augment=AugmentConfig(
+                affine="affine" in augment,
+                elastic="elastic" in augment,
+                extra=tuple(a for a in augment if a not in GEOMETRIC_AUGMENTS),
+            ),
+        ),
+        export=ExportConfig(mode=export_mode),
+        output_dir=output_dir,
+        resume=resume,
+    )
+
+
+def checkpoint_path(config: RunConfig, train_digest: str) -> Path:
+    """Where this run checkpoints: keyed by the training settings and data, so ``--resume`` finds
+    the checkpoint of an interrupted run with the same options and nothing else."""
+    settings = resumable_settings(config.train)
+    key = hashlib.sha256(json.dumps([settings, train_digest], sort_keys=True).encode()).hexdigest()[:16]
+    return Path(config.output_dir) / "checkpoints" / f"lenet-{key}.pt"

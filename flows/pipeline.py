@@ -1,0 +1,91 @@
+"""The digitflow pipeline: data -> train -> evaluate -> cross-domain test -> export.
+
+Read top to bottom, :func:`pipeline` is the table of contents; each step is a task in ``tasks/``
+that calls one ``digitflow`` function and logs to MLflow under this flow run's parent run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import mlflow
+from prefect import flow
+from prefect.runtime import flow_run
+
+from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, TrainConfig, flatten
+from flows.params import DEFAULT_AUGMENT, build_config, checkpoint_path
+from flows.summary import PipelineSummary, publish_summary
+from tasks.data import prepare_data
+from tasks.evaluate import cross_domain_test, evaluate_model, target_key
+from tasks.export import export_model
+from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, setup_tracking
+from tasks.train import train_model
+
+
+@flow(name="digitflow-pipeline", log_prints=True)
+def pipeline(
+    train: str = DataConfig.train,
+    test: str = DataConfig.test,
+    target: list[str] = list(DataConfig().targets),
+    target_preprocess: Literal["mnist-frame", "resize"] = DataConfig.target_preprocess,
+    epochs: int = TrainConfig.epochs,
+    batch_size: int = TrainConfig.batch_size,
+    optimizer: str = OptimizerConfig.name,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    param_groups: dict[str, dict[str, Any]] | None = None,
+    scheduler: str | None = None,
+    scheduler_kwargs: dict[str, Any] | None = None,
+    augment: list[str] = DEFAULT_AUGMENT,
+    seed: int = TrainConfig.seed,
+    device: str = TrainConfig.device,
+    amp: bool = TrainConfig.amp,
+    export_mode: Literal["script", "trace"] = ExportConfig.mode,
+    data_dir: str | None = None,
+    cache_dir: str = DataConfig.cache_dir,
+    offline: bool = DataConfig.offline,
+    resume: bool = RunConfig.resume,
+    output_dir: str = RunConfig.output_dir,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> PipelineSummary:
+    """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
+
+    Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``, ``usps:test[:50%]``. ``data_dir``
+    defaults to ``$DIGITFLOW_DATA_DIR`` or ``./data``; ``offline`` never downloads. Unset optimizer
+    kwargs mean SGD's defaults (lr 0.01, momentum 0.9).
+    """
+    config = build_config(
+        train=train, test=test, target=target, target_preprocess=target_preprocess, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, param_groups=param_groups,
+        scheduler=scheduler, scheduler_kwargs=scheduler_kwargs, augment=augment, seed=seed, device=device,
+        amp=amp, export_mode=export_mode, data_dir=data_dir, cache_dir=cache_dir, offline=offline,
+        resume=resume, output_dir=output_dir,
+    )
+    data = config.data
+    experiment_id = setup_tracking(experiment)
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit()}
+    with mlflow.start_run(run_name=str(flow_run.name), tags=tags) as parent:
+        run_id = parent.info.run_id
+        mlflow.log_params(flatten(config))
+
+        # 1. data: download + transform every split the run needs, before any long work starts
+        train_data = prepare_data(data.train, data.data_dir, data.cache_dir, data.offline, run_id)
+        test_data = prepare_data(data.test, data.data_dir, data.cache_dir, data.offline, run_id)
+        target_data = [prepare_data(t, data.data_dir, data.cache_dir, data.offline, run_id) for t in data.targets]
+        mlflow.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
+        mlflow.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
+
+        # 2. train, 3. evaluate on the held-out split, 4. cross-domain targets
+        trained = train_model(train_data, config, str(checkpoint_path(config, train_data.digest)), run_id)
+        test_metrics = evaluate_model(trained, test_data, data, run_id)
+        cross_metrics = [cross_domain_test(trained, t, data, run_id) for t in target_data]
+
+        # 5. export (TorchScript + torch.export), verify, register
+        exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)
+
+        summary = PipelineSummary.collect(parent, experiment_id, trained, test_metrics, cross_metrics, exported)
+    publish_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    pipeline()

@@ -1,0 +1,87 @@
+"""What a pipeline run ends with: a summary for the terminal, the Prefect UI and MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import mlflow
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from tasks.tracking import run_url
+
+
+@dataclass
+class PipelineSummary:
+    """The figures and places a user looks for after a run."""
+
+    run_id: str
+    experiment_id: str
+    artifact_uri: str
+    run_url: str
+    tracking_uri: str
+    test_accuracy: float
+    test_loss: float
+    cross_accuracy: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    images_per_sec: float = 0.0
+    device: str = "cpu"
+    exported: dict[str, Any] = field(default_factory=dict)
+    ui_command: str = "make ui"
+
+    @classmethod
+    def collect(cls, parent: mlflow.ActiveRun, experiment_id: str, trained, test_metrics, cross_metrics, exported) -> PipelineSummary:
+        """Gather the summary from the task results of one flow run."""
+        cross = {
+            key.split("/")[1]: value
+            for metrics in cross_metrics
+            for key, value in metrics.items()
+            if key.endswith("/accuracy") and "/class_" not in key
+        }
+        return cls(
+            run_id=parent.info.run_id,
+            experiment_id=experiment_id,
+            artifact_uri=parent.info.artifact_uri,
+            run_url=run_url(parent.info.run_id, experiment_id),
+            tracking_uri=mlflow.get_tracking_uri(),
+            test_accuracy=test_metrics["test/accuracy"],
+            test_loss=test_metrics["test/loss"],
+            cross_accuracy=cross,
+            train_seconds=trained.seconds,
+            images_per_sec=trained.images_per_sec,
+            device=trained.device,
+            exported=dict(exported or {}),
+        )
+
+    def lines(self) -> list[str]:
+        """The summary as short 'label: value' lines, for the terminal and the markdown artifact."""
+        out = [f"test accuracy: {self.test_accuracy:.4f} (loss {self.test_loss:.4f})"]
+        out += [f"cross-domain accuracy on {name}: {acc:.4f}" for name, acc in self.cross_accuracy.items()]
+        out.append(f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device}")
+        for key in ("torchscript_path", "program_path"):
+            if key in self.exported:
+                out.append(f"exported: {self.exported[key]}")
+        if "model_version" in self.exported:
+            out.append(f"registered: {self.exported['model_name']} version {self.exported['model_version']} (alias {self.exported['alias']})")
+        out += [
+            f"MLflow run: {self.run_id} (experiment {self.experiment_id}, store {self.tracking_uri})",
+            f"artifacts: {self.artifact_uri}",
+            f"open the UI: {self.ui_command}, then {self.run_url}",
+        ]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def publish_summary(summary: PipelineSummary) -> None:
+    """A markdown artifact with the summary and a link artifact to the MLflow run, in the Prefect UI."""
+    create_markdown_artifact(
+        markdown="# digitflow run\n\n" + "\n".join(f"- {line}" for line in summary.lines()),
+        key="digitflow-summary",
+        description="Test and cross-domain accuracy, exports, and where the MLflow run is.",
+    )
+    create_link_artifact(
+        link=summary.run_url, link_text=f"MLflow run {summary.run_id}", key="mlflow-run",
+        description="The MLflow parent run of this flow run (serve the UI with `make ui`).",
+    )

@@ -1,0 +1,92 @@
+"""Data tasks: download (retried with backoff) and transform (cached on inputs + file hashes)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import mlflow
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from digitflow.data import DATASETS, DigitDataset, PreparedDataset, fetch, files_digest, load, prepare
+from digitflow.data.framing import frame_images
+from tasks.tracking import child_run
+
+
+@task(
+    name="download",
+    task_run_name="download {spec}",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2 s, 4 s, 8 s
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
+def download_dataset(spec: str, data_dir: str, offline: bool = False) -> list[str]:
+    """Make sure the raw files of ``spec``'s split are in ``data_dir`` and verified; download the missing.
+
+    Retries only make sense with a network: the flow calls this with ``retries=0`` when offline.
+    """
+    return [str(p) for p in fetch(spec, data_dir, offline=offline)]
+
+
+def _prepare_cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """Cache on the spec, the cache folder and the raw files' content (not their paths or mtimes)."""
+    digest = files_digest([Path(p) for p in parameters["raw_files"]])
+    key = f"{parameters['spec']}|{Path(parameters['cache_dir']).resolve()}|{digest}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@task(name="prepare", task_run_name="prepare {spec}", cache_key_fn=_prepare_cache_key, persist_result=True)
+def prepare_dataset(
+    spec: str, raw_files: list[str], data_dir: str, cache_dir: str, parent_run_id: str | None = None
+) -> PreparedDataset:
+    """Parse the raw files into cached uint8 tensors (a no-op when the cache has them); log the dataset."""
+    prepared = prepare(spec, data_dir, cache_dir, offline=True)
+    with child_run(f"prepare {spec}", parent_run_id, tags={"dataset.digest": prepared.digest}):
+        mlflow.log_params({
+            "spec": prepared.spec, "num_samples": prepared.num_samples,
+            "image_size": "x".join(map(str, prepared.image_size)), "digest": prepared.digest,
+        })
+        log_dataset_input(load(prepared), context="prepared", source=data_dir)
+    return prepared
+
+
+def load_prepared(prepared: PreparedDataset, data_dir: str, cache_dir: str) -> DigitDataset:
+    """Load a prepared dataset; re-prepare it if its cache file was removed since the task ran."""
+    if not Path(prepared.cache_path).exists():
+        prepared = prepare(prepared.spec, data_dir, cache_dir, offline=True)
+    return load(prepared)
+
+
+def model_inputs(dataset: DigitDataset, preprocess: str, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as the model takes them, float (N, 1, 28, 28) in [0, 1], and labels, both on ``device``."""
+    images = frame_images(dataset.images.to(device), preprocess)
+    return images, dataset.labels.to(device)
+
+
+def log_dataset_input(dataset: DigitDataset, context: str, source: str) -> None:
+    """Record ``dataset`` as an MLflow dataset input of the active run, with its content digest."""
+    ds = mlflow.data.from_numpy(
+        features=dataset.images.numpy(),
+        targets=dataset.labels.numpy(),
+        source=str(Path(source).resolve()),
+        name=dataset.spec,
+        digest=dataset.digest[:16],
+    )
+    mlflow.log_input(ds, context=context)
+
+
+def class_names(dataset_name: str) -> list[str]:
+    """The class names of a registered dataset (digits '0'..'9', or Fashion-MNIST's clothing names)."""
+    return list(DATASETS[dataset_name].classes)
+
+
+def prepare_data(spec: str, data_dir: str, cache_dir: str, offline: bool, parent_run_id: str | None) -> PreparedDataset:
+    """Download (when needed and allowed), then transform: the two data tasks in a row."""
+    download = download_dataset.with_options(retries=0) if offline else download_dataset
+    raw_files = download(spec, data_dir, offline)
+    return prepare_dataset(spec, raw_files, data_dir, cache_dir, parent_run_id)

@@ -1,0 +1,58 @@
+"""Progress output for long work: a live bar on a terminal, plain log lines everywhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class EpochProgress:
+    """Feeds the engine's ``on_batch`` / ``on_epoch`` callbacks.
+
+    On a terminal it shows one bar per epoch (batches done, running loss, time left); otherwise
+    (CI, worker logs, a file) it stays quiet per batch and logs one line per epoch.
+    """
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, epochs: int, interactive: bool | None = None):
+        self.logger = logger
+        self.epochs = epochs
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self._progress: Progress | None = None
+        self._task = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[EpochProgress]:
+        """Context in which the bar is live (no-op when not interactive)."""
+        if not self.interactive:
+            yield self
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            transient=False,
+        )
+        with self._progress:
+            yield self
+        self._progress = None
+
+    def on_batch(self, epoch: int, done: int, total: int, loss: float | None) -> None:
+        """Engine callback after every batch; ``loss`` is a float only on check intervals."""
+        if self._progress is None:
+            return
+        if self._task is None or done == 1:
+            self._task = self._progress.add_task(f"epoch {epoch}/{self.epochs}", total=total, loss="-")
+        fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
+        self._progress.update(self._task, completed=done, **fields)
+
+    def on_epoch(self, record: dict[str, float]) -> None:
+        """Engine callback after every epoch: one log line with the epoch's figures."""
+        self._task = None
+        self.logger.info(
+            "epoch %d/%d  loss %.4f  accuracy %.4f  %.0f images/s  %.1f s",
+            record["epoch"], self.epochs, record["loss"], record["accuracy"],
+            record["images_per_sec"], record["seconds"],
+        )

@@ -1,0 +1,107 @@
+"""Training task: fit LeNet on a prepared dataset, with progress output and MLflow logging."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import infer_signature
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from digitflow.augment import build_augment
+from digitflow.config import RunConfig, flatten, to_dict
+from digitflow.data import PreparedDataset
+from digitflow.device import resolve_device
+from digitflow.engine import build_model, fit
+from digitflow.plots import training_curves
+from tasks.data import load_prepared, log_dataset_input, model_inputs
+from tasks.progress import EpochProgress
+from tasks.tracking import child_run, torch_requirement, log_figure, log_json
+
+
+@dataclass
+class TrainedModel:
+    """What the train task hands to the tasks after it."""
+
+    model: torch.nn.Module  # in eval mode, on ``device``
+    device: str
+    run_id: str
+    checkpoint: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    images_per_sec: float = 0.0
+    seconds: float = 0.0
+
+
+@task(name="train", cache_policy=NO_CACHE, persist_result=False)
+def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, parent_run_id: str | None = None) -> TrainedModel:
+    """Train on ``data`` per ``config.train``; checkpoint every epoch to ``checkpoint``.
+
+    Logs, in a child run: the training config, ``train/loss`` and ``train/accuracy`` per epoch
+    (step = epoch), ``train/images_per_sec``, ``train/seconds``, the curves, the final checkpoint and
+    the model (``mlflow.pytorch.log_model`` with signature and input example).
+    """
+    logger = get_run_logger()
+    cfg = config.train
+    device = resolve_device(cfg.device)
+    dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
+    images, labels = model_inputs(dataset, config.data.target_preprocess, device)
+    model = build_model(dataset.num_classes, cfg.seed).to(device)
+    logger.info("training LeNet on %s (%d images) on %s for %d epochs", data.spec, len(labels), device, cfg.epochs)
+
+    with child_run("train", parent_run_id, tags={"dataset.train.digest": data.digest}) as run:
+        mlflow.log_params(flatten(cfg, prefix="train."))
+        log_json(to_dict(config), "config.json")
+        log_dataset_input(dataset, context="training", source=config.data.data_dir)
+
+        progress = EpochProgress(logger, cfg.epochs)
+
+        def on_epoch(record: dict[str, float]) -> None:
+            progress.on_epoch(record)
+            mlflow.log_metrics(
+                {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]},
+                step=int(record["epoch"]),
+            )
+
+        with progress.running():
+            result = fit(
+                model, images, labels, cfg,
+                augment=build_augment(cfg.augment),
+                checkpoint_path=checkpoint, resume=config.resume,
+                on_batch=progress.on_batch, on_epoch=on_epoch,
+            )
+        if result.resumed_from_epoch:
+            logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
+
+        seconds = sum(h["seconds"] for h in result.history)
+        images_per_sec = len(labels) * len(result.history) / seconds if seconds else 0.0
+        mlflow.log_metrics({"train/images_per_sec": images_per_sec, "train/seconds": seconds})
+        log_figure(training_curves(result.history), "plots/training_curves.png")
+        mlflow.log_artifact(checkpoint, "checkpoint")
+        _log_model(model, images[:1])
+
+    model.eval()
+    return TrainedModel(
+        model=model, device=str(device), run_id=run.info.run_id, checkpoint=checkpoint,
+        history=result.history, classes=list(dataset.classes), images_per_sec=images_per_sec, seconds=seconds,
+    )
+
+
+def _log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
+    """``mlflow.pytorch.log_model`` with a signature and an input example, from a CPU copy."""
+    model.eval()
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    example_np = example.detach().cpu().numpy().astype(np.float32)  # (1, 1, 28, 28)
+    with torch.inference_mode():
+        output = cpu_model(torch.from_numpy(example_np)).numpy()
+    mlflow.pytorch.log_model(
+        cpu_model,
+        name="model",
+        signature=infer_signature(example_np, output),
+        input_example=example_np,
+        pip_requirements=[torch_requirement()],
+    )
