@@ -51,7 +51,7 @@ def prepare_dataset(
             "spec": prepared.spec, "num_samples": prepared.num_samples,
             "image_size": "x".join(map(str, prepared.image_size)), "digest": prepared.digest,
         })
-        log_dataset_input(load(prepared), context="prepared", source=data_dir)
+        log_dataset_input(load(prepared), context="prepared")
     return prepared
 
 
@@ -68,12 +68,11 @@ def model_inputs(dataset: DigitDataset, preprocess: str, device: torch.device | 
     return images, dataset.labels.to(device)
 
 
-def log_dataset_input(dataset: DigitDataset, context: str, source: str) -> None:
+def log_dataset_input(dataset: DigitDataset, context: str) -> None:
     """Record ``dataset`` as an MLflow dataset input of the active run, with its content digest."""
     ds = mlflow.data.from_numpy(
         features=dataset.images.numpy(),
         targets=dataset.labels.numpy(),
-        source=str(Path(source).resolve()),
         name=dataset.spec,
         digest=dataset.digest[:16],
     )

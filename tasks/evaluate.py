@@ -65,7 +65,7 @@ def _evaluate_and_log(
     dataset = load_prepared(data, config.data_dir, config.cache_dir)
     images, labels = model_inputs(dataset, config.target_preprocess, trained.device)
     result = evaluate(trained.model, images, labels, num_classes=dataset.num_classes)
-    log_dataset_input(dataset, context="evaluation", source=config.data_dir)
+    log_dataset_input(dataset, context="evaluation")
     mlflow.log_metrics(result.metrics(prefix))
     classes = list(dataset.classes)
     log_confusion(result.confusion, classes, artifact_dir, title=f"{data.spec}: accuracy {result.accuracy:.4f}")

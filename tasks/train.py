@@ -20,7 +20,7 @@ from digitflow.engine import build_model, fit
 from digitflow.plots import training_curves
 from tasks.data import load_prepared, log_dataset_input, model_inputs
 from tasks.progress import EpochProgress
-from tasks.tracking import child_run, torch_requirement, log_figure, log_json
+from tasks.tracking import child_run, log_figure, log_json, torch_requirement
 
 
 @dataclass
@@ -56,7 +56,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
     with child_run("train", parent_run_id, tags={"dataset.train.digest": data.digest}) as run:
         mlflow.log_params(flatten(cfg, prefix="train."))
         log_json(to_dict(config), "config.json")
-        log_dataset_input(dataset, context="training", source=config.data.data_dir)
+        log_dataset_input(dataset, context="training")
 
         progress = EpochProgress(logger, cfg.epochs)
 
@@ -82,7 +82,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
         mlflow.log_metrics({"train/images_per_sec": images_per_sec, "train/seconds": seconds})
         log_figure(training_curves(result.history), "plots/training_curves.png")
         mlflow.log_artifact(checkpoint, "checkpoint")
-        _log_model(model, images[:1])
+        _log_model(model, images[:2])  # 2 images, so the logged model keeps a dynamic batch size
 
     model.eval()
     return TrainedModel(
@@ -95,7 +95,7 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
     """``mlflow.pytorch.log_model`` with a signature and an input example, from a CPU copy."""
     model.eval()
     cpu_model = copy.deepcopy(model).cpu().eval()
-    example_np = example.detach().cpu().numpy().astype(np.float32)  # (1, 1, 28, 28)
+    example_np = example.detach().cpu().numpy().astype(np.float32)  # (2, 1, 28, 28)
     with torch.inference_mode():
         output = cpu_model(torch.from_numpy(example_np)).numpy()
     mlflow.pytorch.log_model(
