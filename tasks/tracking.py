@@ -30,16 +30,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE_DIR / 'mlflow.db'}"
 
 
-def artifact_root() -> Path:
-    """Where runs of the default store keep their artifacts: ``mlflow/artifacts``."""
-    return STORE_DIR / "artifacts"
-
-
 def setup_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the store and make sure ``experiment`` exists; returns its id.
 
-    A new experiment on the default store gets ``mlflow/artifacts`` as its artifact location, so
-    the database and the files it refers to sit side by side.
+    A new experiment on a local SQLite store (the default ``mlflow/mlflow.db`` or any other) keeps its
+    artifacts in an ``artifacts`` folder beside the database, so the two sit side by side; a tracking
+    server decides that itself.
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -50,9 +46,10 @@ def setup_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
         experiment_id = found.experiment_id
     else:
         location = None
-        if "MLFLOW_TRACKING_URI" not in os.environ:
-            artifact_root().mkdir(parents=True, exist_ok=True)
-            location = artifact_root().as_uri()
+        if uri.startswith("sqlite:///"):  # a local store: artifacts beside the database, never in the cwd
+            folder = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
+            folder.mkdir(parents=True, exist_ok=True)
+            location = folder.as_uri()
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

@@ -1,0 +1,123 @@
+"""The pipeline flow end to end on tiny data in the official formats, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from flows.pipeline import pipeline
+from tests.fakedata import fake_data_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_run(tmp_path: Path, data_dir: Path, **overrides):
+    params = dict(
+        train="mnist:train", test="mnist:test", target=["usps:test"], epochs=2, batch_size=16,
+        data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"),
+        offline=True, experiment="pipeline-test",
+    )
+    return pipeline(**{**params, **overrides})
+
+
+def runs_by_name(parent_id: str) -> dict:
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list")
+    return {r.info.run_name: r for r in children}
+
+
+def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, prefect_server):
+    data_dir = fake_data_dir(tmp_path, monkeypatch)
+    summary = tiny_run(tmp_path, data_dir)
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(summary.run_id)
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_name"] == parent.info.run_name
+    assert tags["git.commit"]
+    assert {"dataset.train.digest", "dataset.test.digest", "dataset.target.usps.digest"} <= set(tags)
+    params = parent.data.params
+    assert params["train.epochs"] == "2" and params["data.train"] == "mnist:train"
+    assert params["train.optimizer.name"] == "SGD" and params["train.optimizer.kwargs.momentum"] == "0.9"
+    assert {"test/accuracy", "test/loss", "cross/usps/accuracy"} <= set(parent.data.metrics)
+
+    children = runs_by_name(summary.run_id)
+    assert {"train", "evaluate", "cross-domain usps:test", "export"} <= set(children)
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    train = children["train"]
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "train/accuracy")] == [1, 2]
+    assert train.inputs.dataset_inputs[0].dataset.digest == tags["dataset.train.digest"][:16]
+    assert summary.test_accuracy == parent.data.metrics["test/accuracy"]
+    assert "usps" in summary.cross_accuracy
+    assert Path(summary.exported["torchscript_path"]).is_file()
+    # The model logged by the train task loads back and predicts a batch of any size.
+    logged = mlflow.search_logged_models(filter_string="name = 'model'", output_format="list")
+    model = mlflow.pytorch.load_model(logged[0].model_uri)
+    import torch
+
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_divergence_fails_flow_and_runs_but_keeps_logged_data(tmp_path, monkeypatch, mlflow_store, prefect_server):
+    data_dir = fake_data_dir(tmp_path, monkeypatch)
+    state = tiny_run(tmp_path, data_dir, optimizer_kwargs={"lr": 1e12}, return_state=True)
+    assert state.is_failed()
+    assert "loss became" in state.message
+
+    [parent] = mlflow.search_runs(experiment_names=["pipeline-test"], filter_string="tags.`mlflow.parentRunId` IS NULL", output_format="list")
+    assert parent.info.status == "FAILED"
+    children = runs_by_name(parent.info.run_id)
+    assert children["train"].info.status == "FAILED"
+    assert children["prepare mnist:train"].info.status == "FINISHED"
+    assert parent.data.params["train.optimizer.kwargs.lr"] == "1000000000000.0"
+
+
+def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_help_lists_every_option():
+    result = cli("run", "--help")
+    assert result.returncode == 0
+    for option in ("--train", "--test", "--target", "--target-preprocess", "--epochs", "--optimizer", "--opt",
+                   "--param-group", "--scheduler", "--augment", "--device", "--offline", "--resume", "--data-dir"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--train", "mnst:train"], "unknown dataset 'mnst'"),
+        (["--test", "mnist:test[5:x]"], "mnist:test[5:x]"),
+        (["--opt", "lr"], "--opt takes KEY=VALUE"),
+    ],
+)
+def test_bad_input_is_one_line_and_exits_non_zero(args, message):
+    result = cli("run", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_offline_is_one_line_error(tmp_path):
+    missing = tmp_path / "no-such-dir"
+    result = cli(
+        "run", "--train", "mnist:test[:8000]", "--test", "mnist:test[8000:]", "--offline", "--epochs", "1",
+        "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+        env={"DIGITFLOW_DATA_DIR": str(missing), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
+    assert len(errors) == 1
+    assert "t10k-images-idx3-ubyte.gz" in errors[0] and str(missing / "MNIST" / "raw") in errors[0]
+    assert "--offline" in errors[0]
