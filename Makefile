@@ -1,0 +1,44 @@
+# digitflow: every target bootstraps what it needs, so on a fresh clone `make run` / `make test` just work.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: help setup run test test-fast ui bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install the project with pinned versions (idempotent)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: setup ## run the pipeline (pass options with ARGS="--epochs 3 ...")
+	$(BIN)/digitflow run $(ARGS)
+
+test: setup ## the whole test suite, real-data runs included (skipped without ../shared/data)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## unit, task and flow tests on tiny data only
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+ui: setup ## MLflow UI on the project's store, http://127.0.0.1:5000
+	PATH=$(CURDIR)/$(BIN):$$PATH mlflow/ui.sh
+
+bench: setup ## seed-notes loop vs. this engine, images per second (ARGS="--data-dir DIR")
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+lock: setup ## regenerate constraints.txt from the current environment
+	@{ sed -n '1,/^# .make lock/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+
+clean: ## remove caches and outputs (keeps .venv, data/ and the MLflow store)
+	rm -rf .cache outputs .pytest_cache

@@ -1,0 +1,133 @@
+"""Benchmark: one training epoch, the seed notes' loop against this project's engine, side by side.
+
+The seed loop: torchvision's MNIST dataset with per-sample ``ToTensor`` + ``Normalize``, a
+``DataLoader`` (batch 50, 2 workers, shuffled), forward/backward/SGD step. The engine: the same
+images prepared once as a tensor on the device, batches drawn by index (``digitflow.engine``).
+Same data (the MNIST split in ``--data-dir``), same LeNet, same optimizer. Prints images per second
+for both and their ratio. ``--to-accuracy 0.99`` also times the engine (with its default
+augmentation) until the held-out split reaches that accuracy.
+
+    python scripts/bench.py --data-dir ../shared/data            # or: make bench ARGS="--data-dir ../shared/data"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from digitflow.augment import build_augment
+from digitflow.config import AugmentConfig, TrainConfig
+from digitflow.data import load_dataset
+from digitflow.data.framing import frame_images
+from digitflow.device import resolve_device
+from digitflow.engine import build_model, evaluate, train_one_epoch
+from digitflow.models import MNIST_MEAN, MNIST_STD
+from digitflow.optim import build_optimizer
+
+
+def seed_loop_epoch(data_dir: str, device: torch.device, batch_size: int, workers: int) -> float:
+    """The seed notes' loop; returns images per second."""
+    dataset = datasets.MNIST(
+        data_dir, train=False, download=False,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]),
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    model = build_model(10, seed=0).to(device)
+    model.mean.fill_(0.0)  # the seed loop normalizes in its transforms; same LeNet compute otherwise
+    model.std.fill_(1.0)
+    optimizer = build_optimizer(model, TrainConfig().optimizer)
+    model.train()
+    start = time.perf_counter()
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def engine_epoch(images, labels, batch_size: int, augment) -> float:
+    """This project's engine; returns images per second."""
+    model = build_model(10, seed=0).to(images.device)
+    optimizer = build_optimizer(model, TrainConfig().optimizer)
+    metrics = train_one_epoch(model, optimizer, images, labels, batch_size=batch_size,
+                              generator=torch.Generator().manual_seed(0), augment=augment,
+                              amp=images.device.type == "cuda")
+    return metrics["images_per_sec"]
+
+
+def time_to_accuracy(train, test, target: float, max_epochs: int, device: torch.device) -> tuple[float, int, float]:
+    """Seconds (training + evaluation) until held-out accuracy >= target, with default settings."""
+    config = TrainConfig()
+    model = build_model(10, config.seed).to(device)
+    optimizer = build_optimizer(model, config.optimizer)
+    augment = build_augment(config.augment)
+    start = time.perf_counter()
+    accuracy = 0.0
+    for epoch in range(1, max_epochs + 1):
+        torch.manual_seed(epoch)
+        train_one_epoch(model, optimizer, *train, batch_size=config.batch_size, augment=augment,
+                        amp=device.type == "cuda", generator=torch.Generator().manual_seed(epoch))
+        accuracy = evaluate(model, *test).accuracy
+        if accuracy >= target:
+            break
+    return time.perf_counter() - start, epoch, accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("DIGITFLOW_DATA_DIR", "data"),
+                        help="folder with MNIST/raw/t10k-*.gz (default $DIGITFLOW_DATA_DIR or ./data)")
+    parser.add_argument("--cache-dir", default=".cache/digitflow")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed-batch-size", type=int, default=50, help="the seed notes' batch size (50)")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="the engine's batch size (default: the project default)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (2)")
+    parser.add_argument("--repeats", type=int, default=3, help="epochs timed per loop; the best is reported")
+    parser.add_argument("--to-accuracy", type=float, default=None, help="also time the engine to this held-out accuracy")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    data = load_dataset("mnist:test", args.data_dir, args.cache_dir, offline=True)
+    images, labels = frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
+    print(f"device: {name}; data: {data.spec}, {len(labels)} images; torch {torch.__version__}")
+
+    seed_loop_epoch(args.data_dir, device, args.seed_batch_size, args.workers)  # warm-up (worker start, kernels)
+    seed = max(seed_loop_epoch(args.data_dir, device, args.seed_batch_size, args.workers) for _ in range(args.repeats))
+    engine_epoch(images, labels, args.batch_size, None)  # warm-up
+    rows = [
+        (f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers)", seed),
+        (f"engine, batch {args.seed_batch_size}, no augmentation",
+         max(engine_epoch(images, labels, args.seed_batch_size, None) for _ in range(args.repeats))),
+        (f"engine, batch {args.batch_size}, no augmentation",
+         max(engine_epoch(images, labels, args.batch_size, None) for _ in range(args.repeats))),
+        (f"engine, batch {args.batch_size}, affine + elastic per image",
+         max(engine_epoch(images, labels, args.batch_size, build_augment(AugmentConfig())) for _ in range(args.repeats))),
+    ]
+    for label, ips in rows:
+        print(f"{label:58s} {ips:10,.0f} images/s   x{ips / seed:5.2f}")
+
+    if args.to_accuracy:
+        train = load_dataset("mnist:test[:8000]", args.data_dir, args.cache_dir, offline=True)
+        test = load_dataset("mnist:test[8000:]", args.data_dir, args.cache_dir, offline=True)
+        seconds, epochs, accuracy = time_to_accuracy(
+            (frame_images(train.images.to(device), "mnist-frame"), train.labels.to(device)),
+            (frame_images(test.images.to(device), "mnist-frame"), test.labels.to(device)),
+            args.to_accuracy, max_epochs=30, device=device,
+        )
+        print(f"engine to {args.to_accuracy} held-out accuracy (train mnist:test[:8000], test mnist:test[8000:]): "
+              f"{seconds:.1f} s, {epochs} epochs, accuracy {accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main()
