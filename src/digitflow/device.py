@@ -17,8 +17,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps ({exc})") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # torch also parses meta, xpu, hpu, ...: not training devices here
+        raise ConfigError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use --device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"device {name!r} asked for, but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} asked for, but MPS is not available here; use --device auto or cpu")
     return device
