@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import mlflow
+from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from tasks.tracking import run_url
@@ -75,7 +76,10 @@ class PipelineSummary:
 
 
 def publish_summary(summary: PipelineSummary) -> None:
-    """A markdown artifact with the summary and a link artifact to the MLflow run, in the Prefect UI."""
+    """Log the summary, and add a markdown artifact with it and a link artifact to the MLflow run."""
+    logger = get_run_logger()
+    for line in summary.lines():
+        logger.info(line)
     create_markdown_artifact(
         markdown="# digitflow run\n\n" + "\n".join(f"- {line}" for line in summary.lines()),
         key="digitflow-summary",

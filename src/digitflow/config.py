@@ -115,8 +115,8 @@ def _plain(value: Any) -> Any:
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """``RunConfig(train=TrainConfig(epochs=3))`` -> ``{"train.epochs": 3, ...}``.
 
-    Nested dicts (optimizer kwargs, param groups) are flattened too, so every value is a scalar,
-    a list, or None: what MLflow params and the Prefect UI can show.
+    Nested dicts (optimizer kwargs, param groups) are flattened too, so every value is a scalar, a
+    list, None, or an empty dict (kept, so that "no scheduler kwargs" still shows up as a param).
     """
     tree = to_dict(config) if dataclasses.is_dataclass(config) else config
     flat: dict[str, Any] = {}

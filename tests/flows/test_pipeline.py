@@ -61,6 +61,17 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     import torch
 
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    # Prefect: the summary as a markdown artifact and a link to the MLflow run.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[tags["prefect.flow_run_id"]]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert f"{summary.test_accuracy:.4f}" in by_key["digitflow-summary"].data
+    assert summary.run_id in by_key["mlflow-run"].data
 
 
 def test_divergence_fails_flow_and_runs_but_keeps_logged_data(tmp_path, monkeypatch, mlflow_store, prefect_server):
