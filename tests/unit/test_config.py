@@ -69,15 +69,19 @@ def test_flatten_covers_every_leaf_field():
                 expected.add(f"{section}.{f.name}")
     expected |= {f"train.augment.{f.name}" for f in dataclasses.fields(AugmentConfig)}
     expected |= {"train.optimizer.name", "train.optimizer.kwargs.lr", "train.optimizer.kwargs.momentum"}
-    expected |= {"train.scheduler.name", "output_dir", "resume"}
+    expected |= {"train.scheduler.name", "train.scheduler.kwargs", "output_dir", "resume"}
     assert expected <= set(flat)
-    assert flat["train.scheduler.name"] is None
+    assert flat["train.scheduler.name"] == SchedulerConfig.name
+    assert flat["train.scheduler.kwargs"] == {}  # empty kwargs are kept as a param
+    no_scheduler = flatten(RunConfig(train=TrainConfig(scheduler=SchedulerConfig(name=None))))
+    assert "train.scheduler.name" in no_scheduler and no_scheduler["train.scheduler.name"] is None
 
 
 def test_flatten_with_prefix():
     flat = flatten(TrainConfig(epochs=3), prefix="train.")
     assert flat["train.epochs"] == 3
-    assert flat["train.optimizer.kwargs.lr"] == 0.01
+    assert flat["train.optimizer.kwargs.lr"] == OptimizerConfig().kwargs["lr"]
+    assert flat["train.optimizer.kwargs.momentum"] == OptimizerConfig().kwargs["momentum"]
     assert all(key.startswith("train.") for key in flat)
 
 
@@ -146,8 +150,10 @@ def test_default_values_are_coherent():
 def test_default_factories_do_not_share_mutable_state():
     a, b = OptimizerConfig(), OptimizerConfig()
     assert a.kwargs == b.kwargs and a.kwargs is not b.kwargs
+    defaults = dict(a.kwargs)
+    assert defaults["lr"] != 123.0
     a.kwargs["lr"] = 123.0
-    assert OptimizerConfig().kwargs["lr"] == 0.01
+    assert OptimizerConfig().kwargs == defaults and b.kwargs == defaults
 
 
 def test_configs_are_frozen():

@@ -4,6 +4,7 @@ checkpoints, evaluation counts, callbacks and augmentation."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -24,6 +25,10 @@ from digitflow.engine import (
 from digitflow.errors import CheckpointError, TrainingDivergedError
 
 TIMING = ("seconds", "images_per_sec")
+# Tests of the engine's mechanics name the optimizer and schedule they rely on, so that tuning the
+# defaults in digitflow.config does not change what they check.
+SGD_MOMENTUM = OptimizerConfig(name="SGD", kwargs={"lr": 0.01, "momentum": 0.9})
+NO_SCHEDULER = SchedulerConfig(name=None)
 
 
 def blocks(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +84,7 @@ def test_fit_learns_a_simple_task(data):
     test_images, test_labels = blocks(100, seed=1)
     model = build_model(10, seed=0)
     before = evaluate(model, test_images, test_labels)
-    result = fit(model, images, labels, config(epochs=3))
+    result = fit(model, images, labels, config(epochs=3, optimizer=SGD_MOMENTUM, scheduler=NO_SCHEDULER))
 
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     losses = [h["loss"] for h in result.history]
@@ -87,7 +92,7 @@ def test_fit_learns_a_simple_task(data):
     assert result.history[-1]["accuracy"] >= 0.9
     for h in result.history:
         assert set(h) == {"epoch", "loss", "accuracy", "seconds", "images_per_sec", "lr"}
-        assert 0.0 <= h["accuracy"] <= 1.0 and h["seconds"] > 0 and h["lr"] == 0.01
+        assert 0.0 <= h["accuracy"] <= 1.0 and h["seconds"] > 0 and h["lr"] == SGD_MOMENTUM.kwargs["lr"]
 
     after = evaluate(model, test_images, test_labels)
     assert after.accuracy >= 0.9 > before.accuracy
@@ -219,9 +224,10 @@ def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
     images, labels = data
     cfg = config(
         epochs=3,
+        optimizer=SGD_MOMENTUM,  # SGD with momentum: the momentum buffers must be restored too
         # step_size 2: the lr drop after epoch 2 depends on the scheduler's restored step count
         scheduler=SchedulerConfig(name="StepLR", kwargs={"step_size": 2, "gamma": 0.5}),
-    )  # SGD with momentum: the momentum buffers must be restored too
+    )
 
     straight = build_model(10, seed=0)
     full = fit(straight, images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "a.pt")
@@ -239,6 +245,31 @@ def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
     assert without_timing(resumed.history) == without_timing(full.history)
     assert same_weights(resumed_model, straight)
     assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 3
+
+
+def test_interrupted_run_resumes_on_its_schedule(data, tmp_path):
+    # CosineAnnealingLR without T_max: the horizon comes from config.epochs, in both runs
+    images, labels = data
+    cfg = config(epochs=3, optimizer=SGD_MOMENTUM, scheduler=SchedulerConfig(name="CosineAnnealingLR"))
+    straight = build_model(10, seed=0)
+    full = fit(straight, images, labels, cfg, augment=noisy)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise Interrupted  # after the epoch's checkpoint was written
+
+    with pytest.raises(Interrupted):
+        fit(build_model(10, seed=0), images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "i.pt",
+            on_epoch=stop_after_first)
+    resumed_model = build_model(10, seed=99)
+    resumed = fit(resumed_model, images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "i.pt", resume=True)
+
+    assert resumed.resumed_from_epoch == 1
+    assert without_timing(resumed.history) == without_timing(full.history)
+    assert same_weights(resumed_model, straight)
 
 
 def test_resume_without_checkpoint_starts_fresh(data, tmp_path):
@@ -328,10 +359,23 @@ def test_reduce_lr_on_plateau_gets_the_epoch_loss(data, mode, lrs):
     images, labels = data
     # the loss falls every epoch: an improvement for mode="min", a plateau for mode="max"
     sched = SchedulerConfig(name="ReduceLROnPlateau", kwargs={"mode": mode, "patience": 0, "factor": 0.1})
-    result = fit(build_model(10, seed=0), images, labels, config(epochs=3, scheduler=sched))
+    result = fit(build_model(10, seed=0), images, labels, config(epochs=3, optimizer=SGD_MOMENTUM, scheduler=sched))
     losses = [h["loss"] for h in result.history]
     assert losses[2] < losses[1] < losses[0]
     assert [h["lr"] for h in result.history] == pytest.approx(lrs)
+
+
+def test_horizon_of_a_schedule_is_the_number_of_epochs(data, tmp_path):
+    images, labels = data
+    lr = SGD_MOMENTUM.kwargs["lr"]
+    for epochs in (2, 4):
+        cfg = config(epochs=epochs, optimizer=SGD_MOMENTUM, scheduler=SchedulerConfig(name="CosineAnnealingLR"))
+        path = tmp_path / f"{epochs}.pt"
+        result = fit(build_model(10, seed=0), images, labels, cfg, checkpoint_path=path)
+        expected = [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+        assert [h["lr"] for h in result.history] == pytest.approx(expected)
+        scheduler = torch.load(path, weights_only=True)["scheduler"]
+        assert scheduler["T_max"] == epochs and scheduler["last_epoch"] == epochs
 
 
 # --- evaluate ---------------------------------------------------------------------------------------

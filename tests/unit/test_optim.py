@@ -1,4 +1,6 @@
-"""Optimizers and schedulers by name: defaults, kwargs, parameter groups, and the errors."""
+"""Optimizers and schedulers by name: defaults, kwargs, parameter groups, horizons, and the errors."""
+
+import inspect
 
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from digitflow.config import OptimizerConfig, SchedulerConfig
 from digitflow.errors import ConfigError
 from digitflow.models import LeNet
-from digitflow.optim import build_optimizer, build_scheduler, optimizer_names, scheduler_names
+from digitflow.optim import HORIZON_ARGUMENTS, build_optimizer, build_scheduler, optimizer_names, scheduler_names
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +43,15 @@ def test_names_list_torch_optim_classes():
 
 
 def test_default_config_is_sgd_with_momentum(model):
+    defaults = OptimizerConfig().kwargs
+    assert OptimizerConfig.name == "SGD" and defaults["lr"] > 0 and defaults["momentum"] > 0
     opt = build_optimizer(model, OptimizerConfig())
     assert type(opt) is torch.optim.SGD
     assert len(opt.param_groups) == 1
     group = opt.param_groups[0]
-    assert group["lr"] == OptimizerConfig().kwargs["lr"] == 0.01
-    assert group["momentum"] == OptimizerConfig().kwargs["momentum"] == 0.9
+    assert group["lr"] == defaults["lr"]
+    assert group["momentum"] == defaults["momentum"]
+    assert all(group[key] == value for key, value in defaults.items())  # every default option reaches torch
     _covers_each_parameter_once(model, opt)
 
 
@@ -142,7 +147,8 @@ def test_prefix_matching_nothing_is_a_config_error(model):
 
 def test_no_scheduler_when_name_is_none(model):
     opt = build_optimizer(model, OptimizerConfig())
-    assert build_scheduler(opt, SchedulerConfig()) is None
+    assert build_scheduler(opt, SchedulerConfig(name=None)) is None
+    assert build_scheduler(opt, SchedulerConfig(name=None), epochs=5) is None
     assert build_scheduler(opt, SchedulerConfig(name=None, kwargs={"step_size": 1})) is None
 
 
@@ -205,3 +211,79 @@ def test_bad_scheduler_kwargs_are_config_errors(model, name, kwargs):
     with pytest.raises(ConfigError, match=rf"scheduler {name} rejected its options") as info:
         build_scheduler(opt, SchedulerConfig(name=name, kwargs=kwargs))
     assert "\n" not in str(info.value)
+
+
+# --- horizon arguments default to the run's length --------------------------------------------------
+
+
+def test_default_scheduler_anneals_over_the_given_epochs(model):
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    sched = build_scheduler(opt, SchedulerConfig(), epochs=4)
+    assert type(sched) is getattr(torch.optim.lr_scheduler, SchedulerConfig.name)
+    lrs = []
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # annealed to eta_min exactly at the last epoch
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_cosine_without_t_max_gets_t_max_from_epochs(model):
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    config = SchedulerConfig(name="CosineAnnealingLR", kwargs={"eta_min": 0.01})
+    sched = build_scheduler(opt, config, epochs=7)
+    assert type(sched) is torch.optim.lr_scheduler.CosineAnnealingLR
+    assert sched.T_max == 7
+    assert sched.eta_min == 0.01  # the given options are kept
+    assert config.kwargs == {"eta_min": 0.01}  # the config itself is not modified
+
+
+def test_explicit_t_max_is_kept(model):
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    sched = build_scheduler(opt, SchedulerConfig(name="CosineAnnealingLR", kwargs={"T_max": 3}), epochs=7)
+    assert sched.T_max == 3
+
+
+def test_linear_lr_total_iters_defaults_to_epochs(model):
+    # LinearLR has its own default (total_iters=5); with epochs given, the run's length wins
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    assert build_scheduler(opt, SchedulerConfig(name="LinearLR"), epochs=9).total_iters == 9
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    assert build_scheduler(opt, SchedulerConfig(name="LinearLR", kwargs={"total_iters": 2}), epochs=9).total_iters == 2
+
+
+def test_one_cycle_lr_gets_total_steps_from_epochs(model):
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    sched = build_scheduler(opt, SchedulerConfig(name="OneCycleLR", kwargs={"max_lr": 0.2}), epochs=6)
+    assert type(sched) is torch.optim.lr_scheduler.OneCycleLR
+    assert sched.total_steps == 6
+    for _ in range(6):  # stepping exactly once per epoch runs the whole cycle without overrunning it
+        opt.step()
+        sched.step()
+
+
+def test_scheduler_without_horizon_arguments_is_unaffected(model):
+    assert not set(HORIZON_ARGUMENTS) & set(inspect.signature(torch.optim.lr_scheduler.StepLR).parameters)
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    config = SchedulerConfig(name="StepLR", kwargs={"step_size": 2, "gamma": 0.5})
+    sched = build_scheduler(opt, config, epochs=10)
+    assert type(sched) is torch.optim.lr_scheduler.StepLR
+    assert sched.step_size == 2 and sched.gamma == 0.5
+    assert not any(hasattr(sched, arg) for arg in HORIZON_ARGUMENTS)
+    assert config.kwargs == {"step_size": 2, "gamma": 0.5}
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    plateau = build_scheduler(opt, SchedulerConfig(name="ReduceLROnPlateau", kwargs={"patience": 0}), epochs=10)
+    assert type(plateau) is torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+def test_no_epochs_leaves_the_kwargs_untouched(model):
+    opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
+    # nothing is filled in: the required T_max is still missing, and LinearLR keeps torch's default
+    with pytest.raises(ConfigError, match=r"scheduler CosineAnnealingLR rejected its options \{\}"):
+        build_scheduler(opt, SchedulerConfig(name="CosineAnnealingLR"))
+    with pytest.raises(ConfigError, match="scheduler OneCycleLR rejected its options"):
+        build_scheduler(opt, SchedulerConfig(name="OneCycleLR", kwargs={"max_lr": 0.2}), epochs=None)
+    linear_default = inspect.signature(torch.optim.lr_scheduler.LinearLR).parameters["total_iters"].default
+    assert build_scheduler(opt, SchedulerConfig(name="LinearLR")).total_iters == linear_default
+    assert build_scheduler(opt, SchedulerConfig(name="CosineAnnealingLR", kwargs={"T_max": 3})).T_max == 3
