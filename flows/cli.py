@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from digitflow.config import AugmentConfig, DataConfig, ExportConfig, OptimizerConfig, RunConfig, TrainConfig
+from digitflow.config import AugmentConfig, DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig
 from digitflow.data import DATASETS, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import ConfigError, DataError, DigitflowError
@@ -28,7 +28,7 @@ dataset specs: NAME:SPLIT[START:STOP] with NAME in {datasets} and SPLIT train or
 examples:
   digitflow run --epochs 3
   DIGITFLOW_DATA_DIR=../shared/data digitflow run --train 'mnist:test[:8000]' --test 'mnist:test[8000:]' --offline
-  digitflow run --optimizer AdamW --opt lr=1e-3 --opt weight_decay=0.01 --scheduler OneCycleLR --sched max_lr=0.01 --sched total_steps=6
+  digitflow run --optimizer AdamW --opt lr=1e-3 --opt weight_decay=0.01 --scheduler OneCycleLR --sched max_lr=0.01
   digitflow run --param-group classifier:lr=0.001      # a separate learning rate for the classifier head
 results: MLflow (make ui, http://127.0.0.1:5000), Prefect (prefect server start, or artifacts in the run)
 """
@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=None, help="shortcut for --opt lr=LR")
     train.add_argument("--param-group", action="append", metavar="PREFIX:KEY=VALUE",
                        help="options for parameters whose name starts with PREFIX (features, classifier, classifier.3), repeatable")
-    train.add_argument("--scheduler", default=None, metavar="NAME", help="any torch.optim.lr_scheduler class, stepped per epoch (default none)")
+    s = SchedulerConfig()
+    train.add_argument("--scheduler", default=s.name, metavar="NAME",
+                       help="any torch.optim.lr_scheduler class, stepped per epoch; T_max/total_iters/total_steps "
+                       f"default to the epochs; 'none' for a constant rate (default {s.name})")
     train.add_argument("--sched", action="append", metavar="KEY=VALUE", help="scheduler keyword argument, repeatable")
     a = AugmentConfig()
     train.add_argument("--augment", nargs="+", default=None, metavar="NAME",

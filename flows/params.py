@@ -75,7 +75,7 @@ def build_config(
                 kwargs=OptimizerConfig().kwargs if optimizer_kwargs is None else dict(optimizer_kwargs),
                 param_groups=dict(param_groups or {}),
             ),
-            scheduler=SchedulerConfig(name=scheduler or None, kwargs=dict(scheduler_kwargs or {})),
+            scheduler=SchedulerConfig(name=None if scheduler in (None, "", "none") else scheduler, kwargs=dict(scheduler_kwargs or {})),
             augment=AugmentConfig(
                 affine="affine" in augment,
                 elastic="elastic" in augment,

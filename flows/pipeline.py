@@ -12,7 +12,7 @@ import mlflow
 from prefect import flow
 from prefect.runtime import flow_run
 
-from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, TrainConfig, flatten
+from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
 from flows.params import DEFAULT_AUGMENT, build_config, checkpoint_path
 from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
@@ -33,7 +33,7 @@ def pipeline(
     optimizer: str = OptimizerConfig.name,
     optimizer_kwargs: dict[str, Any] | None = None,
     param_groups: dict[str, dict[str, Any]] | None = None,
-    scheduler: str | None = None,
+    scheduler: str | None = SchedulerConfig.name,
     scheduler_kwargs: dict[str, Any] | None = None,
     augment: list[str] = DEFAULT_AUGMENT,
     seed: int = TrainConfig.seed,
@@ -51,7 +51,8 @@ def pipeline(
 
     Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``, ``usps:test[:50%]``. ``data_dir``
     defaults to ``$DIGITFLOW_DATA_DIR`` or ``./data``; ``offline`` never downloads. Unset optimizer
-    kwargs mean SGD's defaults (lr 0.01, momentum 0.9).
+    kwargs mean the defaults of ``OptimizerConfig`` (SGD, lr 0.05, momentum 0.9); ``scheduler=None`` trains
+    at a constant learning rate.
     """
     config = build_config(
         train=train, test=test, target=target, target_preprocess=target_preprocess, epochs=epochs,

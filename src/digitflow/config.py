@@ -29,14 +29,17 @@ class DataConfig:
 class AugmentConfig:
     """Training-time augmentation, drawn independently for every image on the training device."""
 
+    # Defaults chosen by a sweep (train mnist:test[:8000], 3 seeds; README "Cross-domain testing"):
+    # a mild affine alone gave the best held-out MNIST and USPS accuracy; stronger affine or any
+    # elastic distortion lowered both, so elastic is available but off.
     affine: bool = True
-    degrees: float = 15.0  # rotation range, +/- degrees
-    translate: float = 0.1  # fraction of the image size, +/-
-    scale_min: float = 0.85
-    scale_max: float = 1.15
-    shear: float = 10.0  # +/- degrees
-    elastic: bool = True
-    elastic_alpha: float = 34.0  # displacement magnitude, pixels
+    degrees: float = 10.0  # rotation range, +/- degrees
+    translate: float = 0.08  # fraction of the image size, +/-
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    shear: float = 5.0  # +/- degrees
+    elastic: bool = False
+    elastic_alpha: float = 10.0  # displacement magnitude, pixels
     elastic_sigma: float = 4.0  # smoothness of the displacement field, pixels
     extra: tuple[str, ...] = ()  # torchvision.transforms.v2 class names, e.g. "RandomErasing"
 
@@ -50,15 +53,19 @@ class OptimizerConfig:
     """
 
     name: str = "SGD"
-    kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 0.01, "momentum": 0.9})
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 0.05, "momentum": 0.9})
     param_groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Any ``torch.optim.lr_scheduler`` class by name (stepped once per epoch), or none."""
+    """Any ``torch.optim.lr_scheduler`` class by name (stepped once per epoch), or None for none.
 
-    name: str | None = None
+    A horizon argument the class takes (``T_max``, ``total_iters``, ``total_steps``) defaults to the
+    number of epochs, so the default cosine schedule anneals over the whole run whatever its length.
+    """
+
+    name: str | None = "CosineAnnealingLR"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -194,7 +194,7 @@ def fit(
     completed epoch and ends with the same weights an uninterrupted run would have.
     """
     optimizer = build_optimizer(model, config.optimizer)
-    scheduler = build_scheduler(optimizer, config.scheduler)
+    scheduler = build_scheduler(optimizer, config.scheduler, epochs=config.epochs)
     history: list[dict[str, float]] = []
     start_epoch = 1
     model_name = type(model).__name__
@@ -252,9 +252,12 @@ def fit(
 
 
 def resumable_settings(config: TrainConfig) -> dict[str, Any]:
-    """The settings a resumed run must share with the checkpoint (all but the epoch count and device)."""
+    """The settings a resumed run must share with its checkpoint: all but the device.
+
+    The epoch count is included: schedules such as the default cosine annealing are laid out over it,
+    so "resume with more epochs" would not be the run that was interrupted.
+    """
     settings = to_dict(config)
-    settings.pop("epochs")
     settings.pop("device")
     return settings
 

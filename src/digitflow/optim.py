@@ -61,10 +61,15 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Op
         raise ConfigError(f"optimizer {config.name} rejected its options {config.kwargs}: {exc}") from None
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig):
+HORIZON_ARGUMENTS = ("T_max", "total_iters", "total_steps")  # the run's length, in scheduler steps
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, epochs: int | None = None):
     """Instantiate ``torch.optim.lr_scheduler.<name>(optimizer, **kwargs)``, or None when no name is set.
 
-    The engine steps it once per epoch (ReduceLROnPlateau gets the epoch's training loss).
+    The engine steps it once per epoch (ReduceLROnPlateau gets the epoch's training loss), so a
+    horizon argument the class takes (``T_max``, ``total_iters``, ``total_steps``) and the config
+    leaves out is set to ``epochs``.
     """
     if not config.name:
         return None
@@ -73,7 +78,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig):
     cls = classes.get(config.name)
     if cls is None:
         raise ConfigError(f"unknown scheduler {config.name!r}; choose one of: {', '.join(scheduler_names())}")
+    kwargs = dict(config.kwargs)
+    if epochs is not None:
+        accepted = inspect.signature(cls).parameters
+        kwargs.update({arg: epochs for arg in HORIZON_ARGUMENTS if arg in accepted and arg not in kwargs})
     try:
-        return cls(optimizer, **config.kwargs)
+        return cls(optimizer, **kwargs)
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"scheduler {config.name} rejected its options {config.kwargs}: {exc}") from None

@@ -232,8 +232,16 @@ def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
     straight = build_model(10, seed=0)
     full = fit(straight, images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "a.pt")
 
-    first = build_model(10, seed=0)
-    fit(first, images, labels, dataclasses.replace(cfg, epochs=1), augment=noisy, checkpoint_path=tmp_path / "b.pt")
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise Interrupted  # after the epoch's checkpoint was written
+
+    with pytest.raises(Interrupted):
+        fit(build_model(10, seed=0), images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "b.pt",
+            on_epoch=stop_after_first)
     torch.manual_seed(123)
     torch.rand(1000)  # whatever ran in between must not matter
     resumed_model = build_model(10, seed=99)  # different initial weights: the checkpoint must replace them
@@ -298,21 +306,23 @@ def test_resume_of_a_finished_run_trains_nothing(data, tmp_path):
         {"seed": 1},
         {"optimizer": OptimizerConfig(kwargs={"lr": 0.02, "momentum": 0.9})},
         {"scheduler": SchedulerConfig(name="StepLR", kwargs={"step_size": 1})},
+        {"epochs": 3},
     ],
-    ids=["batch_size", "seed", "lr", "scheduler"],
+    ids=["batch_size", "seed", "lr", "scheduler", "epochs"],
 )
 def test_resume_with_other_settings_is_refused(data, tmp_path, change):
     images, labels = data
     path = tmp_path / "c.pt"
-    fit(build_model(10, seed=0), images, labels, config(epochs=1), checkpoint_path=path)
+    fit(build_model(10, seed=0), images, labels, config(epochs=2), checkpoint_path=path)
     with pytest.raises(CheckpointError, match="other training settings") as info:
-        fit(build_model(10, seed=0), images, labels, config(epochs=2, **change), checkpoint_path=path, resume=True)
+        fit(build_model(10, seed=0), images, labels, config(**{"epochs": 2, **change}), checkpoint_path=path, resume=True)
     assert "\n" not in str(info.value)
 
 
-def test_resume_ignores_epochs_and_device(data, tmp_path):
-    assert resumable_settings(config(epochs=1, device="cpu")) == resumable_settings(config(epochs=9, device="auto"))
-    assert "epochs" not in resumable_settings(config()) and "device" not in resumable_settings(config())
+def test_resume_ignores_only_the_device(data, tmp_path):
+    assert resumable_settings(config(device="cpu")) == resumable_settings(config(device="auto"))
+    assert resumable_settings(config(epochs=1)) != resumable_settings(config(epochs=9))
+    assert "device" not in resumable_settings(config())
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(data, tmp_path):
