@@ -7,7 +7,12 @@ import logging
 import sys
 from collections.abc import Iterator
 
+from rich.console import Console
+from rich.default_styles import DEFAULT_STYLES
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.theme import Theme
+
+PROGRESS_THEME = Theme({k: v for k, v in DEFAULT_STYLES.items() if k.startswith(("bar.", "progress."))})
 
 
 class EpochProgress:
@@ -33,11 +38,16 @@ class EpochProgress:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            transient=False,
+            console=_log_console(), transient=False,
         )
-        with self._progress:
-            yield self
-        self._progress = None
+        console = self._progress.console
+        console.push_theme(PROGRESS_THEME)  # Prefect's console theme lacks rich's bar/progress styles
+        try:
+            with self._progress:
+                yield self
+        finally:
+            console.pop_theme()
+            self._progress = None
 
     def on_batch(self, epoch: int, done: int, total: int, loss: float | None) -> None:
         """Engine callback after every batch; ``loss`` is a float only on check intervals."""
@@ -56,3 +66,20 @@ class EpochProgress:
             record["epoch"], self.epochs, record["loss"], record["accuracy"],
             record["images_per_sec"], record["seconds"],
         )
+
+
+def _log_console() -> Console | None:
+    """The rich Console that Prefect's console log handler prints to, if there is one.
+
+    Sharing it lets rich print log lines above the live bars instead of through them.
+    """
+    loggers = [logging.getLogger()] + [
+        logger for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("prefect") and isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            console = getattr(handler, "console", None)
+            if isinstance(console, Console):
+                return console
+    return None
