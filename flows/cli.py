@@ -17,7 +17,7 @@ from typing import Any
 from digitflow.config import AugmentConfig, DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig
 from digitflow.data import DATASETS, parse_spec
 from digitflow.data.framing import PREPROCESSORS
-from digitflow.errors import ConfigError, DataError, DigitflowError
+from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                        f"classes such as RandomErasing (default: {' '.join(n for n in ('affine', 'elastic') if getattr(a, n))})")
     train.add_argument("--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options from its last checkpoint")
+    train.add_argument("--checkpoint", default=None, metavar="FILE",
+                       help="checkpoint file written after every epoch and read by --resume "
+                       "(default: outputs/checkpoints/lenet-<hash of the training options>.pt)")
 
     e, r = ExportConfig(), RunConfig()
     out = run.add_argument_group("export and tracking")
@@ -142,7 +145,8 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         param_groups=_param_groups(args.param_group) or None, scheduler=args.scheduler,
         scheduler_kwargs=_key_values(args.sched, "--sched") or None, seed=args.seed, device=args.device,
         amp=args.amp, export_mode=args.export_mode, data_dir=args.data_dir, cache_dir=args.cache_dir,
-        offline=args.offline, resume=args.resume, output_dir=args.output_dir, experiment=args.experiment,
+        offline=args.offline, resume=args.resume, output_dir=args.output_dir, checkpoint=args.checkpoint,
+        experiment=args.experiment,
     )
     if args.augment is not None:
         params["augment"] = args.augment
@@ -184,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_expected_errors()
     try:
         summary = pipeline(**params)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, CheckpointError) as exc:
         print(f"digitflow: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DigitflowError as exc:

@@ -54,6 +54,7 @@ def build_config(
     offline: bool,
     resume: bool,
     output_dir: str,
+    checkpoint: str | None = None,
 ) -> RunConfig:
     """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input."""
     for spec in (train, test, *target):
@@ -84,13 +85,17 @@ def build_config(
         ),
         export=ExportConfig(mode=export_mode),
         output_dir=output_dir,
+        checkpoint=checkpoint,
         resume=resume,
     )
 
 
 def checkpoint_path(config: RunConfig, train_digest: str) -> Path:
-    """Where this run checkpoints: keyed by the training settings and data, so ``--resume`` finds
-    the checkpoint of an interrupted run with the same options and nothing else."""
+    """Where this run checkpoints: ``config.checkpoint`` if set, else a file keyed by the training
+    settings and data, so ``--resume`` finds the checkpoint of an interrupted run with the same
+    options and nothing else."""
+    if config.checkpoint:
+        return Path(config.checkpoint)
     settings = resumable_settings(config.train)
     key = hashlib.sha256(json.dumps([settings, train_digest], sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.output_dir) / "checkpoints" / f"lenet-{key}.pt"

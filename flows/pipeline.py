@@ -45,6 +45,7 @@ def pipeline(
     offline: bool = DataConfig.offline,
     resume: bool = RunConfig.resume,
     output_dir: str = RunConfig.output_dir,
+    checkpoint: str | None = RunConfig.checkpoint,
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
@@ -59,7 +60,7 @@ def pipeline(
         batch_size=batch_size, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, param_groups=param_groups,
         scheduler=scheduler, scheduler_kwargs=scheduler_kwargs, augment=augment, seed=seed, device=device,
         amp=amp, export_mode=export_mode, data_dir=data_dir, cache_dir=cache_dir, offline=offline,
-        resume=resume, output_dir=output_dir,
+        resume=resume, output_dir=output_dir, checkpoint=checkpoint,
     )
     data = config.data
     experiment_id = setup_tracking(experiment)

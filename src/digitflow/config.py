@@ -103,6 +103,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     output_dir: str = "outputs"  # checkpoints and exported files, one folder per run
+    checkpoint: str | None = None  # None: output_dir/checkpoints/lenet-<settings hash>.pt
     resume: bool = False
 
 

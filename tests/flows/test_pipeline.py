@@ -132,3 +132,31 @@ def test_missing_data_offline_is_one_line_error(tmp_path):
     assert len(errors) == 1
     assert "t10k-images-idx3-ubyte.gz" in errors[0] and str(missing / "MNIST" / "raw") in errors[0]
     assert "--offline" in errors[0]
+
+
+@pytest.mark.parametrize("kind", ["not a checkpoint", "another model"])
+def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
+    import torch
+
+    from digitflow.checkpoint import save_checkpoint
+
+    bad = tmp_path / "bad.pt"
+    if kind == "not a checkpoint":
+        bad.write_bytes(b"these bytes are no checkpoint" * 10)
+        expected = "is not a digitflow checkpoint"
+    else:
+        save_checkpoint(bad, {"model_name": "Generator", "model": {"w": torch.zeros(1)}})
+        expected = "was written for model 'Generator', not 'LeNet'"
+    data = REPO.parent / "shared" / "data"
+    if not (data / "MNIST").is_dir():
+        pytest.skip(f"needs the real MNIST test files in {data}")
+    result = cli(
+        "run", "--train", "mnist:test[:500]", "--test", "mnist:test[9500:]", "--no-target", "--offline",
+        "--data-dir", str(data), "--resume", "--checkpoint", str(bad), "--epochs", "1",
+        "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
+    assert len(errors) == 1 and expected in errors[0] and str(bad) in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
