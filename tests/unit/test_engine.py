@@ -220,6 +220,22 @@ def test_epoch_seeds_are_distinct():
 # --- resume and checkpoints -------------------------------------------------------------------
 
 
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after_first_epoch(images, labels, cfg, checkpoint_path):
+    """Start a run of ``cfg`` and stop it once epoch 1 (and its checkpoint) is done."""
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(build_model(10, seed=0), images, labels, cfg, augment=noisy, checkpoint_path=checkpoint_path,
+            on_epoch=stop_after_first)
+
+
 def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
     images, labels = data
     cfg = config(
@@ -232,16 +248,7 @@ def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
     straight = build_model(10, seed=0)
     full = fit(straight, images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "a.pt")
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_first(record):
-        if record["epoch"] == 1:
-            raise Interrupted  # after the epoch's checkpoint was written
-
-    with pytest.raises(Interrupted):
-        fit(build_model(10, seed=0), images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "b.pt",
-            on_epoch=stop_after_first)
+    interrupt_after_first_epoch(images, labels, cfg, tmp_path / "b.pt")
     torch.manual_seed(123)
     torch.rand(1000)  # whatever ran in between must not matter
     resumed_model = build_model(10, seed=99)  # different initial weights: the checkpoint must replace them
@@ -262,16 +269,7 @@ def test_interrupted_run_resumes_on_its_schedule(data, tmp_path):
     straight = build_model(10, seed=0)
     full = fit(straight, images, labels, cfg, augment=noisy)
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_first(record):
-        if record["epoch"] == 1:
-            raise Interrupted  # after the epoch's checkpoint was written
-
-    with pytest.raises(Interrupted):
-        fit(build_model(10, seed=0), images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "i.pt",
-            on_epoch=stop_after_first)
+    interrupt_after_first_epoch(images, labels, cfg, tmp_path / "i.pt")
     resumed_model = build_model(10, seed=99)
     resumed = fit(resumed_model, images, labels, cfg, augment=noisy, checkpoint_path=tmp_path / "i.pt", resume=True)
 
