@@ -18,13 +18,14 @@ from digitflow.config import AugmentConfig, DataConfig, ExportConfig, OptimizerC
 from digitflow.data import DATASETS, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
+from flows.params import DEFAULT_AUGMENT, build_config
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 EPILOG = """\
 dataset specs: NAME:SPLIT[START:STOP] with NAME in {datasets} and SPLIT train or test;
-  bounds are indices or percentages: mnist:train, mnist:test[:8000], mnist:test[8000:], usps:test[:50%%]
+  bounds are indices or percentages: mnist:train, mnist:test[:8000], mnist:test[8000:], usps:test[:50%]
 examples:
   digitflow run --epochs 3
   DIGITFLOW_DATA_DIR=../shared/data digitflow run --train 'mnist:test[:8000]' --test 'mnist:test[8000:]' --offline
@@ -133,12 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """Parsed options -> keyword arguments of :func:`flows.pipeline.pipeline`."""
-    optimizer_kwargs = _key_values(args.opt, "--opt") if args.opt else None
+    # --opt and --lr add to the optimizer's defaults: the project's (lr 0.05, momentum 0.9) for the
+    # default SGD, torch's own for any other optimizer (SGD's values are not another optimizer's).
+    base = OptimizerConfig().kwargs if args.optimizer == OptimizerConfig.name else {}
+    optimizer_kwargs = {**base, **_key_values(args.opt, "--opt")}
     if args.lr is not None:
-        base = OptimizerConfig().kwargs if optimizer_kwargs is None and args.optimizer == OptimizerConfig.name else {}
-        optimizer_kwargs = {**base, **(optimizer_kwargs or {}), "lr": args.lr}
-    if optimizer_kwargs is None and args.optimizer != OptimizerConfig.name:
-        optimizer_kwargs = {}  # SGD's defaults (lr, momentum) are not another optimizer's
+        optimizer_kwargs["lr"] = args.lr
     params = dict(
         train=args.train, test=args.test, target=args.target, target_preprocess=args.target_preprocess,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, optimizer_kwargs=optimizer_kwargs,
@@ -148,8 +149,7 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         offline=args.offline, resume=args.resume, output_dir=args.output_dir, checkpoint=args.checkpoint,
         experiment=args.experiment,
     )
-    if args.augment is not None:
-        params["augment"] = args.augment
+    params["augment"] = DEFAULT_AUGMENT if args.augment is None else args.augment
     return params
 
 
@@ -180,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = flow_parameters(args)
-    except ConfigError as exc:
+        # Check every option now, not minutes later inside the flow (and without a failed run in MLflow).
+        build_config(**{k: v for k, v in params.items() if k != "experiment"})
+    except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
 
     from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from digitflow.augment import build_augment
 from digitflow.config import (
     AugmentConfig,
     DataConfig,
@@ -18,8 +19,12 @@ from digitflow.config import (
     TrainConfig,
 )
 from digitflow.data import parse_spec
+from digitflow.data.framing import get_preprocessor
+from digitflow.device import resolve_device
 from digitflow.engine import resumable_settings
 from digitflow.errors import ConfigError
+from digitflow.models import LeNet
+from digitflow.optim import build_optimizer, build_scheduler
 
 DATA_DIR_ENV = "DIGITFLOW_DATA_DIR"
 GEOMETRIC_AUGMENTS = ("affine", "elastic")
@@ -56,15 +61,20 @@ def build_config(
     output_dir: str,
     checkpoint: str | None = None,
 ) -> RunConfig:
-    """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input."""
+    """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input.
+
+    Everything that can be checked without data is checked here (specs, device, optimizer, scheduler,
+    augmentation, sizes), so a typo fails in a second, before any download or training.
+    """
     for spec in (train, test, *target):
         parse_spec(spec)
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"epochs and batch size must be at least 1 (got epochs={epochs}, batch size={batch_size})")
     if export_mode not in ("script", "trace"):
         raise ConfigError(f"unknown export mode {export_mode!r}; valid modes: script, trace")
+    get_preprocessor(target_preprocess)
     augment = DEFAULT_AUGMENT if augment is None else augment
-    return RunConfig(
+    config = RunConfig(
         data=DataConfig(
             train=train, test=test, targets=tuple(target), target_preprocess=target_preprocess,
             data_dir=data_dir or default_data_dir(), cache_dir=cache_dir, offline=offline,
@@ -88,6 +98,17 @@ def build_config(
         checkpoint=checkpoint,
         resume=resume,
     )
+    _dry_build(config.train)
+    return config
+
+
+def _dry_build(train: TrainConfig) -> None:
+    """Build device, augmentation, optimizer and scheduler once on a throwaway LeNet: their errors
+    (unknown names, bad keyword arguments, a missing CUDA) surface before the run starts."""
+    resolve_device(train.device)
+    build_augment(train.augment)
+    optimizer = build_optimizer(LeNet(), train.optimizer)
+    build_scheduler(optimizer, train.scheduler, epochs=train.epochs)
 
 
 def checkpoint_path(config: RunConfig, train_digest: str) -> Path:

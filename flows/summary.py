@@ -9,7 +9,7 @@ import mlflow
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from tasks.tracking import run_url
+from tasks.tracking import run_url, ui_command
 
 
 @dataclass
@@ -28,7 +28,7 @@ class PipelineSummary:
     images_per_sec: float = 0.0
     device: str = "cpu"
     exported: dict[str, Any] = field(default_factory=dict)
-    ui_command: str = "make ui"
+    ui_command: str = "make ui"  # see tasks.tracking.ui_command
 
     @classmethod
     def collect(cls, parent: mlflow.ActiveRun, experiment_id: str, trained, test_metrics, cross_metrics, exported) -> PipelineSummary:
@@ -52,6 +52,7 @@ class PipelineSummary:
             images_per_sec=trained.images_per_sec,
             device=trained.device,
             exported=dict(exported or {}),
+            ui_command=ui_command(),
         )
 
     def lines(self) -> list[str]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent GPU machine (see DEVELOPERS.md / README: Tests and benchmark).
+# The GPU checks, as one script for a lent GPU machine (README: Tests and benchmark). Not run yet:
+# no GPU machine was lent to the session that wrote it.
 # Usage: scripts/gpu_check.sh DATA_DIR   (DATA_DIR holds MNIST/raw/t10k-*.gz and USPS/usps.t.bz2)
 # Uses the machine's own python3 with torch and torchvision; only src/ is needed (no Prefect/MLflow).
 set -uo pipefail

@@ -12,9 +12,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from digitflow.data import DATASETS, DigitDataset, PreparedDataset, fetch, files_digest, load, prepare
+from digitflow.data import DigitDataset, PreparedDataset, fetch, files_digest, load, prepare
+from digitflow.data.cache import CACHE_VERSION
 from digitflow.data.framing import frame_images
+from digitflow.errors import DownloadError
 from tasks.tracking import child_run
+
+
+def _network_failure(task, task_run, state) -> bool:
+    """Retry only when no mirror could be reached; a corrupt or unreadable local file stays broken."""
+    try:
+        state.result()
+    except DownloadError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 @task(
@@ -23,6 +36,7 @@ from tasks.tracking import child_run
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2 s, 4 s, 8 s
     retry_jitter_factor=0.5,
+    retry_condition_fn=_network_failure,
     cache_policy=NO_CACHE,
 )
 def download_dataset(spec: str, data_dir: str, offline: bool = False) -> list[str]:
@@ -36,7 +50,7 @@ def download_dataset(spec: str, data_dir: str, offline: bool = False) -> list[st
 def _prepare_cache_key(context: TaskRunContext, parameters: dict) -> str:
     """Cache on the spec, the cache folder and the raw files' content (not their paths or mtimes)."""
     digest = files_digest([Path(p) for p in parameters["raw_files"]])
-    key = f"{parameters['spec']}|{Path(parameters['cache_dir']).resolve()}|{digest}"
+    key = f"{parameters['spec']}|{Path(parameters['cache_dir']).resolve()}|{digest}|v{CACHE_VERSION}"
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -77,11 +91,6 @@ def log_dataset_input(dataset: DigitDataset, context: str) -> None:
         digest=dataset.digest[:16],
     )
     mlflow.log_input(ds, context=context)
-
-
-def class_names(dataset_name: str) -> list[str]:
-    """The class names of a registered dataset (digits '0'..'9', or Fashion-MNIST's clothing names)."""
-    return list(DATASETS[dataset_name].classes)
 
 
 def prepare_data(spec: str, data_dir: str, cache_dir: str, offline: bool, parent_run_id: str | None) -> PreparedDataset:

@@ -37,7 +37,7 @@ def export_model(
     logger = get_run_logger()
     cfg = config.export
     with child_run("export", parent_run_id) as run:
-        out_dir = Path(config.output_dir) / "exports" / run.info.run_id
+        out_dir = Path(config.output_dir) / "exports" / (parent_run_id or run.info.run_id)  # the flow run's id
         dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
         images, _ = model_inputs(dataset, config.data.target_preprocess, "cpu")
         images = images[: cfg.verify_images]

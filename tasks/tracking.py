@@ -22,7 +22,6 @@ from matplotlib.figure import Figure
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = PROJECT_ROOT / "mlflow"
 DEFAULT_EXPERIMENT = "digitflow"
-UI_URL = "http://127.0.0.1:5000"  # where `make ui` serves the MLflow UI
 
 
 def tracking_uri() -> str:
@@ -109,6 +108,25 @@ def log_confusion(confusion, classes: list[str], artifact_dir: str, title: str) 
     log_figure(confusion_matrix_figure(confusion, classes, title), f"{artifact_dir}/confusion_matrix.png")
 
 
+def ui_url() -> str:
+    """The MLflow UI for the store in use: the tracking server itself, or ``make ui``'s local address
+    (``mlflow/ui.sh``: 127.0.0.1, port ``$MLFLOW_PORT`` or 5000)."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
+
+
+def ui_command() -> str:
+    """How to open that UI: ``make ui`` for the project's store, else the store's own server."""
+    uri = tracking_uri()
+    if uri == f"sqlite:///{STORE_DIR / 'mlflow.db'}":
+        return "make ui"
+    if uri.startswith(("http://", "https://")):
+        return "open the tracking server"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
 def run_url(run_id: str, experiment_id: str) -> str:
-    """Link to a run in the MLflow UI served by ``make ui``."""
-    return f"{UI_URL}/#/experiments/{experiment_id}/runs/{run_id}"
+    """Link to a run in the MLflow UI (see :func:`ui_url`)."""
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlflow
 import numpy as np
@@ -29,12 +29,8 @@ class TrainedModel:
 
     model: torch.nn.Module  # in eval mode, on ``device``
     device: str
-    run_id: str
-    checkpoint: str
-    history: list[dict[str, float]] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)
-    images_per_sec: float = 0.0
-    seconds: float = 0.0
+    images_per_sec: float
+    seconds: float
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
@@ -53,7 +49,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
     model = build_model(dataset.num_classes, cfg.seed).to(device)
     logger.info("training LeNet on %s (%d images) on %s for %d epochs", data.spec, len(labels), device, cfg.epochs)
 
-    with child_run("train", parent_run_id, tags={"dataset.train.digest": data.digest}) as run:
+    with child_run("train", parent_run_id, tags={"dataset.train.digest": data.digest}):
         mlflow.log_params(flatten(cfg, prefix="train."))
         log_json(to_dict(config), "config.json")
         log_dataset_input(dataset, context="training")
@@ -74,8 +70,14 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
                 checkpoint_path=checkpoint, resume=config.resume,
                 on_batch=progress.on_batch, on_epoch=on_epoch,
             )
-        if result.resumed_from_epoch:
+        if config.resume and not result.resumed_from_epoch:
+            logger.info("no checkpoint at %s: trained from scratch", checkpoint)
+        elif result.resumed_from_epoch >= cfg.epochs:
+            logger.warning("the checkpoint at %s had finished all %d epochs: nothing was trained; "
+                           "the figures below are the checkpoint's", checkpoint, cfg.epochs)
+        elif result.resumed_from_epoch:
             logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
+        mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
 
         seconds = sum(h["seconds"] for h in result.history)
         images_per_sec = len(labels) * len(result.history) / seconds if seconds else 0.0
@@ -85,10 +87,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
         _log_model(model, images[:2])  # 2 images, so the logged model keeps a dynamic batch size
 
     model.eval()
-    return TrainedModel(
-        model=model, device=str(device), run_id=run.info.run_id, checkpoint=checkpoint,
-        history=result.history, classes=list(dataset.classes), images_per_sec=images_per_sec, seconds=seconds,
-    )
+    return TrainedModel(model=model, device=str(device), images_per_sec=images_per_sec, seconds=seconds)
 
 
 def _log_model(model: torch.nn.Module, example: torch.Tensor) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from digitflow.errors import CheckpointError
+from digitflow.fileio import atomic_write, one_line
 
 FORMAT_VERSION = 1
 
@@ -18,12 +18,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
     ``state`` holds only tensors, numbers, strings, lists and dicts: what ``weights_only`` loads.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
 
 
 def load_checkpoint(path: str | Path, *, model_name: str | None = None) -> dict[str, Any]:
@@ -38,8 +33,7 @@ def load_checkpoint(path: str | Path, *, model_name: str | None = None) -> dict[
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - foreign bytes make torch.load raise KeyError, IndexError, ... too
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a digitflow checkpoint ({first_line[:160]})") from None
+        raise CheckpointError(f"{path} is not a digitflow checkpoint ({one_line(exc, limit=160)})") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not a digitflow checkpoint (no model state or format version)")
     if model_name is not None and state.get("model_name") != model_name:

@@ -135,28 +135,3 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) dataclass config from :func:`to_dict` output; lists become tuples."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _NESTED):
-            value = from_dict(_NESTED[f.type if isinstance(f.type, str) else f.type.__name__], value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
-_NESTED: dict[str, type] = {
-    "DataConfig": DataConfig,
-    "AugmentConfig": AugmentConfig,
-    "OptimizerConfig": OptimizerConfig,
-    "SchedulerConfig": SchedulerConfig,
-    "TrainConfig": TrainConfig,
-    "ExportConfig": ExportConfig,
-}

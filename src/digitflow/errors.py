@@ -12,6 +12,10 @@ class DataError(DigitflowError):
     """Unknown dataset, malformed spec, missing/corrupt file, empty slice."""
 
 
+class DownloadError(DataError):
+    """A missing file that no mirror could provide: the one data error worth retrying later."""
+
+
 class ConfigError(DigitflowError):
     """An option value that cannot be used (unknown optimizer, bad kwargs, unknown device...)."""
 

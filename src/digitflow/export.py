@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from digitflow.errors import ConfigError, ExportError
+from digitflow.fileio import atomic_write, one_line
 
 EXPORT_MODES = ("script", "trace")
 TORCHSCRIPT_SUFFIX = ".pt"
@@ -52,12 +52,6 @@ def _torchscript_deprecation_silenced() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         yield
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -93,18 +87,6 @@ def _check_suffix(path: Path, suffix: str, what: str) -> None:
         raise ConfigError(f"{what} file must end in {suffix!r}, got {str(path)!r}")
 
 
-def _save_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temporary file in the same folder, so a failed export leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def export_torchscript(
     model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str], mode: str = "script"
 ) -> Path:
@@ -135,9 +117,9 @@ def export_torchscript(
                     compiled = torch.jit.trace(cpu_model, example)
         except Exception as exc:
             raise ExportError(
-                f"torch.jit.{mode} failed for {type(model).__name__}: {_one_line(exc)}"
+                f"torch.jit.{mode} failed for {type(model).__name__}: {one_line(exc)}"
             ) from exc
-        return _save_atomically(path, lambda tmp: torch.jit.save(compiled, str(tmp)))
+        return atomic_write(path, lambda tmp: torch.jit.save(compiled, str(tmp)))
 
 
 def export_program(
@@ -164,9 +146,9 @@ def export_program(
         program = torch.export.export(cpu_model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:
         raise ExportError(
-            f"torch.export failed for {type(model).__name__}: {_one_line(exc)}"
+            f"torch.export failed for {type(model).__name__}: {one_line(exc)}"
         ) from exc
-    return _save_atomically(path, lambda tmp: torch.export.save(program, str(tmp)))
+    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
 
 
 def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -186,7 +168,7 @@ def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.
         with _torchscript_deprecation_silenced():
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
-        raise ExportError(f"cannot load exported model {path}: {_one_line(exc)}") from exc
+        raise ExportError(f"cannot load exported model {path}: {one_line(exc)}") from exc
 
 
 def _check_export_suffix(path: Path) -> None:
@@ -292,7 +274,7 @@ def _run_verifier(path: Path, images: torch.Tensor, timeout_s: float) -> torch.T
             return torch.load(outputs, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ExportError(
-                f"verifier for {path} wrote no readable logits: {_one_line(exc)}"
+                f"verifier for {path} wrote no readable logits: {one_line(exc)}"
             ) from exc
 
 

@@ -40,7 +40,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Op
     classes = _classes(torch.optim, torch.optim.Optimizer)
     cls = classes.get(config.name)
     if cls is None:
-        raise ConfigError(f"unknown optimizer {config.name!r}; choose one of: {', '.join(sorted(classes))}")
+        raise ConfigError(f"unknown optimizer {config.name!r}; choose one of: {', '.join(optimizer_names())}")
 
     named = list(model.named_parameters())
     groups: list[dict] = []
@@ -58,7 +58,9 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Op
     try:
         return cls(groups, **config.kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"optimizer {config.name} rejected its options {config.kwargs}: {exc}") from None
+        raise ConfigError(
+            f"optimizer {config.name} rejected its options {config.kwargs}: {exc} (set them with --opt KEY=VALUE)"
+        ) from None
 
 
 HORIZON_ARGUMENTS = ("T_max", "total_iters", "total_steps")  # the run's length, in scheduler steps
@@ -74,7 +76,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, e
     if not config.name:
         return None
     classes = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
-    classes["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
     cls = classes.get(config.name)
     if cls is None:
         raise ConfigError(f"unknown scheduler {config.name!r}; choose one of: {', '.join(scheduler_names())}")
@@ -85,4 +86,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, e
     try:
         return cls(optimizer, **kwargs)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"scheduler {config.name} rejected its options {config.kwargs}: {exc}") from None
+        raise ConfigError(
+            f"scheduler {config.name} rejected its options {config.kwargs}: {exc} (set them with --sched KEY=VALUE)"
+        ) from None

@@ -17,16 +17,12 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
-def training_curves(history: Sequence[dict[str, float]], evaluation: dict[str, float] | None = None) -> Figure:
-    """Loss and accuracy per epoch, side by side; ``evaluation`` (e.g. test metrics) as a dashed line."""
+def training_curves(history: Sequence[dict[str, float]]) -> Figure:
+    """Training loss and accuracy per epoch, side by side."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
     ax_loss.plot(epochs, [h["loss"] for h in history], marker="o", label="train")
     ax_acc.plot(epochs, [h["accuracy"] for h in history], marker="o", label="train")
-    if evaluation:
-        for key, value in evaluation.items():
-            ax = ax_loss if key.endswith("loss") else ax_acc
-            ax.axhline(value, linestyle="--", color="tab:orange", label=key)
     for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_title(title)

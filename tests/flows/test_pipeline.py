@@ -109,6 +109,13 @@ def test_help_lists_every_option():
         (["--train", "mnst:train"], "unknown dataset 'mnst'"),
         (["--test", "mnist:test[5:x]"], "mnist:test[5:x]"),
         (["--opt", "lr"], "--opt takes KEY=VALUE"),
+        (["--optimizer", "Adamm"], "unknown optimizer 'Adamm'"),
+        (["--scheduler", "Nope"], "unknown scheduler 'Nope'"),
+        (["--scheduler", "StepLR"], "--sched KEY=VALUE"),
+        (["--augment", "Foo"], "'Foo'"),
+        (["--epochs", "0"], "epochs and batch size must be at least 1"),
+        (["--param-group", "foo:lr=0.1"], "parameter group 'foo' matches no parameter"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
 def test_bad_input_is_one_line_and_exits_non_zero(args, message):
@@ -116,6 +123,7 @@ def test_bad_input_is_one_line_and_exits_non_zero(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "temporary server" not in result.stdout + result.stderr  # refused before Prefect starts
 
 
 def test_missing_data_offline_is_one_line_error(tmp_path):

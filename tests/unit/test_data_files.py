@@ -135,7 +135,7 @@ def test_failed_download_leaves_no_partial_file(data_dir):
         fetch("usps:train", data_dir, downloader=downloader)
     msg = error(excinfo)
     assert msg.startswith(f"usps:train needs usps.bz2, not found in {path.parent} and no mirror could provide it")
-    assert "fake://mirror-a/usps.bz2: timed out" in msg and "place the official file there" in msg
+    assert "fake://mirror-a/usps.bz2: TimeoutError: timed out" in msg and "place the official file there" in msg
     assert sorted(p.name for p in path.parent.iterdir()) == ["usps.t.bz2"]
 
 

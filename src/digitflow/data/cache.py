@@ -9,7 +9,6 @@ read with ``torch.load(weights_only=True)``; an unreadable or stale one is simpl
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +16,12 @@ import torch
 from torch.utils.data import Dataset
 
 from digitflow.data import registry
-from digitflow.data.files import Downloader, fetch, temp_path
+from digitflow.data.files import Downloader, fetch
 from digitflow.data.formats import read_idx_images, read_idx_labels, read_usps
 from digitflow.data.registry import DatasetInfo
 from digitflow.data.spec import DatasetSpec, parse_spec
 from digitflow.errors import DataError
+from digitflow.fileio import atomic_write, one_line
 
 # Bump when the transform's output changes: cache files of older versions are then ignored.
 CACHE_VERSION = 1
@@ -211,16 +211,11 @@ def _read_cache(path: Path, raw_digest: str, *, mmap: bool) -> dict | None:
 
 
 def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, raw_digest: str) -> None:
-    """Save atomically: a temp file in the same directory, then ``os.replace``."""
-    tmp = temp_path(path, ".tmp")
+    """Save atomically (a temp file in the same directory, then a rename)."""
     payload = {"version": CACHE_VERSION, "raw_digest": raw_digest, "images": images, "labels": labels}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-        reason = getattr(e, "strerror", None) or " ".join(str(e).split())
+        reason = getattr(e, "strerror", None) or one_line(e)
         raise DataError(f"cannot write the dataset cache {path} ({reason}); "
                         "choose a writable cache dir with free space") from e
-    finally:
-        tmp.unlink(missing_ok=True)

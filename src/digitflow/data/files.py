@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from digitflow.data import registry
 from digitflow.data.formats import open_maybe_compressed
 from digitflow.data.registry import DatasetInfo, FileInfo
 from digitflow.data.spec import DatasetSpec, parse_spec
-from digitflow.errors import DataError
+from digitflow.errors import DataError, DownloadError
+from digitflow.fileio import one_line, temp_path
 
 Downloader = Callable[[str, Path], None]
 """``downloader(url, dest)`` writes the content at ``url`` into the file ``dest`` or raises."""
@@ -61,7 +61,7 @@ def check(path: Path, file: FileInfo) -> str | None:
     try:
         raw_actual = md5sum(path, decompress=True)
     except (EOFError, OSError, ValueError) as e:  # truncated or corrupt compressed stream
-        return f"{reason} (and it does not decompress: {' '.join(str(e).split()) or type(e).__name__})"
+        return f"{reason} (and it does not decompress: {one_line(e)})"
     if raw_actual == file.raw_md5:
         return None
     return f"{reason} (decompressed content md5 {raw_actual}, expected {file.raw_md5})"
@@ -137,11 +137,11 @@ def download(file: FileInfo, dest: Path, *, spec: str = "", downloader: Download
                 return
             errors.append(f"{url}: corrupt download ({reason})")
         except Exception as e:  # any failure of one mirror means: try the next
-            errors.append(f"{url}: {' '.join(str(e).split()) or type(e).__name__}")
+            errors.append(f"{url}: {one_line(e)}")
         finally:
             tmp.unlink(missing_ok=True)  # a no-op after a successful replace
     needs = f"{spec} needs " if spec else ""
-    raise DataError(
+    raise DownloadError(
         f"{needs}{file.filename}, not found in {dest.parent} and no mirror could provide it "
         f"({'; '.join(errors) or 'no mirrors known'}); place the official file there or check the network"
     )
@@ -153,12 +153,3 @@ def urllib_download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -
     request = urllib.request.Request(url, headers={"User-Agent": "digitflow"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
         shutil.copyfileobj(response, out, _CHUNK)
-
-
-def temp_path(dest: Path, suffix: str) -> Path:
-    """A fresh hidden file name next to ``dest`` (same filesystem, so ``os.replace`` is atomic).
-
-    Not ``mkstemp``: its 0600 mode would carry over to the final file and hide it from other users
-    of a shared directory; here the file gets the usual umask-based mode when first opened.
-    """
-    return dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{suffix}"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from digitflow.errors import DataError
+from digitflow.fileio import one_line
 
 # IDX type codes -> numpy dtype (big-endian, as the format specifies).
 _IDX_DTYPES = {
@@ -51,7 +52,7 @@ def read_bytes(path: Path) -> bytes:
             return f.read()
     except (EOFError, OSError, zlib.error, ValueError) as e:
         # gzip/bz2 raise EOFError on truncation, BadGzipFile (OSError) / zlib.error on corruption.
-        raise DataError(f"cannot read {path}: truncated or corrupt ({_one_line(e)}); "
+        raise DataError(f"cannot read {path}: truncated or corrupt ({one_line(e)}); "
                         "delete it and rerun to re-download, or place the official file there") from e
 
 
@@ -119,7 +120,7 @@ def read_usps(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         # String -> float32 the way torchvision does it, so the rounding is identical.
         pixels = np.asarray(rows, dtype=np.float32)
     except ValueError as e:
-        raise DataError(f"{path}: non-numeric pixel value ({_one_line(e)})") from e
+        raise DataError(f"{path}: non-numeric pixel value ({one_line(e)})") from e
     if not np.all((pixels >= -1) & (pixels <= 1)):
         bad = int(np.argwhere(~((pixels >= -1) & (pixels <= 1)))[0][0]) + 1
         raise DataError(f"{path}: pixel values must lie in [-1, 1] (sample {bad} does not)")
@@ -148,8 +149,4 @@ def _usps_line(tokens: list[str], path: Path, lineno: int) -> tuple[int, list[st
             raise DataError(f"{where}: malformed feature '{token}', expected {position}:VALUE")
         values.append(value)
     return label - 1, values
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
