@@ -58,10 +58,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
 
         def on_epoch(record: dict[str, float]) -> None:
             progress.on_epoch(record)
-            mlflow.log_metrics(
-                {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]},
-                step=int(record["epoch"]),
-            )
+            _log_epoch(record)
 
         with progress.running():
             result = fit(
@@ -78,6 +75,8 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
         elif result.resumed_from_epoch:
             logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
+        for record in result.history[: result.resumed_from_epoch]:  # the checkpoint's epochs: complete curves
+            _log_epoch(record)
 
         seconds = sum(h["seconds"] for h in result.history)
         images_per_sec = len(labels) * len(result.history) / seconds if seconds else 0.0
@@ -88,6 +87,14 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
 
     model.eval()
     return TrainedModel(model=model, device=str(device), images_per_sec=images_per_sec, seconds=seconds)
+
+
+def _log_epoch(record: dict[str, float]) -> None:
+    """One epoch's figures as ``train/*`` metrics, step = epoch."""
+    mlflow.log_metrics(
+        {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]},
+        step=int(record["epoch"]),
+    )
 
 
 def _log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
