@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from digitflow.config import AugmentConfig, DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig
-from digitflow.data import DATASETS, parse_spec
+from digitflow.data import DATASETS, fetch, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
 from flows.params import DEFAULT_AUGMENT, build_config
@@ -181,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = flow_parameters(args)
         # Check every option now, not minutes later inside the flow (and without a failed run in MLflow).
-        build_config(**{k: v for k, v in params.items() if k != "experiment"})
+        config = build_config(**{k: v for k, v in params.items() if k != "experiment"})
+        if config.data.offline:  # nothing to download: the files must be there, so say now if one is not
+            for spec in (config.data.train, config.data.test, *config.data.targets):
+                fetch(spec, config.data.data_dir, offline=True)  # verified once; the flow reuses the check
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
 

@@ -136,6 +136,7 @@ def test_missing_data_offline_is_one_line_error(tmp_path):
     assert result.returncode == 2
     output = result.stdout + result.stderr
     assert "Traceback" not in output
+    assert "temporary server" not in output  # checked before Prefect starts
     errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
     assert len(errors) == 1
     assert "t10k-images-idx3-ubyte.gz" in errors[0] and str(missing / "MNIST" / "raw") in errors[0]
