@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from prefect.tasks import exponential_backoff
 
 from digitflow.data import DigitDataset, PreparedDataset, fetch, files_digest, load, prepare
 from digitflow.data.cache import CACHE_VERSION
+from digitflow.data.files import urllib_download
 from digitflow.data.framing import frame_images
 from digitflow.errors import DownloadError
+from tasks.progress import run_logger
 from tasks.tracking import child_run
 
 
@@ -43,8 +46,26 @@ def download_dataset(spec: str, data_dir: str, offline: bool = False) -> list[st
     """Make sure the raw files of ``spec``'s split are in ``data_dir`` and verified; download the missing.
 
     Retries only make sense with a network: the flow calls this with ``retries=0`` when offline.
+    Downloads log their progress every quarter of a file.
     """
-    return [str(p) for p in fetch(spec, data_dir, offline=offline)]
+    downloader = functools.partial(urllib_download, on_progress=DownloadLog(run_logger()))
+    return [str(p) for p in fetch(spec, data_dir, offline=offline, downloader=downloader)]
+
+
+class DownloadLog:
+    """Progress of downloads as log lines: at each quarter of a file (or every 10 MB if its size is unknown)."""
+
+    def __init__(self, logger) -> None:
+        self.logger = logger
+        self.next_mark: dict[str, int] = {}
+
+    def __call__(self, url: str, done: int, total: int | None) -> None:
+        step = total // 4 if total else 10 << 20
+        if done >= self.next_mark.get(url, step) or done == total:
+            size = f" of {total / 1e6:.1f} MB" if total else ""
+            percent = f" ({100 * done // total}%)" if total else ""
+            self.logger.info("downloading %s: %.1f MB%s%s", url.rsplit("/", 1)[-1], done / 1e6, size, percent)
+            self.next_mark[url] = (done // step + 1) * step
 
 
 def _prepare_cache_key(context: TaskRunContext, parameters: dict) -> str:

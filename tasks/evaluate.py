@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import mlflow
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from digitflow.config import DataConfig
@@ -13,6 +13,7 @@ from digitflow.data import PreparedDataset, parse_spec
 from digitflow.engine import EvalResult, evaluate
 from digitflow.plots import misclassified_grid
 from tasks.data import load_prepared, log_dataset_input, model_inputs
+from tasks.progress import run_logger
 from tasks.tracking import child_run, log_confusion, log_figure
 from tasks.train import TrainedModel
 
@@ -27,7 +28,7 @@ def evaluate_model(trained: TrainedModel, data: PreparedDataset, config: DataCon
         result = _evaluate_and_log(trained, data, config, prefix="test", artifact_dir="evaluation")
     metrics = result.metrics("test")
     _log_to_parent(parent_run_id, {"test/loss": result.loss, "test/accuracy": result.accuracy})
-    get_run_logger().info("test accuracy %.4f, loss %.4f on %s", result.accuracy, result.loss, data.spec)
+    run_logger().info("test accuracy %.4f, loss %.4f on %s", result.accuracy, result.loss, data.spec)
     return metrics
 
 
@@ -44,7 +45,7 @@ def cross_domain_test(trained: TrainedModel, data: PreparedDataset, config: Data
         mlflow.log_params({"target": data.spec, "target_preprocess": config.target_preprocess})
         result = _evaluate_and_log(trained, data, config, prefix=prefix, artifact_dir=f"cross/{key}", grid=True)
     _log_to_parent(parent_run_id, {f"{prefix}/accuracy": result.accuracy, f"{prefix}/loss": result.loss})
-    get_run_logger().info(
+    run_logger().info(
         "cross-domain accuracy %.4f on %s (%s preprocessing)", result.accuracy, data.spec, config.target_preprocess
     )
     return result.metrics(prefix)

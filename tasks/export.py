@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from digitflow.config import RunConfig
 from digitflow.data import PreparedDataset
 from digitflow.export import compare_latency, eager_logits, export_program, export_torchscript, load_export, verify_export
 from tasks.data import load_prepared, model_inputs
+from tasks.progress import run_logger
 from tasks.tracking import child_run, torch_requirement
 from tasks.train import TrainedModel
 
@@ -34,7 +35,7 @@ def export_model(
     and register the TorchScript model as a new version of ``config.export.registered_model_name``
     with alias ``config.export.alias``, tagged with the run's test and cross-domain metrics.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     cfg = config.export
     with child_run("export", parent_run_id) as run:
         out_dir = Path(config.output_dir) / "exports" / (parent_run_id or run.info.run_id)  # the flow run's id

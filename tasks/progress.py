@@ -7,12 +7,23 @@ import logging
 import sys
 from collections.abc import Iterator
 
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 from rich.console import Console
 from rich.default_styles import DEFAULT_STYLES
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.theme import Theme
 
 PROGRESS_THEME = Theme({k: v for k, v in DEFAULT_STYLES.items() if k.startswith(("bar.", "progress."))})
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run; a plain logger elsewhere (``task.fn(...)`` in a
+    notebook or a test), so a task body runs the same with or without orchestration."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("digitflow")
 
 
 class EpochProgress:

@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import infer_signature
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from digitflow.augment import build_augment
@@ -19,7 +19,7 @@ from digitflow.device import resolve_device
 from digitflow.engine import build_model, fit
 from digitflow.plots import training_curves
 from tasks.data import load_prepared, log_dataset_input, model_inputs
-from tasks.progress import EpochProgress
+from tasks.progress import EpochProgress, run_logger
 from tasks.tracking import child_run, log_figure, log_json, torch_requirement
 
 
@@ -41,7 +41,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
     (step = epoch), ``train/images_per_sec``, ``train/seconds``, the curves, the final checkpoint and
     the model (``mlflow.pytorch.log_model`` with signature and input example).
     """
-    logger = get_run_logger()
+    logger = run_logger()
     cfg = config.train
     device = resolve_device(cfg.device)
     dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)

@@ -171,3 +171,15 @@ def test_files_digest_tracks_content_and_order(data_dir):
     assert files_digest([b, a]) != digest
     b.write_bytes(b.read_bytes() + b"x")
     assert files_digest([a, b]) != digest
+
+
+def test_default_downloader_streams_and_reports_progress(tmp_path):
+    from digitflow.data.files import urllib_download
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(range(256)) * 20_000)  # 5.1 MB: several 1 MB chunks
+    seen = []
+    urllib_download(source.as_uri(), tmp_path / "copy.bin", on_progress=lambda url, done, total: seen.append((done, total)))
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    assert seen[-1] == (5_120_000, 5_120_000)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) >= 5

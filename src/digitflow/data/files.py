@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,8 @@ from digitflow.fileio import one_line, temp_path
 
 Downloader = Callable[[str, Path], None]
 """``downloader(url, dest)`` writes the content at ``url`` into the file ``dest`` or raises."""
+Progress = Callable[[str, int, "int | None"], None]
+"""``on_progress(url, bytes_done, bytes_total_or_None)``, called as a download goes."""
 
 DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
@@ -147,9 +148,21 @@ def download(file: FileInfo, dest: Path, *, spec: str = "", downloader: Download
     )
 
 
-def urllib_download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """The default downloader: stream ``url`` into ``dest`` with urllib."""
+def urllib_download(
+    url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S, on_progress: Progress | None = None
+) -> None:
+    """The default downloader: stream ``url`` into ``dest`` with urllib.
+
+    ``on_progress(url, bytes_done, bytes_total_or_None)`` is called after every chunk; bind it with
+    ``functools.partial`` to pass a reporting downloader to :func:`fetch`.
+    """
     # Some mirrors refuse urllib's default User-Agent; torchvision sends its own name too.
     request = urllib.request.Request(url, headers={"User-Agent": "digitflow"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
-        shutil.copyfileobj(response, out, _CHUNK)
+        total = int(response.headers.get("Content-Length") or 0) or None
+        done = 0
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(url, done, total)
