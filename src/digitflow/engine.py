@@ -12,6 +12,7 @@ before it, which is what lets ``--resume`` continue an interrupted run to the sa
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ def train_one_epoch(
     num_batches = (n + batch_size - 1) // batch_size
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    # bf16 autocast on CUDA only; elsewhere no context at all (a disabled autocast still costs per step).
+    use_amp = amp and device.type == "cuda"
     start = time.perf_counter()
 
     for b in range(num_batches):
@@ -79,7 +81,7 @@ def train_one_epoch(
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            with autocast:
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
             loss.backward()
