@@ -60,7 +60,7 @@ class DownloadLog:
         self.next_mark: dict[str, int] = {}
 
     def __call__(self, url: str, done: int, total: int | None) -> None:
-        step = total // 4 if total else 10 << 20
+        step = max(total // 4, 1) if total else 10 << 20
         if done >= self.next_mark.get(url, step) or done == total:
             size = f" of {total / 1e6:.1f} MB" if total else ""
             percent = f" ({100 * done // total}%)" if total else ""

@@ -20,3 +20,10 @@ def test_unknown_size_logs_every_10_mb(caplog):
         for done in range(1 << 20, 31 << 20, 1 << 20):
             log("https://mirror/y.gz", done, None)
     assert len(caplog.records) == 3
+
+
+def test_tiny_files_do_not_break_it(caplog):
+    log = DownloadLog(logging.getLogger("test"))
+    with caplog.at_level(logging.INFO, logger="test"):
+        log("https://mirror/z", 3, 3)
+    assert caplog.records[-1].getMessage().endswith("(100%)")
