@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from digitflow.config import AugmentConfig, DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig
+from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig
 from digitflow.data import DATASETS, fetch, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
@@ -114,10 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any torch.optim.lr_scheduler class, stepped per epoch; T_max/total_iters/total_steps "
                        f"default to the epochs; 'none' for a constant rate (default {s.name})")
     train.add_argument("--sched", action="append", metavar="KEY=VALUE", help="scheduler keyword argument, repeatable")
-    a = AugmentConfig()
     train.add_argument("--augment", nargs="+", default=None, metavar="NAME",
                        help="augmentations drawn per image: affine, elastic, and torchvision.transforms.v2 "
-                       f"classes such as RandomErasing (default: {' '.join(n for n in ('affine', 'elastic') if getattr(a, n))})")
+                       f"classes such as RandomErasing (default: {' '.join(DEFAULT_AUGMENT)})")
     train.add_argument("--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options from its last checkpoint")
     train.add_argument("--checkpoint", default=None, metavar="FILE",

@@ -38,17 +38,17 @@ def setup_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    local_store = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
+    if local_store is not None:
+        local_store.mkdir(parents=True, exist_ok=True)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
     else:
         location = None
-        if uri.startswith("sqlite:///"):  # a local store: artifacts beside the database, never in the cwd
-            folder = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
-            folder.mkdir(parents=True, exist_ok=True)
-            location = folder.as_uri()
+        if local_store is not None:  # artifacts beside the database, never in the cwd
+            (local_store / "artifacts").mkdir(exist_ok=True)
+            location = (local_store / "artifacts").as_uri()
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
