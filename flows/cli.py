@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = run.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=t.epochs, help=f"(default {t.epochs})")
     train.add_argument("--batch-size", type=int, default=t.batch_size, help=f"(default {t.batch_size})")
-    train.add_argument("--seed", type=int, default=t.seed, help=f"same seed, same metrics on the CPU (default {t.seed})")
+    train.add_argument("--seed", type=int, default=t.seed, help=f"same seed, same metrics on the same CPU (default {t.seed})")
     train.add_argument("--device", default=t.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default auto)")
-    train.add_argument("--no-amp", dest="amp", action="store_false", help="disable bfloat16 mixed precision on CUDA")
+    train.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32 only: no bfloat16 mixed precision (used by default on CUDA and on CPUs with native bfloat16)")
     train.add_argument("--optimizer", default=o.name, metavar="NAME", help=f"any torch.optim class: SGD, Adam, AdamW, LBFGS, ... (default {o.name})")
     train.add_argument("--opt", action="append", metavar="KEY=VALUE",
                        help=f"optimizer keyword argument, repeatable (default for SGD: {', '.join(f'{k}={v}' for k, v in o.kwargs.items())})")

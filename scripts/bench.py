@@ -4,7 +4,9 @@ The seed loop: torchvision's MNIST dataset with per-sample ``ToTensor`` + ``Norm
 ``DataLoader`` (batch 50, 2 workers, shuffled), forward/backward/SGD step. The engine: the same
 images prepared once as a tensor on the device, batches drawn by index (``digitflow.engine``).
 Same data (the MNIST split in ``--data-dir``), same LeNet, same optimizer. Prints images per second
-for both and their ratio. ``--to-accuracy 0.99`` also times the engine (with its default
+for both and their ratio, as medians of interleaved rounds (a shared 2-core machine swings by 20%
+from one minute to the next). The engine runs its defaults: bfloat16 autocast on CUDA and on CPUs
+with native bfloat16, plus a float32 row for comparison. ``--to-accuracy 0.99`` also times the engine (with its default
 augmentation) until the held-out split reaches that accuracy.
 
     python scripts/bench.py --data-dir ../shared/data            # or: make bench ARGS="--data-dir ../shared/data"
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +29,7 @@ from digitflow.augment import build_augment
 from digitflow.config import AugmentConfig, TrainConfig
 from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
-from digitflow.device import resolve_device
+from digitflow.device import bf16_autocast_helps, resolve_device
 from digitflow.engine import build_model, evaluate, train_one_epoch
 from digitflow.models import MNIST_MEAN, MNIST_STD
 from digitflow.optim import build_optimizer
@@ -70,13 +74,12 @@ def seed_loop_epoch(data, device: torch.device, batch_size: int, workers: int) -
     return len(dataset) / (time.perf_counter() - start)
 
 
-def engine_epoch(images, labels, batch_size: int, augment) -> float:
+def engine_epoch(images, labels, batch_size: int, augment, amp: bool) -> float:
     """This project's engine; returns images per second."""
     model = build_model(10, seed=0).to(images.device, memory_format=torch.channels_last)  # as fit() does
     optimizer = build_optimizer(model, TrainConfig().optimizer)
     metrics = train_one_epoch(model, optimizer, images, labels, batch_size=batch_size,
-                              generator=torch.Generator().manual_seed(0), augment=augment,
-                              amp=images.device.type == "cuda")
+                              generator=torch.Generator().manual_seed(0), augment=augment, amp=amp)
     return metrics["images_per_sec"]
 
 
@@ -91,7 +94,7 @@ def time_to_accuracy(train, test, target: float, max_epochs: int, device: torch.
     for epoch in range(1, max_epochs + 1):
         torch.manual_seed(epoch)
         train_one_epoch(model, optimizer, *train, batch_size=config.batch_size, augment=augment,
-                        amp=device.type == "cuda", generator=torch.Generator().manual_seed(epoch))
+                        amp=config.amp, generator=torch.Generator().manual_seed(epoch))
         accuracy = evaluate(model, *test).accuracy
         if accuracy >= target:
             break
@@ -107,7 +110,7 @@ def main() -> None:
     parser.add_argument("--seed-batch-size", type=int, default=50, help="the seed notes' batch size (50)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="the engine's batch size (default: the project default)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (2)")
-    parser.add_argument("--repeats", type=int, default=3, help="epochs timed per loop; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds, one epoch of each loop per round (5)")
     parser.add_argument("--to-accuracy", type=float, default=None, help="also time the engine to this held-out accuracy")
     args = parser.parse_args()
 
@@ -117,20 +120,34 @@ def main() -> None:
     images, labels = frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
     print(f"device: {name}; data: {data.spec}, {len(labels)} images; torch {torch.__version__}")
 
-    seed_loop_epoch(data, device, args.seed_batch_size, args.workers)  # warm-up (worker start, kernels)
-    seed = max(seed_loop_epoch(data, device, args.seed_batch_size, args.workers) for _ in range(args.repeats))
-    engine_epoch(images, labels, args.batch_size, None)  # warm-up
-    rows = [
-        (f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers)", seed),
-        (f"engine, batch {args.seed_batch_size}, no augmentation",
-         max(engine_epoch(images, labels, args.seed_batch_size, None) for _ in range(args.repeats))),
-        (f"engine, batch {args.batch_size}, no augmentation",
-         max(engine_epoch(images, labels, args.batch_size, None) for _ in range(args.repeats))),
-        (f"engine, batch {args.batch_size}, default augmentation (per image)",
-         max(engine_epoch(images, labels, args.batch_size, build_augment(AugmentConfig())) for _ in range(args.repeats))),
-    ]
-    for label, ips in rows:
-        print(f"{label:58s} {ips:10,.0f} images/s   x{ips / seed:5.2f}")
+    amp = TrainConfig.amp and bf16_autocast_helps(device)
+    precision = "bfloat16 autocast" if amp else "float32"
+    augment = build_augment(AugmentConfig())
+    loops: dict[str, Callable[[], float]] = {
+        f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)":
+            lambda: seed_loop_epoch(data, device, args.seed_batch_size, args.workers),
+        f"engine defaults (batch {args.batch_size}, {precision}, augmentation)":
+            lambda: engine_epoch(images, labels, args.batch_size, augment, amp),
+        f"engine, batch {args.batch_size}, {precision}, no augmentation":
+            lambda: engine_epoch(images, labels, args.batch_size, None, amp),
+    }
+    if amp:
+        loops[f"engine, batch {args.batch_size}, float32 (--no-amp), augmentation"] = (
+            lambda: engine_epoch(images, labels, args.batch_size, augment, False))
+    for loop in loops.values():
+        loop()  # warm-up: worker start, kernel selection, caches
+    # Interleaved rounds: each round times every loop once, so a slow spell of a shared machine hits
+    # all of them, and each round gives its own ratios. Medians over rounds are reported.
+    rates: dict[str, list[float]] = {label: [] for label in loops}
+    for _ in range(args.repeats):
+        for label, loop in loops.items():
+            rates[label].append(loop())
+    seed_rates = next(iter(rates.values()))
+    print(f"median of {args.repeats} interleaved rounds (ratio: per round, against that round's seed loop)")
+    for label, values in rates.items():
+        ratios = [v / s for v, s in zip(values, seed_rates)]
+        print(f"{label:62s} {statistics.median(values):9,.0f} images/s   "
+              f"x{statistics.median(ratios):5.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})")
 
     if args.to_accuracy:
         train = load_dataset("mnist:test[:8000]", args.data_dir, args.cache_dir, offline=True)

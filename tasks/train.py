@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from digitflow.augment import build_augment
 from digitflow.config import RunConfig, flatten, to_dict
 from digitflow.data import PreparedDataset
-from digitflow.device import resolve_device
+from digitflow.device import bf16_autocast_helps, resolve_device
 from digitflow.engine import build_model, fit
 from digitflow.plots import training_curves
 from tasks.data import load_prepared, log_dataset_input, model_inputs
@@ -31,6 +31,7 @@ class TrainedModel:
     device: str
     images_per_sec: float
     seconds: float
+    precision: str = "float32"  # or "bfloat16 autocast"
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
@@ -47,9 +48,12 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
     dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
     images, labels = model_inputs(dataset, config.data.target_preprocess, device)
     model = build_model(dataset.num_classes, cfg.seed).to(device)
-    logger.info("training LeNet on %s (%d images) on %s for %d epochs", data.spec, len(labels), device, cfg.epochs)
+    precision = "bfloat16 autocast" if cfg.amp and bf16_autocast_helps(device) else "float32"
+    logger.info("training LeNet on %s (%d images) on %s (%s) for %d epochs",
+                data.spec, len(labels), device, precision, cfg.epochs)
 
-    with child_run("train", parent_run_id, tags={"dataset.train.digest": data.digest}):
+    tags = {"dataset.train.digest": data.digest, "train.precision": precision}
+    with child_run("train", parent_run_id, tags=tags):
         mlflow.log_params(flatten(cfg, prefix="train."))
         log_json(to_dict(config), "config.json")
         log_dataset_input(dataset, context="training")
@@ -86,7 +90,8 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
         _log_model(model, images[:2])  # 2 images, so the logged model keeps a dynamic batch size
 
     model.eval()
-    return TrainedModel(model=model, device=str(device), images_per_sec=images_per_sec, seconds=seconds)
+    return TrainedModel(model=model, device=str(device), images_per_sec=images_per_sec, seconds=seconds,
+                        precision=precision)
 
 
 def _log_epoch(record: dict[str, float]) -> None:

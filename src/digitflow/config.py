@@ -77,7 +77,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"  # "auto" = cuda, then mps, then cpu; or any torch device string
-    amp: bool = True  # bfloat16 autocast, used on CUDA only
+    amp: bool = True  # bfloat16 autocast where it is faster: CUDA, CPUs with AVX512-BF16/AMX
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

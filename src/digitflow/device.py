@@ -27,3 +27,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} asked for, but MPS is not available here; use --device auto or cpu")
     return device
+
+
+def bf16_autocast_helps(device: torch.device) -> bool:
+    """Whether bfloat16 mixed precision speeds training up on ``device``.
+
+    True on CUDA, and on CPUs with native bfloat16 instructions (AVX512-BF16 or AMX), where autocast
+    runs convolutions and matmuls in bfloat16 and halves the memory traffic of the activations. Other
+    CPUs emulate bfloat16 and would be slower than float32; MPS autocast is left out.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent -> assume no
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False

@@ -25,6 +25,7 @@ from torch import nn
 
 from digitflow.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from digitflow.config import TrainConfig, to_dict
+from digitflow.device import bf16_autocast_helps
 from digitflow.errors import CheckpointError, TrainingDivergedError
 from digitflow.optim import build_optimizer, build_scheduler
 
@@ -58,7 +59,9 @@ def train_one_epoch(
     """One pass over shuffled batches. Returns ``{"loss", "accuracy", "seconds", "images_per_sec"}``.
 
     Works with every ``torch.optim`` optimizer, LBFGS included, because each step goes through a
-    closure (which plain optimizers call once and LBFGS calls as often as it needs).
+    closure (which plain optimizers call once and LBFGS calls as often as it needs). ``amp`` runs
+    the forward pass under bfloat16 autocast where that is faster (:func:`bf16_autocast_helps`:
+    CUDA, CPUs with native bfloat16); the weights, the loss and the optimizer stay float32.
     Raises TrainingDivergedError as soon as the running loss is NaN or infinite.
     """
     model.train()
@@ -68,8 +71,9 @@ def train_one_epoch(
     num_batches = (n + batch_size - 1) // batch_size
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    # bf16 autocast on CUDA only; elsewhere no context at all (a disabled autocast still costs per step).
-    use_amp = amp and device.type == "cuda"
+    # bf16 autocast where it pays (CUDA, CPUs with native bf16); elsewhere no context at all, because
+    # a disabled autocast still costs per step.
+    use_amp = amp and bf16_autocast_helps(device)
     start = time.perf_counter()
 
     for b in range(num_batches):
@@ -81,7 +85,7 @@ def train_one_epoch(
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
             loss.backward()

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
+from digitflow.device import bf16_autocast_helps
 from flows.pipeline import pipeline
 from tests.fakedata import fake_data_dir
 
@@ -52,14 +54,15 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     train = children["train"]
     assert [m.step for m in client.get_metric_history(train.info.run_id, "train/accuracy")] == [1, 2]
     assert train.inputs.dataset_inputs[0].dataset.digest == tags["dataset.train.digest"][:16]
+    expected_precision = "bfloat16 autocast" if bf16_autocast_helps(torch.device("cpu")) else "float32"
+    assert train.data.tags["train.precision"] == expected_precision
+    assert f"on cpu ({expected_precision})" in "\n".join(summary.lines())
     assert summary.test_accuracy == parent.data.metrics["test/accuracy"]
     assert "usps" in summary.cross_accuracy
     assert Path(summary.exported["torchscript_path"]).is_file()
     # The model logged by the train task loads back and predicts a batch of any size.
     logged = mlflow.search_logged_models(filter_string="name = 'model'", output_format="list")
     model = mlflow.pytorch.load_model(logged[0].model_uri)
-    import torch
-
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     # Prefect: the summary as a markdown artifact and a link to the MLflow run.
     from prefect.client.orchestration import get_client

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from digitflow.device import resolve_device
+from digitflow.device import bf16_autocast_helps, resolve_device
 from digitflow.errors import ConfigError
 
 no_accelerator = pytest.mark.skipif(
@@ -62,3 +62,25 @@ def test_garbage_names(name):
 def test_devices_torch_parses_but_training_cannot_use(name):
     with pytest.raises(ConfigError, match="auto, cpu, cuda, cuda:N or mps"):
         resolve_device(name)
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(False, False, False), (True, False, True), (False, True, True)],
+)
+def test_bf16_autocast_on_the_cpu_only_with_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert bf16_autocast_helps(torch.device("cpu")) is expected
+
+
+def test_bf16_autocast_without_the_cpu_probes_is_off(monkeypatch):
+    """The probes are private torch API: if a torch release drops them, fall back to float32."""
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert bf16_autocast_helps(torch.device("cpu")) is False
+
+
+def test_bf16_autocast_on_cuda_but_not_mps():
+    assert bf16_autocast_helps(torch.device("cuda")) is True
+    assert bf16_autocast_helps(torch.device("mps")) is False

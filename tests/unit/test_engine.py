@@ -217,6 +217,31 @@ def test_epoch_seeds_are_distinct():
     assert len(seeds) == 20 * 50
 
 
+# --- mixed precision ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("helps", [True, False], ids=["bf16-cpu", "float32-cpu"])
+def test_amp_on_the_cpu_follows_bf16_support(data, monkeypatch, helps):
+    """amp=True autocasts to bfloat16 only where bf16_autocast_helps says it pays; the weights stay
+    float32 either way, and a bfloat16 run is as reproducible as a float32 one."""
+    import digitflow.engine
+
+    monkeypatch.setattr(digitflow.engine, "bf16_autocast_helps", lambda device: helps)
+    images, labels = data
+
+    def run(amp: bool):
+        model = build_model(10, seed=0)
+        return model, fit(model, images, labels, config(amp=amp), augment=noisy).history
+
+    fp32_model, _ = run(amp=False)
+    amp_model, amp_history = run(amp=True)
+    again_model, _ = run(amp=True)
+    assert same_weights(amp_model, again_model)
+    assert all(p.dtype == torch.float32 for p in amp_model.parameters())
+    assert same_weights(amp_model, fp32_model) is not helps
+    assert amp_history[-1]["loss"] < amp_history[0]["loss"]
+
+
 # --- resume and checkpoints -------------------------------------------------------------------
 
 
