@@ -29,7 +29,7 @@ from digitflow.augment import build_augment
 from digitflow.config import AugmentConfig, TrainConfig
 from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
-from digitflow.device import bf16_autocast_helps, resolve_device
+from digitflow.device import resolve_device, training_precision
 from digitflow.engine import build_model, evaluate, train_one_epoch
 from digitflow.models import MNIST_MEAN, MNIST_STD
 from digitflow.optim import build_optimizer
@@ -120,8 +120,8 @@ def main() -> None:
     images, labels = frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
     print(f"device: {name}; data: {data.spec}, {len(labels)} images; torch {torch.__version__}")
 
-    amp = TrainConfig.amp and bf16_autocast_helps(device)
-    precision = "bfloat16 autocast" if amp else "float32"
+    precision = training_precision(device, TrainConfig.amp)
+    amp = precision != "float32"
     augment = build_augment(AugmentConfig())
     loops: dict[str, Callable[[], float]] = {
         f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)":

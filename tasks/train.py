@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from digitflow.augment import build_augment
 from digitflow.config import RunConfig, flatten, to_dict
 from digitflow.data import PreparedDataset
-from digitflow.device import bf16_autocast_helps, resolve_device
+from digitflow.device import resolve_device, training_precision
 from digitflow.engine import build_model, fit
 from digitflow.plots import training_curves
 from tasks.data import load_prepared, log_dataset_input, model_inputs
@@ -48,7 +48,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
     dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
     images, labels = model_inputs(dataset, config.data.target_preprocess, device)
     model = build_model(dataset.num_classes, cfg.seed).to(device)
-    precision = "bfloat16 autocast" if cfg.amp and bf16_autocast_helps(device) else "float32"
+    precision = training_precision(device, cfg.amp)
     logger.info("training LeNet on %s (%d images) on %s (%s) for %d epochs",
                 data.spec, len(labels), device, precision, cfg.epochs)
 

@@ -42,3 +42,8 @@ def bf16_autocast_helps(device: torch.device) -> bool:
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent -> assume no
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return False
+
+
+def training_precision(device: torch.device, amp: bool) -> str:
+    """What the engine trains in on ``device`` with ``amp`` set so: "bfloat16 autocast" or "float32"."""
+    return "bfloat16 autocast" if amp and bf16_autocast_helps(device) else "float32"

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 
-from digitflow.device import bf16_autocast_helps
+from digitflow.device import training_precision
 from flows.pipeline import pipeline
 from tests.fakedata import fake_data_dir
 
@@ -54,7 +54,7 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     train = children["train"]
     assert [m.step for m in client.get_metric_history(train.info.run_id, "train/accuracy")] == [1, 2]
     assert train.inputs.dataset_inputs[0].dataset.digest == tags["dataset.train.digest"][:16]
-    expected_precision = "bfloat16 autocast" if bf16_autocast_helps(torch.device("cpu")) else "float32"
+    expected_precision = training_precision(torch.device("cpu"), amp=True)
     assert train.data.tags["train.precision"] == expected_precision
     assert f"on cpu ({expected_precision})" in "\n".join(summary.lines())
     assert summary.test_accuracy == parent.data.metrics["test/accuracy"]

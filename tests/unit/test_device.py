@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from digitflow.device import bf16_autocast_helps, resolve_device
+from digitflow.device import bf16_autocast_helps, resolve_device, training_precision
 from digitflow.errors import ConfigError
 
 no_accelerator = pytest.mark.skipif(
@@ -84,3 +84,10 @@ def test_bf16_autocast_without_the_cpu_probes_is_off(monkeypatch):
 def test_bf16_autocast_on_cuda_but_not_mps():
     assert bf16_autocast_helps(torch.device("cuda")) is True
     assert bf16_autocast_helps(torch.device("mps")) is False
+
+
+def test_training_precision_names_what_the_engine_does(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert training_precision(torch.device("cpu"), amp=True) == "bfloat16 autocast"
+    assert training_precision(torch.device("cpu"), amp=False) == "float32"
+    assert training_precision(torch.device("mps"), amp=True) == "float32"
