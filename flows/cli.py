@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig
 from digitflow.data import DATASETS, fetch, parse_spec
@@ -71,9 +71,17 @@ def _spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line and where to read more, without the usage
+    block (which, for ``digitflow run``, is a dozen lines in front of the one that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``digitflow`` argument parser (``digitflow run --help`` lists every option)."""
-    parser = argparse.ArgumentParser(prog="digitflow", description="Workflow-orchestrated digit classifiers: Prefect flows, MLflow tracking.")
+    parser = _OneLineErrorParser(prog="digitflow", description="Workflow-orchestrated digit classifiers: Prefect flows, MLflow tracking.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run", help="train, evaluate, test across domains and export, tracked in MLflow",

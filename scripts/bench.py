@@ -105,8 +105,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("DIGITFLOW_DATA_DIR", "data"),
                         help="folder with MNIST/raw/t10k-*.gz (default $DIGITFLOW_DATA_DIR or ./data)")
-    parser.add_argument("--cache-dir", default=".cache/digitflow")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache-dir", default=".cache/digitflow", help="transformed-tensor cache (default .cache/digitflow)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--seed-batch-size", type=int, default=50, help="the seed notes' batch size (50)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="the engine's batch size (default: the project default)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (2)")

@@ -124,6 +124,7 @@ def test_help_lists_every_option():
 def test_bad_input_is_one_line_and_exits_non_zero(args, message):
     result = cli("run", *args)
     assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert "temporary server" not in result.stdout + result.stderr  # refused before Prefect starts

@@ -60,7 +60,7 @@ def test_checksum_mismatch_names_file_checksums_and_fix(data_dir):
     info = DATASETS["mnist"].splits["test"][1]
     assert f"corrupt file {path}" in msg
     assert files_mod.md5sum(path) in msg and info.md5 in msg and info.raw_md5 in msg
-    assert "delete it and rerun to re-download, or place the official file there" in msg
+    assert "replace it with the official file, or delete it and run without --offline" in msg
 
 
 def test_truncated_file_is_rejected(data_dir):
@@ -69,7 +69,7 @@ def test_truncated_file_is_rejected(data_dir):
     with pytest.raises(DataError) as excinfo:
         fetch("fashion-mnist:test", data_dir, offline=True)
     msg = error(excinfo)
-    assert str(path) in msg and "does not decompress" in msg and "delete it and rerun" in msg
+    assert str(path) in msg and "does not decompress" in msg and "replace it with the official file" in msg
 
 
 def test_recompressed_copy_with_matching_raw_content_is_accepted(data_dir):

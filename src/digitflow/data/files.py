@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from digitflow.data import registry
-from digitflow.data.formats import open_maybe_compressed
+from digitflow.data.formats import CORRUPT_FILE_HINT, open_maybe_compressed
 from digitflow.data.registry import DatasetInfo, FileInfo
 from digitflow.data.spec import DatasetSpec, parse_spec
 from digitflow.errors import DataError, DownloadError
@@ -27,7 +27,6 @@ Progress = Callable[[str, int, "int | None"], None]
 
 DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
-FIX_HINT = "delete it and rerun to re-download, or place the official file there"
 
 # Files already verified in this process, keyed by what would change if the file did.
 _verified: set[tuple[str, int, int, str, str | None]] = set()
@@ -83,7 +82,7 @@ def verify(path: Path, file: FileInfo) -> None:
     except OSError as e:  # e.g. no read permission: say so rather than show a traceback
         raise DataError(f"cannot read {path} ({e.strerror or e}); check its permissions") from e
     if reason is not None:
-        raise DataError(f"corrupt file {path}: {reason}; {FIX_HINT}")
+        raise DataError(f"corrupt file {path}: {reason}; {CORRUPT_FILE_HINT}")
     _verified.add(key)
 
 

@@ -19,6 +19,9 @@ import torch
 from digitflow.errors import DataError
 from digitflow.fileio import one_line
 
+# What to do about a damaged official file, offline or not.
+CORRUPT_FILE_HINT = "replace it with the official file, or delete it and run without --offline to download it again"
+
 # IDX type codes -> numpy dtype (big-endian, as the format specifies).
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -52,8 +55,7 @@ def read_bytes(path: Path) -> bytes:
             return f.read()
     except (EOFError, OSError, zlib.error, ValueError) as e:
         # gzip/bz2 raise EOFError on truncation, BadGzipFile (OSError) / zlib.error on corruption.
-        raise DataError(f"cannot read {path}: truncated or corrupt ({one_line(e)}); "
-                        "delete it and rerun to re-download, or place the official file there") from e
+        raise DataError(f"cannot read {path}: truncated or corrupt ({one_line(e)}); {CORRUPT_FILE_HINT}") from e
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -75,7 +77,7 @@ def parse_idx(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
         what = "truncated" if len(data) < expected else "longer than its header declares"
         raise DataError(
             f"{path} is {what}: IDX header declares shape {shape} ({expected} bytes), "
-            f"found {len(data)} bytes; delete it and rerun to re-download, or place the official file there"
+            f"found {len(data)} bytes; {CORRUPT_FILE_HINT}"
         )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
