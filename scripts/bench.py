@@ -5,8 +5,9 @@ The seed loop: torchvision's MNIST dataset with per-sample ``ToTensor`` + ``Norm
 images prepared once as a tensor on the device, batches drawn by index (``digitflow.engine``).
 Same data (the MNIST split in ``--data-dir``), same LeNet, same optimizer. Prints images per second
 for both and their ratio, as medians of interleaved rounds (a shared 2-core machine swings by 20%
-from one minute to the next). The engine runs its defaults: bfloat16 autocast on CUDA and on CPUs
-with native bfloat16, plus a float32 row for comparison. ``--to-accuracy 0.99`` also times the engine (with its default
+from one minute to the next). The engine runs its defaults (bfloat16 autocast on CUDA and on CPUs
+with native bfloat16, the default augmentation), without augmentation (the seed loop's work per
+image), and in float32. ``--to-accuracy 0.99`` also times the engine (with its default
 augmentation) until the held-out split reaches that accuracy.
 
     python scripts/bench.py --data-dir ../shared/data            # or: make bench ARGS="--data-dir ../shared/data"
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -31,6 +33,7 @@ from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
 from digitflow.device import resolve_device, training_precision
 from digitflow.engine import build_model, evaluate, train_one_epoch
+from digitflow.errors import DigitflowError
 from digitflow.models import MNIST_MEAN, MNIST_STD
 from digitflow.optim import build_optimizer
 
@@ -113,6 +116,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds, one epoch of each loop per round (5)")
     parser.add_argument("--to-accuracy", type=float, default=None, help="also time the engine to this held-out accuracy")
     args = parser.parse_args()
+    if min(args.repeats, args.batch_size, args.seed_batch_size) < 1 or args.workers < 0:
+        parser.error("--repeats and the batch sizes must be at least 1, --workers at least 0")
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -126,13 +131,13 @@ def main() -> None:
     loops: dict[str, Callable[[], float]] = {
         f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)":
             lambda: seed_loop_epoch(data, device, args.seed_batch_size, args.workers),
-        f"engine defaults (batch {args.batch_size}, {precision}, augmentation)":
+        f"engine, batch {args.batch_size}, {precision}, default augmentation":
             lambda: engine_epoch(images, labels, args.batch_size, augment, amp),
         f"engine, batch {args.batch_size}, {precision}, no augmentation":
             lambda: engine_epoch(images, labels, args.batch_size, None, amp),
     }
     if amp:
-        loops[f"engine, batch {args.batch_size}, float32 (--no-amp), augmentation"] = (
+        loops[f"engine, batch {args.batch_size}, float32 (--no-amp), default augmentation"] = (
             lambda: engine_epoch(images, labels, args.batch_size, augment, False))
     for loop in loops.values():
         loop()  # warm-up: worker start, kernel selection, caches
@@ -162,4 +167,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitflowError as exc:  # bad input (no data, unknown device): one line, no traceback
+        sys.exit(f"bench.py: error: {exc}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 
 from digitflow.augment import build_augment
@@ -21,6 +22,7 @@ from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
 from digitflow.device import resolve_device
 from digitflow.engine import build_model, evaluate, fit
+from digitflow.errors import DigitflowError
 
 OLD_AFFINE = dict(degrees=15, translate=0.1, scale_min=0.85, scale_max=1.15, shear=10)  # the first defaults
 SGD_001 = OptimizerConfig(kwargs={"lr": 0.01, "momentum": 0.9})
@@ -68,4 +70,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DigitflowError as exc:  # bad input (no data, unknown device): one line, no traceback
+        sys.exit(f"sweep.py: error: {exc}")
