@@ -242,6 +242,30 @@ def test_amp_on_the_cpu_follows_bf16_support(data, monkeypatch, helps):
     assert amp_history[-1]["loss"] < amp_history[0]["loss"]
 
 
+@pytest.mark.parametrize("amp", [True, False], ids=["bf16", "float32"])
+def test_lenet_batch_norms_skip_the_slow_channels_last_kernel_under_bf16(data, monkeypatch, amp):
+    """Under bf16 autocast on the CPU, LeNet's batch norms (20 and 50 channels) run on contiguous
+    memory (digitflow.layout); in float32 they stay channels-last. The model is left as it was."""
+    import digitflow.engine
+
+    monkeypatch.setattr(digitflow.engine, "bf16_autocast_helps", lambda device: True)
+    contiguous_inputs = []
+    real = torch.nn.functional.batch_norm
+
+    def spy(x, *args, **kwargs):
+        contiguous_inputs.append(x.is_contiguous())
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.modules.batchnorm.F, "batch_norm", spy)
+    images, labels = data
+    model = build_model(10, seed=0).to(memory_format=torch.channels_last)  # as fit() does
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train_one_epoch(model, optimizer, images, labels, batch_size=32, amp=amp)
+    assert len(contiguous_inputs) == 2 * 4  # two batch norms, four batches
+    assert all(contiguous_inputs) if amp else not any(contiguous_inputs)
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
 # --- resume and checkpoints -------------------------------------------------------------------
 
 
