@@ -3,6 +3,7 @@ in one line: it is a README command, so a crash there is a bug. Its figures are 
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -31,4 +32,14 @@ def test_bench_refuses_zero_repeats(monkeypatch, capsys):
     with pytest.raises(SystemExit) as excinfo:
         run_bench(monkeypatch, "--repeats", "0")
     assert excinfo.value.code == 2
-    assert "--repeats and the batch sizes must be at least 1" in capsys.readouterr().err
+    assert "--repeats, --accuracy-seeds and the batch sizes must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, capsys):
+    # mnist:test[8000:] is the held-out split: the fake test split needs more than 8000 images.
+    data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist",), sizes={"test": 8032})
+    run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
+              "--repeats", "1", "--workers", "0", "--to-accuracy", "0.05", "--accuracy-seeds", "2")
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine to 0.05"))
+    assert "median" in line and "not reached" not in line
+    assert len(re.findall(r"\d+\.\d s/\d+ ep", line)) == 2  # one entry per seed
