@@ -32,7 +32,7 @@ def test_bench_refuses_zero_repeats(monkeypatch, capsys):
     with pytest.raises(SystemExit) as excinfo:
         run_bench(monkeypatch, "--repeats", "0")
     assert excinfo.value.code == 2
-    assert "--repeats, --accuracy-seeds and the batch sizes must be at least 1" in capsys.readouterr().err
+    assert "--repeats, --accuracy-seeds, --max-epochs and the batch sizes must be at least 1" in capsys.readouterr().err
 
 
 def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, capsys):
@@ -43,3 +43,12 @@ def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, ca
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine to 0.05"))
     assert "median" in line and "not reached" not in line
     assert len(re.findall(r"\d+\.\d s/\d+ ep", line)) == 2  # one entry per seed
+
+
+def test_time_to_accuracy_reports_seeds_that_missed_apart():
+    from scripts.bench import describe_time_to_accuracy
+
+    line = describe_time_to_accuracy([(5.0, 6, 0.991), (9.0, 30, 0.987), (7.0, 8, 0.992)], 0.99, 30)
+    assert line.startswith("median 6.0 s, 7 epochs (2/3 seeds reached it)")
+    assert "not reached in 30 epochs (0.9870)" in line
+    assert describe_time_to_accuracy([(9.0, 30, 0.98)], 0.99, 30).startswith("not reached by any of 1 seeds")

@@ -64,7 +64,8 @@ def train_one_epoch(
     the forward pass under bfloat16 autocast where that is faster (:func:`bf16_autocast_helps`:
     CUDA, CPUs with native bfloat16); the weights, the loss and the optimizer stay float32. On the
     CPU, batch norms whose channels-last bfloat16 kernel is slow run on contiguous memory
-    (:func:`~digitflow.layout.contiguous_batch_norm`). Raises TrainingDivergedError as soon as the running loss is NaN or infinite.
+    (:func:`~digitflow.layout.contiguous_batch_norm`). Raises TrainingDivergedError as soon as the
+    running loss is NaN or infinite.
     """
     model.train()
     device = images.device
@@ -78,40 +79,40 @@ def train_one_epoch(
     use_amp = amp and bf16_autocast_helps(device)
     start = time.perf_counter()
 
-    # Batch norms whose channels-last bf16 CPU kernel is slow run on contiguous memory (layout.py).
-    with contiguous_batch_norm(model):
-        for b in range(num_batches):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x, y = images[idx], labels[idx]  # (B, 1, 28, 28), (B,)
-            if augment is not None:
-                x = augment(x)
-            outputs: list[torch.Tensor] = []
+    for b in range(num_batches):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        x, y = images[idx], labels[idx]  # (B, 1, 28, 28), (B,)
+        if augment is not None:
+            x = augment(x)
+        outputs: list[torch.Tensor] = []
 
-            def closure() -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+                # Batch norms whose channels-last bf16 CPU kernel is slow run on contiguous memory.
+                with contiguous_batch_norm(model):
                     logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                loss.backward()
-                if not outputs:  # keep the first evaluation: the logits before this step's update
-                    outputs.append(logits.detach())
-                return loss
+                loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+            if not outputs:  # keep the first evaluation: the logits before this step's update
+                outputs.append(logits.detach())
+            return loss
 
-            loss = optimizer.step(closure).detach()
-            loss_sum += loss * y.shape[0]
-            correct += (outputs[0].argmax(1) == y).sum()
+        loss = optimizer.step(closure).detach()
+        loss_sum += loss * y.shape[0]
+        correct += (outputs[0].argmax(1) == y).sum()
 
-            last = b == num_batches - 1
-            reported = None
-            if last or (b + 1) % CHECK_EVERY == 0:
-                reported = float(loss)
-                if not torch.isfinite(loss_sum):
-                    raise TrainingDivergedError(
-                        f"training loss became {reported} in epoch {epoch}, batch {b + 1}/{num_batches}; "
-                        "lower the learning rate or pick another optimizer"
-                    )
-            if on_batch is not None:
-                on_batch(epoch, b + 1, num_batches, reported)
+        last = b == num_batches - 1
+        reported = None
+        if last or (b + 1) % CHECK_EVERY == 0:
+            reported = float(loss)
+            if not torch.isfinite(loss_sum):
+                raise TrainingDivergedError(
+                    f"training loss became {reported} in epoch {epoch}, batch {b + 1}/{num_batches}; "
+                    "lower the learning rate or pick another optimizer"
+                )
+        if on_batch is not None:
+            on_batch(epoch, b + 1, num_batches, reported)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)

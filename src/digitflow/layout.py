@@ -1,10 +1,13 @@
 """Memory layout on the CPU: batch norm on contiguous memory where the channels-last kernel is slow.
 
 The engine trains in channels-last (NHWC) memory, which lets oneDNN pick its faster convolution and
-pooling kernels. PyTorch's CPU batch norm in channels-last bfloat16, however, vectorizes over the
-channels 16 at a time, and it is 3-8x slower when the channel count is not a multiple of 16, as
-LeNet's 20 and 50 are. Forward + backward of one training batch norm, 737,280 bf16 activations
-(batch 64), 2-core AVX512-BF16 CPU, torch 2.14.1:
+pooling kernels. PyTorch's channels-last batch norm on the CPU, however, sums its statistics and
+gradients into one row of C float accumulators per thread, rows side by side in memory, updated for
+every pixel. Unless C floats fill whole 64-byte cache lines (C a multiple of 16), neighbouring
+threads keep writing to the same cache line (false sharing), and the layer is 3-8x slower than it
+should be, as for LeNet's 20 and 50 channels. One thread is not affected. Forward + backward of one
+training batch norm in bfloat16, 737,280 activations (batch 64), 2 threads of an AVX512-BF16 CPU,
+torch 2.14.1:
 
     channels   channels-last kernel   same layer on contiguous memory (copies included)
     16         0.45 ms                1.09 ms
@@ -17,23 +20,23 @@ LeNet's 20 and 50 are. Forward + backward of one training batch norm, 737,280 bf
 copies the result back to channels-last, so the layers around them keep their fast layout. The
 copies are an autograd function whose backward pass copies the gradient back the same way, so the
 batch-norm backward kernel also runs on contiguous memory (a plain ``.contiguous()`` would hand it a
-channels-last gradient and lose the gain). Values are those of the contiguous kernel: not bit-equal
-to the channels-last kernel, the same for the same seed on the same CPU.
+channels-last gradient and lose the gain). The values are those of the contiguous kernel: not
+bit-equal to the channels-last kernel's, the same for the same seed on the same CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-SLOW_CHANNEL_MULTIPLE = 16  # channel counts that are not a multiple of this hit the slow kernel
+CACHE_LINE_FLOATS = 16  # 64-byte cache line / 4-byte float accumulator
 
 
 class _CopyToLayout(torch.autograd.Function):
-    """``x`` copied into ``layout``; the gradient is copied back into ``grad_layout`` (x's own)."""
+    """Forward: ``x`` copied into ``layout``. Backward: the gradient copied into ``grad_layout``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, layout: torch.memory_format, grad_layout: torch.memory_format) -> Tensor:
@@ -45,13 +48,24 @@ class _CopyToLayout(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.grad_layout), None, None
 
 
+def _to_contiguous(x: Tensor) -> Tensor:
+    """Channels-last -> contiguous, and the gradient back to channels-last."""
+    return _CopyToLayout.apply(x, torch.contiguous_format, torch.channels_last)
+
+
+def _to_channels_last(x: Tensor) -> Tensor:
+    """Contiguous -> channels-last, and the gradient back to contiguous."""
+    return _CopyToLayout.apply(x, torch.channels_last, torch.contiguous_format)
+
+
 def batch_norm_runs_slow(x: Tensor, num_features: int) -> bool:
-    """Whether PyTorch's batch norm on ``x`` would take the slow channels-last bfloat16 CPU kernel."""
+    """Whether PyTorch's batch norm on ``x`` would take the slow channels-last bfloat16 CPU path."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.bfloat16
         and x.dim() == 4
-        and num_features % SLOW_CHANNEL_MULTIPLE != 0
+        and num_features % CACHE_LINE_FLOATS != 0
+        and torch.get_num_threads() > 1  # false sharing needs two threads
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()  # (N, C, 1, 1) and C == 1 tensors are both: nothing to gain
     )
@@ -60,27 +74,33 @@ def batch_norm_runs_slow(x: Tensor, num_features: int) -> bool:
 @contextlib.contextmanager
 def contiguous_batch_norm(model: nn.Module) -> Iterator[None]:
     """Within the block, the model's ``BatchNorm2d`` layers run on contiguous memory whenever their
-    input would take the slow channels-last kernel (:func:`batch_norm_runs_slow`); outputs and
-    gradients keep the layout they would have had. Other inputs, and the model after the block, are
-    untouched: the layers' own ``forward`` is restored on exit, also after an exception.
+    input would take the slow channels-last path (:func:`batch_norm_runs_slow`); outputs and
+    gradients keep the layout they would have had, and gradients flow as usual after the block.
+
+    The layers get an instance ``forward`` for the duration; layers that already have one are left
+    alone, so nesting is harmless. On exit, also after an exception, their own ``forward`` is back.
+    Inside the block the model cannot be pickled, and a ``copy.deepcopy`` would call the original's
+    layers: keep the block around the forward pass only, as the engine does.
     """
-    wrapped = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and "forward" not in vars(m)]
-    for module in wrapped:
-        module.forward = _contiguous_forward(module)  # instance attribute: shadows the class's forward
+    patched: list[nn.BatchNorm2d] = []
     try:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d) and "forward" not in vars(module):
+                module.forward = _contiguous_forward(module)  # shadows the class's forward
+                patched.append(module)
         yield
     finally:
-        for module in wrapped:
+        for module in patched:
             del module.forward
 
 
-def _contiguous_forward(module: nn.BatchNorm2d):
+def _contiguous_forward(module: nn.BatchNorm2d) -> Callable[[Tensor], Tensor]:
+    """``module``'s own forward, run on contiguous memory where :func:`batch_norm_runs_slow`."""
     plain = type(module).forward.__get__(module)
 
     def forward(x: Tensor) -> Tensor:
         if not batch_norm_runs_slow(x, module.num_features):
             return plain(x)
-        y = plain(_CopyToLayout.apply(x, torch.contiguous_format, torch.channels_last))
-        return _CopyToLayout.apply(y, torch.channels_last, torch.contiguous_format)
+        return _to_channels_last(plain(_to_contiguous(x)))
 
     return forward

@@ -1,14 +1,24 @@
 """contiguous_batch_norm: same values and layouts as the plain layer, computed on contiguous memory
-exactly where the channels-last bfloat16 CPU kernel is slow, and nothing left behind."""
+(forward and backward) exactly where the channels-last bfloat16 CPU kernel is slow, nothing left behind."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from digitflow.layout import batch_norm_runs_slow, contiguous_batch_norm
 
 CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    """The slow kernel needs two threads; pin them so the tests mean the same on any machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _input(channels: int, dtype=torch.bfloat16) -> torch.Tensor:
@@ -22,6 +32,19 @@ def _layer(channels: int) -> nn.BatchNorm2d:
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
     return bn
+
+
+class BackwardLayouts(TorchDispatchMode):
+    """Records whether each batch-norm backward kernel got a channels-last gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.native_batch_norm_backward.default:
+            self.channels_last.append(not args[0].is_contiguous())
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
@@ -45,6 +68,20 @@ def test_slow_kernel_is_predicted_for_bf16_channels_last_with_odd_channel_counts
     assert not batch_norm_runs_slow(_input(20, torch.float32), 20)
     assert not batch_norm_runs_slow(_input(20).contiguous(), 20)
     assert not batch_norm_runs_slow(torch.zeros(8, 20, 1, 1, dtype=torch.bfloat16), 20)  # both layouts at once
+    torch.set_num_threads(1)
+    assert not batch_norm_runs_slow(_input(20), 20)  # no second thread, no false sharing
+
+
+def test_backward_runs_on_contiguous_memory_and_hands_back_channels_last():
+    x = _input(20).requires_grad_()
+    bn = _layer(20)
+    with contiguous_batch_norm(bn):
+        y = bn(x * 1)  # a non-leaf, like a conv's output (a leaf's .grad is re-laid-out by autograd)
+    assert y.is_contiguous(memory_format=CL) and not y.is_contiguous()
+    with BackwardLayouts() as seen:
+        (grad_x,) = torch.autograd.grad(y, x, torch.randn_like(y))
+    assert seen.channels_last == [False]
+    assert grad_x.is_contiguous(memory_format=CL) and not grad_x.is_contiguous()
 
 
 def test_same_values_gradients_and_statistics_as_the_plain_layer(seen_layouts):
@@ -64,9 +101,7 @@ def test_same_values_gradients_and_statistics_as_the_plain_layer(seen_layouts):
     y_fast.backward(grad)
     assert seen_layouts == [True, False]  # computed on contiguous memory
 
-    # The layouts the rest of the model sees do not change: output and input gradient channels-last.
-    assert y_fast.dtype == torch.bfloat16 and y_fast.is_contiguous(memory_format=CL) and not y_fast.is_contiguous()
-    assert x_fast.grad.is_contiguous(memory_format=CL) and not x_fast.grad.is_contiguous()
+    assert y_fast.dtype == torch.bfloat16
     # Same values to bfloat16 precision (two kernels, two summation orders).
     torch.testing.assert_close(y_fast.float(), y_plain.float(), atol=0.02, rtol=0.01)
     torch.testing.assert_close(x_fast.grad.float(), x_plain.grad.float(), atol=0.02, rtol=0.01)
@@ -98,3 +133,12 @@ def test_layers_are_restored_on_exit_and_after_an_error():
     with pytest.raises(RuntimeError, match="boom"), contiguous_batch_norm(model):
         raise RuntimeError("boom")
     assert not any("forward" in vars(bn) for bn in bns)
+
+
+def test_a_layer_with_its_own_forward_is_left_alone():
+    bn = nn.BatchNorm2d(20)
+    own = lambda x: x  # noqa: E731
+    bn.forward = own
+    with contiguous_batch_norm(bn), contiguous_batch_norm(bn):
+        assert bn.forward is own
+    assert bn.forward is own
