@@ -8,7 +8,7 @@ for both and their ratio, as medians of interleaved rounds (a shared 2-core mach
 from one minute to the next). The engine runs its defaults (bfloat16 autocast on CUDA and on CPUs
 with native bfloat16, the default augmentation), without augmentation (the seed loop's work per
 image), and in float32. ``--to-accuracy 0.99`` also times the engine (with its default
-augmentation) until the held-out split reaches that accuracy.
+augmentation) until the held-out split reaches that accuracy, for ``--accuracy-seeds`` seeds.
 
     python scripts/bench.py --data-dir ../shared/data            # or: make bench ARGS="--data-dir ../shared/data"
 """

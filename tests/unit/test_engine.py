@@ -260,11 +260,12 @@ def test_lenet_batch_norms_skip_the_slow_channels_last_kernel_under_bf16(data, m
     images, labels = data
     model = build_model(10, seed=0).to(memory_format=torch.channels_last)  # as fit() does
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the slow kernel needs two threads (this module runs on one)
     try:
         train_one_epoch(model, optimizer, images, labels, batch_size=32, amp=amp)
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
     assert len(contiguous_inputs) == 2 * 4  # two batch norms, four batches
     if amp:
         assert all(contiguous_inputs)
