@@ -7,8 +7,13 @@ Same data (the MNIST split in ``--data-dir``), same LeNet, same optimizer. Print
 for both and their ratio, as medians of interleaved rounds (a shared 2-core machine swings by 20%
 from one minute to the next). The engine runs its defaults (bfloat16 autocast on CUDA and on CPUs
 with native bfloat16, the default augmentation), without augmentation (the seed loop's work per
-image), and in float32. ``--to-accuracy 0.99`` also times the engine (with its default
-augmentation) until the held-out split reaches that accuracy, for ``--accuracy-seeds`` seeds.
+image), and in float32; on a GPU also at batch 4096 and at the largest batch of the 8k split,
+without augmentation. "Defaults" are the device's (``digitflow.config.train_defaults``: batch 64 on
+the CPU, a larger batch, learning rate and CUDA graphs on a GPU); ``--batch-size`` overrides the
+batch. ``--to-accuracy 0.99`` also times the engine with those settings, evaluation after every
+epoch included, until the held-out split reaches that accuracy, for ``--accuracy-seeds`` seeds.
+``--fashion-mnist`` adds a full-size dataset: training epochs per second on Fashion-MNIST's 60,000
+images (``FashionMNIST/raw`` in ``--data-dir``).
 
     python scripts/bench.py --data-dir ../shared/data            # or: make bench ARGS="--data-dir ../shared/data"
 """
@@ -29,11 +34,12 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from digitflow.augment import build_augment
-from digitflow.config import AugmentConfig, TrainConfig
+from digitflow.config import TrainConfig, train_defaults
+from digitflow.cuda_graph import CudaGraphStep, graph_unsupported_reason
 from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
-from digitflow.device import resolve_device, training_precision
-from digitflow.engine import build_model, epoch_seed, evaluate, train_one_epoch
+from digitflow.device import channels_last_helps, resolve_device, training_precision
+from digitflow.engine import TrainStep, build_model, evaluate, fit, train_one_epoch
 from digitflow.errors import DigitflowError
 from digitflow.models import MNIST_MEAN, MNIST_STD
 from digitflow.optim import build_optimizer
@@ -78,32 +84,63 @@ def seed_loop_epoch(data, device: torch.device, batch_size: int, workers: int) -
     return len(dataset) / (time.perf_counter() - start)
 
 
-def engine_epoch(images, labels, batch_size: int, augment, amp: bool) -> float:
-    """This project's engine; returns images per second."""
-    model = build_model(10, seed=0).to(images.device, memory_format=torch.channels_last)  # as fit() does
-    optimizer = build_optimizer(model, TrainConfig().optimizer)
-    metrics = train_one_epoch(model, optimizer, images, labels, batch_size=batch_size,
-                              generator=torch.Generator().manual_seed(0), augment=augment, amp=amp)
-    return metrics["images_per_sec"]
+class EngineLoop:
+    """This project's engine with ``config``'s step (eager or CUDA graph), built once; each call
+    trains one epoch and returns images per second."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, augment) -> None:
+        self.images, self.labels, self.config = images, labels, config
+        device = images.device
+        self.model = build_model(10, seed=0).to(device)
+        use_graphs = config.cuda_graphs and graph_unsupported_reason(device, config.optimizer.name, augment) is None
+        if channels_last_helps(device, config.batch_size, use_graphs):  # as fit() does
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, config.optimizer, device=device, capturable=use_graphs)
+        self.model.train()
+        self.step = TrainStep(self.model, self.optimizer, images, labels, augment=augment, amp=config.amp,
+                              label_smoothing=config.label_smoothing)
+        if use_graphs:
+            self.step = CudaGraphStep(self.step, config.batch_size)
+
+    def __call__(self) -> float:
+        metrics = train_one_epoch(self.model, self.optimizer, self.images, self.labels,
+                                  batch_size=self.config.batch_size, generator=torch.Generator().manual_seed(0),
+                                  step=self.step)
+        return metrics["images_per_sec"]
 
 
-def time_to_accuracy(train, test, target: float, max_epochs: int, device: torch.device, seed: int) -> tuple[float, int, float]:
-    """Seconds (training + evaluation) until held-out accuracy >= target, with default settings
-    (constant learning rate: the default cosine schedule needs the number of epochs in advance)."""
-    config = dataclasses.replace(TrainConfig(), seed=seed)
-    model = build_model(10, config.seed).to(device, memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config.optimizer)
-    augment = build_augment(config.augment)
-    start = time.perf_counter()
-    accuracy = 0.0
-    for epoch in range(1, max_epochs + 1):
-        torch.manual_seed(epoch_seed(seed, epoch))
-        train_one_epoch(model, optimizer, *train, batch_size=config.batch_size, augment=augment,
-                        amp=config.amp, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+class _Reached(Exception):
+    """Raised from fit's on_epoch callback once the target accuracy is reached."""
+
+
+def time_to_accuracy(train, test, target: float, config: TrainConfig, augment) -> tuple[float, int, float]:
+    """Seconds until held-out accuracy >= target: :func:`fit` with ``config`` (its schedule laid out
+    over ``config.epochs``), evaluating after every epoch and stopping at the first epoch that reaches
+    it; model building, CUDA-graph capture and the evaluations are inside the time."""
+    device = train[0].device
+    seen: list[tuple[int, float]] = []
+
+    def check(record: dict[str, float]) -> None:
         accuracy = evaluate(model, *test).accuracy
+        seen.append((int(record["epoch"]), accuracy))
         if accuracy >= target:
-            break
-    return time.perf_counter() - start, epoch, accuracy
+            raise _Reached
+
+    _sync(device)
+    start = time.perf_counter()
+    model = build_model(10, config.seed).to(device)
+    try:
+        fit(model, *train, config, augment=augment, on_epoch=check)
+    except _Reached:
+        pass
+    _sync(device)
+    epochs, accuracy = seen[-1]
+    return time.perf_counter() - start, epochs, accuracy
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -113,39 +150,57 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=".cache/digitflow", help="transformed-tensor cache (default .cache/digitflow)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--seed-batch-size", type=int, default=50, help="the seed notes' batch size (50)")
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="the engine's batch size (default: the project default)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="the engine's batch size (default: the device's default, 64 on the CPU)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (2)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds, one epoch of each loop per round (5)")
-    parser.add_argument("--to-accuracy", type=float, default=None, help="also time the engine to this held-out accuracy")
+    parser.add_argument("--to-accuracy", type=float, default=None,
+                        help="also time the engine, at the device's defaults, to this held-out accuracy")
     parser.add_argument("--accuracy-seeds", type=int, default=3,
                         help="seeds (0, 1, ...) timed to --to-accuracy; the median is reported (3)")
-    parser.add_argument("--max-epochs", type=int, default=30, help="give up on --to-accuracy after this many epochs (30)")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="epochs of the --to-accuracy runs (default: the device's default epochs; "
+                        "the learning-rate schedule is laid out over them)")
+    parser.add_argument("--fashion-mnist", action="store_true",
+                        help="also time training epochs on Fashion-MNIST's 60,000 images (FashionMNIST/raw in --data-dir)")
     args = parser.parse_args()
-    if min(args.repeats, args.batch_size, args.seed_batch_size, args.accuracy_seeds, args.max_epochs) < 1 or args.workers < 0:
+    if min(args.repeats, args.seed_batch_size, args.accuracy_seeds, args.batch_size or 1, args.max_epochs or 1) < 1 \
+            or args.workers < 0:
         parser.error("--repeats, --accuracy-seeds, --max-epochs and the batch sizes must be at least 1, --workers at least 0")
     if args.to_accuracy is not None and not 0 < args.to_accuracy <= 1:
         parser.error(f"--to-accuracy must be in (0, 1], got {args.to_accuracy}")
 
     device = resolve_device(args.device)
+    defaults = train_defaults(device.type)
+    if args.batch_size is not None:
+        defaults = dataclasses.replace(defaults, batch_size=args.batch_size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     data = load_dataset("mnist:test", args.data_dir, args.cache_dir, offline=True)
     images, labels = frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
     print(f"device: {name}; data: {data.spec}, {len(labels)} images; torch {torch.__version__}")
 
-    amp = TrainConfig.amp  # the engine itself decides whether bfloat16 applies on this device
-    precision = training_precision(device, amp)
-    augment = build_augment(AugmentConfig())
+    precision = training_precision(device, defaults.amp)  # the engine itself decides whether bf16 applies
+    augment = build_augment(defaults.augment)
+    step_kind = "CUDA graph" if defaults.cuda_graphs and device.type == "cuda" else "eager"
+    batch = defaults.batch_size
+    setups: dict[str, tuple[TrainConfig, object]] = {
+        f"engine defaults, batch {batch}, {precision}, {step_kind}, default augmentation": (defaults, augment),
+        f"engine defaults, batch {batch}, {precision}, {step_kind}, no augmentation": (defaults, None),
+    }
+    other = dataclasses.replace(defaults, amp=not defaults.amp)  # the other precision, where it differs
+    if training_precision(device, other.amp) != precision:
+        setups[f"engine, batch {batch}, {training_precision(device, other.amp)} (--{'' if other.amp else 'no-'}amp), "
+               f"{step_kind}, default augmentation"] = (other, augment)
+    if device.type == "cuda":  # large batches: what the card does when launches are not the limit
+        for big in (4096, 8000):
+            setups[f"engine, batch {big}, {precision}, {step_kind}, no augmentation"] = (
+                dataclasses.replace(defaults, batch_size=big), None)
     loops: dict[str, Callable[[], float]] = {
         f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)":
             lambda: seed_loop_epoch(data, device, args.seed_batch_size, args.workers),
-        f"engine, batch {args.batch_size}, {precision}, default augmentation":
-            lambda: engine_epoch(images, labels, args.batch_size, augment, amp),
-        f"engine, batch {args.batch_size}, {precision}, no augmentation":
-            lambda: engine_epoch(images, labels, args.batch_size, None, amp),
     }
-    if precision != "float32":  # a float32 row only where the defaults are not float32 already
-        loops[f"engine, batch {args.batch_size}, float32 (--no-amp), default augmentation"] = (
-            lambda: engine_epoch(images, labels, args.batch_size, augment, False))
+    for label, (config, aug) in setups.items():
+        loops[label] = EngineLoop(images, labels, config, aug)
     for loop in loops.values():
         loop()  # warm-up: worker start, kernel selection, caches
     # Interleaved rounds: each round times every loop once, so a slow spell of a shared machine hits
@@ -158,31 +213,46 @@ def main() -> None:
     print(f"median of {args.repeats} interleaved rounds (ratio: per round, against that round's seed loop)")
     for label, values in rates.items():
         ratios = [v / s for v, s in zip(values, seed_rates)]
-        print(f"{label:62s} {statistics.median(values):9,.0f} images/s   "
-              f"x{statistics.median(ratios):5.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})")
+        print(f"{label:72s} {statistics.median(values):11,.0f} images/s   "
+              f"x{statistics.median(ratios):6.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})")
+
+    if args.fashion_mnist:
+        fashion = load_dataset("fashion-mnist:train", args.data_dir, args.cache_dir, offline=True)
+        fx, fy = frame_images(fashion.images.to(device), "mnist-frame"), fashion.labels.to(device)
+        loop = EngineLoop(fx, fy, defaults, augment)
+        loop()  # warm-up
+        fashion_rates = [loop() for _ in range(args.repeats)]
+        rate = statistics.median(fashion_rates)
+        print(f"fashion-mnist:train ({len(fy):,} images), engine defaults ({batch}, {precision}, {step_kind}, "
+              f"default augmentation): {rate:,.0f} images/s, {rate / len(fy):.2f} epochs/s "
+              f"(median of {args.repeats} epochs)")
 
     if args.to_accuracy is not None:
         train = load_dataset("mnist:test[:8000]", args.data_dir, args.cache_dir, offline=True)
         test = load_dataset("mnist:test[8000:]", args.data_dir, args.cache_dir, offline=True)
         train_xy = (frame_images(train.images.to(device), "mnist-frame"), train.labels.to(device))
         test_xy = (frame_images(test.images.to(device), "mnist-frame"), test.labels.to(device))
-        runs = [time_to_accuracy(train_xy, test_xy, args.to_accuracy, args.max_epochs, device, seed)
+        config = dataclasses.replace(defaults, epochs=args.max_epochs or defaults.epochs)
+        time_to_accuracy(train_xy, test_xy, args.to_accuracy, config, augment)  # warm-up (kernel selection)
+        runs = [time_to_accuracy(train_xy, test_xy, args.to_accuracy, dataclasses.replace(config, seed=seed), augment)
                 for seed in range(args.accuracy_seeds)]
-        print(f"engine to {args.to_accuracy} held-out accuracy (train mnist:test[:8000], test mnist:test[8000:]): "
-              + describe_time_to_accuracy(runs, args.to_accuracy, args.max_epochs))
+        print(f"engine defaults to {args.to_accuracy} held-out accuracy (batch {config.batch_size}, "
+              f"lr {config.optimizer.kwargs.get('lr')}, {config.scheduler.name} over {config.epochs} epochs, {step_kind}; "
+              f"train mnist:test[:8000], test mnist:test[8000:], evaluation after every epoch): "
+              + describe_time_to_accuracy(runs, args.to_accuracy, config.epochs))
 
 
 def describe_time_to_accuracy(runs: list[tuple[float, int, float]], target: float, max_epochs: int) -> str:
     """One line: the median over the seeds that reached ``target``, then every seed's figures."""
     reached = [(seconds, epochs) for seconds, epochs, accuracy in runs if accuracy >= target]
     seeds = ", ".join(
-        f"{seconds:.1f} s/{epochs} ep" if accuracy >= target
+        f"{seconds:.3f} s/{epochs} ep" if accuracy >= target
         else f"not reached in {max_epochs} epochs ({accuracy:.4f})"
         for seconds, epochs, accuracy in runs
     )
     if not reached:
         return f"not reached by any of {len(runs)} seeds; seeds: {seeds}"
-    return (f"median {statistics.median(s for s, _ in reached):.1f} s, "
+    return (f"median {statistics.median(s for s, _ in reached):.3f} s, "
             f"{statistics.median(e for _, e in reached):g} epochs ({len(reached)}/{len(runs)} seeds reached it); "
             f"seeds: {seeds}")
 

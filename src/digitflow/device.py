@@ -47,3 +47,24 @@ def bf16_autocast_helps(device: torch.device) -> bool:
 def training_precision(device: torch.device, amp: bool) -> str:
     """What the engine trains in on ``device`` with ``amp`` set so: "bfloat16 autocast" or "float32"."""
     return "bfloat16 autocast" if amp and bf16_autocast_helps(device) else "float32"
+
+
+# Batch size from which channels-last (NHWC) beats the default layout for an eagerly run LeNet step on
+# a CUDA device, bf16 autocast; a step replayed as a CUDA graph gains from it at every batch size.
+# Measured on an H200 (scripts/gpu_explore.py; README "Training on a GPU").
+CUDA_CHANNELS_LAST_MIN_BATCH = 1024
+
+
+def channels_last_helps(device: torch.device, batch_size: int, cuda_graphs: bool = False) -> bool:
+    """Whether the engine should train in channels-last memory on ``device``.
+
+    On the CPU always (oneDNN's NHWC convolutions are faster: +18% images/s for LeNet, batch 64). On
+    CUDA with a captured step, or from :data:`CUDA_CHANNELS_LAST_MIN_BATCH` images when eager: at
+    smaller batches the eager step is launch-bound and NHWC's extra layout kernels cost more than
+    its faster convolutions save. Elsewhere never.
+    """
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return cuda_graphs or batch_size >= CUDA_CHANNELS_LAST_MIN_BATCH
+    return False

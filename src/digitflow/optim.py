@@ -30,12 +30,23 @@ def scheduler_names() -> list[str]:
     return sorted(n for n in _classes(torch.optim.lr_scheduler, base) if n != "LRScheduler")
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    config: OptimizerConfig,
+    *,
+    device: torch.device | None = None,
+    capturable: bool = False,
+) -> torch.optim.Optimizer:
     """Instantiate ``torch.optim.<name>(param_groups, **kwargs)``.
 
     ``config.param_groups`` maps a parameter-name prefix to overrides: ``{"classifier": {"lr": 1e-3}}``
     puts every parameter whose name starts with ``classifier`` into its own group with that learning
     rate. Parameters matched by no prefix form the first (default) group.
+
+    On a CUDA ``device`` an optimizer that has a fused implementation (SGD, Adam, AdamW, ...) uses it,
+    one kernel for all parameters instead of several per parameter, unless ``kwargs`` choose
+    ``fused`` or ``foreach`` themselves. ``capturable`` turns on the mode that lets the step be
+    captured in a CUDA graph, for optimizers that have one.
     """
     classes = _classes(torch.optim, torch.optim.Optimizer)
     cls = classes.get(config.name)
@@ -55,8 +66,14 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Op
     rest = [p for n, p in named if n not in claimed]
     if rest:
         groups.insert(0, {"params": rest})
+    kwargs = dict(config.kwargs)
+    accepted = inspect.signature(cls).parameters
+    if device is not None and device.type == "cuda" and "fused" in accepted and not {"fused", "foreach"} & kwargs.keys():
+        kwargs["fused"] = True
+    if capturable and "capturable" in accepted:
+        kwargs["capturable"] = True
     try:
-        return cls(groups, **config.kwargs)
+        return cls(groups, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"optimizer {config.name} rejected its options {config.kwargs}: {exc} (set them with --opt KEY=VALUE)"
