@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig
+from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, train_defaults
 from digitflow.data import DATASETS, fetch, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
@@ -104,16 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR", help=f"transformed-tensor cache (default {d.cache_dir})")
     data.add_argument("--offline", action="store_true", help="never download; use the files already in the data dir")
 
-    t, o = TrainConfig(), OptimizerConfig()
-    train = run.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=t.epochs, help=f"(default {t.epochs})")
-    train.add_argument("--batch-size", type=int, default=t.batch_size, help=f"(default {t.batch_size})")
-    train.add_argument("--seed", type=int, default=t.seed, help=f"same seed, same metrics on the same CPU (default {t.seed})")
+    t, o, gpu = TrainConfig(), OptimizerConfig(), train_defaults("cuda")
+    train = run.add_argument_group("training (defaults depend on the device: CPU / CUDA)")
+    train.add_argument("--epochs", type=int, default=None, help=f"(default {t.epochs} / {gpu.epochs})")
+    train.add_argument("--batch-size", type=int, default=None, help=f"(default {t.batch_size} / {gpu.batch_size})")
+    train.add_argument("--seed", type=int, default=t.seed, help=f"same seed, same metrics on the same device (default {t.seed})")
     train.add_argument("--device", default=t.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default auto)")
-    train.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32 only: no bfloat16 mixed precision (used by default on CUDA and on CPUs with native bfloat16)")
+    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                       help="bfloat16 autocast for the forward pass, where the device has fast bfloat16 (CPUs with "
+                       "AVX512-BF16/AMX, CUDA); --no-amp trains in float32 (default: on / off, float32 being faster "
+                       "for LeNet on a GPU)")
+    train.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                       help=f"cross-entropy label smoothing (default {t.label_smoothing} / {gpu.label_smoothing})")
+    train.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                       help="replay each training step as one CUDA graph (CUDA only; not with LBFGS or torchvision "
+                       "extra augmentations; default: on wherever possible on CUDA)")
     train.add_argument("--optimizer", default=o.name, metavar="NAME", help=f"any torch.optim class: SGD, Adam, AdamW, LBFGS, ... (default {o.name})")
     train.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                       help=f"optimizer keyword argument, repeatable (default for SGD: {', '.join(f'{k}={v}' for k, v in o.kwargs.items())})")
+                       help="optimizer keyword argument, repeatable, added to the defaults (for SGD: "
+                       f"{', '.join(f'{k}={v}' for k, v in o.kwargs.items())} / "
+                       f"{', '.join(f'{k}={v}' for k, v in gpu.optimizer.kwargs.items())})")
     train.add_argument("--lr", type=float, default=None, help="shortcut for --opt lr=LR")
     train.add_argument("--param-group", action="append", metavar="PREFIX:KEY=VALUE",
                        help="options for parameters whose name starts with PREFIX (features, classifier, classifier.3), repeatable")
@@ -141,18 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """Parsed options -> keyword arguments of :func:`flows.pipeline.pipeline`."""
-    # --opt and --lr add to the optimizer's defaults: the project's (lr 0.05, momentum 0.9) for the
-    # default SGD, torch's own for any other optimizer (SGD's values are not another optimizer's).
-    base = OptimizerConfig().kwargs if args.optimizer == OptimizerConfig.name else {}
-    optimizer_kwargs = {**base, **_key_values(args.opt, "--opt")}
+    # --opt and --lr add to the optimizer's defaults, which build_config fills in for the device: the
+    # project's for the default SGD, torch's own for any other optimizer.
+    optimizer_kwargs = _key_values(args.opt, "--opt")
     if args.lr is not None:
         optimizer_kwargs["lr"] = args.lr
     params = dict(
         train=args.train, test=args.test, target=args.target, target_preprocess=args.target_preprocess,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, optimizer_kwargs=optimizer_kwargs,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, optimizer_kwargs=optimizer_kwargs or None,
         param_groups=_param_groups(args.param_group) or None, scheduler=args.scheduler,
         scheduler_kwargs=_key_values(args.sched, "--sched") or None, seed=args.seed, device=args.device,
-        amp=args.amp, export_mode=args.export_mode, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        amp=args.amp, label_smoothing=args.label_smoothing, cuda_graphs=args.cuda_graphs, export_mode=args.export_mode, data_dir=args.data_dir, cache_dir=args.cache_dir,
         offline=args.offline, resume=args.resume, output_dir=args.output_dir, checkpoint=args.checkpoint,
         experiment=args.experiment,
     )

@@ -17,7 +17,9 @@ from digitflow.config import (
     RunConfig,
     SchedulerConfig,
     TrainConfig,
+    train_defaults,
 )
+from digitflow.cuda_graph import graph_unsupported_reason
 from digitflow.data import parse_spec
 from digitflow.data.framing import get_preprocessor
 from digitflow.device import resolve_device
@@ -42,8 +44,8 @@ def build_config(
     test: str,
     target: list[str],
     target_preprocess: str,
-    epochs: int,
-    batch_size: int,
+    epochs: int | None,
+    batch_size: int | None,
     optimizer: str,
     optimizer_kwargs: dict[str, Any] | None,
     param_groups: dict[str, dict[str, Any]] | None,
@@ -52,7 +54,7 @@ def build_config(
     augment: list[str] | None,
     seed: int,
     device: str,
-    amp: bool,
+    amp: bool | None,
     export_mode: str,
     data_dir: str | None,
     cache_dir: str,
@@ -60,14 +62,30 @@ def build_config(
     resume: bool,
     output_dir: str,
     checkpoint: str | None = None,
+    label_smoothing: float | None = None,
+    cuda_graphs: bool | None = None,
 ) -> RunConfig:
     """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input.
 
     Everything that can be checked without data is checked here (specs, device, optimizer, scheduler,
     augmentation, sizes), so a typo fails in a second, before any download or training.
+
+    Training settings left as None take the defaults of the device the run trains on
+    (:func:`digitflow.config.train_defaults`: a CUDA device trains with a larger batch, CUDA graphs,
+    ...); ``optimizer_kwargs`` add to that device's settings of the default optimizer, or to torch's
+    own defaults for any other optimizer. The config records the values used.
     """
     for spec in (train, test, *target):
         parse_spec(spec)
+    defaults = train_defaults(resolve_device(device).type)
+    epochs = defaults.epochs if epochs is None else epochs
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    amp = defaults.amp if amp is None else amp
+    label_smoothing = defaults.label_smoothing if label_smoothing is None else label_smoothing
+    base_kwargs = defaults.optimizer.kwargs if optimizer == defaults.optimizer.name else {}
+    optimizer_kwargs = {**base_kwargs, **(optimizer_kwargs or {})}
+    if not 0 <= label_smoothing < 1:
+        raise ConfigError(f"label smoothing must be in [0, 1), got {label_smoothing}")
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"epochs and batch size must be at least 1 (got epochs={epochs}, batch size={batch_size})")
     if export_mode not in ("script", "trace"):
@@ -81,11 +99,9 @@ def build_config(
         ),
         train=TrainConfig(
             epochs=epochs, batch_size=batch_size, seed=seed, device=device, amp=amp,
-            optimizer=OptimizerConfig(
-                name=optimizer,
-                kwargs=OptimizerConfig().kwargs if optimizer_kwargs is None else dict(optimizer_kwargs),
-                param_groups=dict(param_groups or {}),
-            ),
+            label_smoothing=label_smoothing,
+            cuda_graphs=defaults.cuda_graphs if cuda_graphs is None else cuda_graphs,
+            optimizer=OptimizerConfig(name=optimizer, kwargs=optimizer_kwargs, param_groups=dict(param_groups or {})),
             scheduler=SchedulerConfig(name=None if scheduler in (None, "", "none") else scheduler, kwargs=dict(scheduler_kwargs or {})),
             augment=AugmentConfig(
                 affine="affine" in augment,
@@ -98,17 +114,22 @@ def build_config(
         checkpoint=checkpoint,
         resume=resume,
     )
-    _dry_build(config.train)
+    _dry_build(config.train, cuda_graphs_asked=cuda_graphs is True)
     return config
 
 
-def _dry_build(train: TrainConfig) -> None:
+def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
     """Build device, augmentation, optimizer and scheduler once on a throwaway LeNet: their errors
-    (unknown names, bad keyword arguments, a missing CUDA) surface before the run starts."""
-    resolve_device(train.device)
-    build_augment(train.augment)
+    (unknown names, bad keyword arguments, a missing CUDA) surface before the run starts. CUDA graphs
+    asked for explicitly must be possible; by default they are used wherever they are."""
+    device = resolve_device(train.device)
+    augment = build_augment(train.augment)
     optimizer = build_optimizer(LeNet(), train.optimizer)
     build_scheduler(optimizer, train.scheduler, epochs=train.epochs)
+    if cuda_graphs_asked:
+        reason = graph_unsupported_reason(device, train.optimizer.name, augment)
+        if reason is not None:
+            raise ConfigError(f"--cuda-graphs cannot be used here: {reason}")
 
 
 def checkpoint_path(config: RunConfig, train_digest: str) -> Path:

@@ -28,8 +28,8 @@ def pipeline(
     test: str = DataConfig.test,
     target: list[str] = list(DataConfig().targets),
     target_preprocess: Literal["mnist-frame", "resize"] = DataConfig.target_preprocess,
-    epochs: int = TrainConfig.epochs,
-    batch_size: int = TrainConfig.batch_size,
+    epochs: int | None = None,
+    batch_size: int | None = None,
     optimizer: str = OptimizerConfig.name,
     optimizer_kwargs: dict[str, Any] | None = None,
     param_groups: dict[str, dict[str, Any]] | None = None,
@@ -38,7 +38,9 @@ def pipeline(
     augment: list[str] = DEFAULT_AUGMENT,
     seed: int = TrainConfig.seed,
     device: str = TrainConfig.device,
-    amp: bool = TrainConfig.amp,
+    amp: bool | None = None,
+    label_smoothing: float | None = None,
+    cuda_graphs: bool | None = None,
     export_mode: Literal["script", "trace"] = ExportConfig.mode,
     data_dir: str | None = None,
     cache_dir: str = DataConfig.cache_dir,
@@ -52,14 +54,16 @@ def pipeline(
 
     Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``, ``usps:test[:50%]``. ``data_dir``
     defaults to ``$DIGITFLOW_DATA_DIR`` or ``./data``; ``offline`` never downloads. Unset optimizer
-    kwargs mean the defaults of ``OptimizerConfig`` (SGD, lr 0.05, momentum 0.9); ``scheduler=None`` trains
+    kwargs mean the device's defaults (``digitflow.config.train_defaults``: SGD, lr 0.05, momentum 0.9 on the
+    CPU); given ones add to them. Training settings left as None (epochs, batch size, amp, label
+    smoothing, CUDA graphs) take the defaults of the device the run trains on. ``scheduler=None`` trains
     at a constant learning rate.
     """
     config = build_config(
         train=train, test=test, target=target, target_preprocess=target_preprocess, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, param_groups=param_groups,
         scheduler=scheduler, scheduler_kwargs=scheduler_kwargs, augment=augment, seed=seed, device=device,
-        amp=amp, export_mode=export_mode, data_dir=data_dir, cache_dir=cache_dir, offline=offline,
+        amp=amp, label_smoothing=label_smoothing, cuda_graphs=cuda_graphs, export_mode=export_mode, data_dir=data_dir, cache_dir=cache_dir, offline=offline,
         resume=resume, output_dir=output_dir, checkpoint=checkpoint,
     )
     data = config.data

@@ -28,6 +28,7 @@ class PipelineSummary:
     images_per_sec: float = 0.0
     device: str = "cpu"
     precision: str = "float32"
+    step: str = "eager"
     exported: dict[str, Any] = field(default_factory=dict)
     ui_command: str = "make ui"  # see tasks.tracking.ui_command
 
@@ -53,6 +54,7 @@ class PipelineSummary:
             images_per_sec=trained.images_per_sec,
             device=trained.device,
             precision=trained.precision,
+            step=trained.step,
             exported=dict(exported or {}),
             ui_command=ui_command(),
         )
@@ -61,7 +63,8 @@ class PipelineSummary:
         """The summary as short 'label: value' lines, for the terminal and the markdown artifact."""
         out = [f"test accuracy: {self.test_accuracy:.4f} (loss {self.test_loss:.4f})"]
         out += [f"cross-domain accuracy on {name}: {acc:.4f}" for name, acc in self.cross_accuracy.items()]
-        out.append(f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} ({self.precision})")
+        graphs = ", CUDA graph" if self.step == "cuda-graph" else ""
+        out.append(f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} ({self.precision}{graphs})")
         for key in ("torchscript_path", "program_path"):
             if key in self.exported:
                 out.append(f"exported: {self.exported[key]}")

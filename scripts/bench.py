@@ -38,7 +38,13 @@ from digitflow.config import TrainConfig, train_defaults
 from digitflow.cuda_graph import CudaGraphStep, graph_unsupported_reason
 from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
-from digitflow.device import channels_last_helps, resolve_device, training_precision
+from digitflow.device import (
+    channels_last_helps,
+    cudnn_autotuning,
+    cudnn_autotuning_helps,
+    resolve_device,
+    training_precision,
+)
 from digitflow.engine import TrainStep, build_model, evaluate, fit, train_one_epoch
 from digitflow.errors import DigitflowError
 from digitflow.models import MNIST_MEAN, MNIST_STD
@@ -97,15 +103,18 @@ class EngineLoop:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, config.optimizer, device=device, capturable=use_graphs)
         self.model.train()
+        self.autotune = cudnn_autotuning_helps(device, config.batch_size)  # as fit() does
         self.step = TrainStep(self.model, self.optimizer, images, labels, augment=augment, amp=config.amp,
                               label_smoothing=config.label_smoothing)
         if use_graphs:
-            self.step = CudaGraphStep(self.step, config.batch_size)
+            with cudnn_autotuning(self.autotune):
+                self.step = CudaGraphStep(self.step, config.batch_size)
 
     def __call__(self) -> float:
-        metrics = train_one_epoch(self.model, self.optimizer, self.images, self.labels,
-                                  batch_size=self.config.batch_size, generator=torch.Generator().manual_seed(0),
-                                  step=self.step)
+        with cudnn_autotuning(self.autotune):
+            metrics = train_one_epoch(self.model, self.optimizer, self.images, self.labels,
+                                      batch_size=self.config.batch_size, generator=torch.Generator().manual_seed(0),
+                                      step=self.step)
         return metrics["images_per_sec"]
 
 

@@ -32,6 +32,7 @@ class TrainedModel:
     images_per_sec: float
     seconds: float
     precision: str = "float32"  # or "bfloat16 autocast"
+    step: str = "eager"  # or "cuda-graph" (digitflow.cuda_graph); with the reason if graphs were not possible
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
@@ -79,6 +80,9 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
         elif result.resumed_from_epoch:
             logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
+        mlflow.set_tag("train.step", result.step)
+        if result.step.startswith("eager ("):
+            logger.info("CUDA graphs not used: %s", result.step.removeprefix("eager (").removesuffix(")"))
         for record in result.history[: result.resumed_from_epoch]:  # the checkpoint's epochs: complete curves
             _log_epoch(record)
 
@@ -91,7 +95,7 @@ def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, paren
 
     model.eval()
     return TrainedModel(model=model, device=str(device), images_per_sec=images_per_sec, seconds=seconds,
-                        precision=precision)
+                        precision=precision, step=result.step)
 
 
 def _log_epoch(record: dict[str, float]) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from digitflow.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from digitflow.config import TrainConfig, to_dict
 from digitflow.cuda_graph import CudaGraphStep, graph_unsupported_reason
-from digitflow.device import bf16_autocast_helps, channels_last_helps
+from digitflow.device import bf16_autocast_helps, channels_last_helps, cudnn_autotuning, cudnn_autotuning_helps
 from digitflow.errors import CheckpointError, TrainingDivergedError
 from digitflow.layout import contiguous_batch_norm
 from digitflow.optim import build_optimizer, build_scheduler
@@ -289,40 +289,42 @@ def fit(
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
 
-    step: TrainStep | CudaGraphStep = TrainStep(
-        model, optimizer, images, labels, augment=augment, amp=config.amp, label_smoothing=config.label_smoothing
-    )
-    if use_graphs and start_epoch <= config.epochs:
-        model.train()
-        step = CudaGraphStep(step, config.batch_size)
     resumed_from = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs + 1):
-        torch.manual_seed(epoch_seed(config.seed, epoch))  # augmentation draws (CPU and CUDA)
-        generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # batch order
-        metrics = train_one_epoch(
-            model, optimizer, images, labels,
-            batch_size=config.batch_size, generator=generator, epoch=epoch, on_batch=on_batch, step=step,
+    # cuDNN autotuning where measured to pay (large batches on CUDA); restored on the way out.
+    with cudnn_autotuning(cudnn_autotuning_helps(device, config.batch_size)):
+        step: TrainStep | CudaGraphStep = TrainStep(
+            model, optimizer, images, labels, augment=augment, amp=config.amp, label_smoothing=config.label_smoothing
         )
-        metrics["lr"] = float(optimizer.param_groups[0]["lr"])
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics["loss"])
-            else:
-                scheduler.step()
-        record = {"epoch": epoch, **metrics}
-        history.append(record)
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {
-                "model_name": model_name,
-                "model": model.state_dict(),
-                "optimizer": _float_lr(optimizer.state_dict()),
-                "scheduler": _float_lr(scheduler.state_dict()) if scheduler is not None else None,
-                "config": resumable_settings(config),
-                "epoch": epoch,
-                "history": history,
-            })
-        if on_epoch is not None:
-            on_epoch(record)
+        if use_graphs and start_epoch <= config.epochs:
+            model.train()
+            step = CudaGraphStep(step, config.batch_size)
+        for epoch in range(start_epoch, config.epochs + 1):
+            torch.manual_seed(epoch_seed(config.seed, epoch))  # augmentation draws (CPU and CUDA)
+            generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # batch order
+            metrics = train_one_epoch(
+                model, optimizer, images, labels,
+                batch_size=config.batch_size, generator=generator, epoch=epoch, on_batch=on_batch, step=step,
+            )
+            metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+            if scheduler is not None:
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(metrics["loss"])
+                else:
+                    scheduler.step()
+            record = {"epoch": epoch, **metrics}
+            history.append(record)
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, {
+                    "model_name": model_name,
+                    "model": model.state_dict(),
+                    "optimizer": _float_lr(optimizer.state_dict()),
+                    "scheduler": _float_lr(scheduler.state_dict()) if scheduler is not None else None,
+                    "config": resumable_settings(config),
+                    "epoch": epoch,
+                    "history": history,
+                })
+            if on_epoch is not None:
+                on_epoch(record)
 
     model.to(memory_format=torch.contiguous_format)  # hand back standard strides (exporters expect them)
     return FitResult(

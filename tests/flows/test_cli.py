@@ -15,23 +15,24 @@ def params(*argv: str) -> dict:
 
 def test_defaults_come_from_the_configs():
     p = params()
-    assert p["optimizer"] == OptimizerConfig.name and p["optimizer_kwargs"] == OptimizerConfig().kwargs
+    assert p["optimizer"] == OptimizerConfig.name and p["optimizer_kwargs"] is None  # filled in per device
+    assert p["epochs"] is None and p["batch_size"] is None and p["amp"] is None and p["cuda_graphs"] is None
     assert p["scheduler"] == SchedulerConfig.name
     assert p["augment"] == DEFAULT_AUGMENT
 
 
-def test_opt_adds_to_the_default_optimizer_settings():
-    assert params("--opt", "weight_decay=1e-4")["optimizer_kwargs"] == {**OptimizerConfig().kwargs, "weight_decay": 1e-4}
-    assert params("--lr", "0.1", "--opt", "nesterov=True")["optimizer_kwargs"] == {
-        **OptimizerConfig().kwargs, "lr": 0.1, "nesterov": True,
-    }
-
-
-def test_another_optimizer_starts_from_torch_defaults():
-    assert params("--optimizer", "Adam")["optimizer_kwargs"] == {}
+def test_opt_and_lr_are_passed_as_given():
+    assert params("--opt", "weight_decay=1e-4")["optimizer_kwargs"] == {"weight_decay": 1e-4}
+    assert params("--lr", "0.1", "--opt", "nesterov=True")["optimizer_kwargs"] == {"lr": 0.1, "nesterov": True}
     assert params("--optimizer", "Adam", "--opt", "betas=(0.9, 0.99)", "--lr", "1e-3")["optimizer_kwargs"] == {
         "betas": (0.9, 0.99), "lr": 1e-3,
     }
+
+
+def test_amp_and_cuda_graphs_can_be_set_either_way():
+    assert params("--amp")["amp"] is True and params("--no-amp")["amp"] is False
+    assert params("--cuda-graphs")["cuda_graphs"] is True and params("--no-cuda-graphs")["cuda_graphs"] is False
+    assert params("--label-smoothing", "0.1")["label_smoothing"] == 0.1
 
 
 def test_param_groups_and_scheduler_options():
