@@ -40,15 +40,25 @@ def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, ca
     data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist",), sizes={"test": 8032})
     run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
               "--repeats", "1", "--workers", "0", "--to-accuracy", "0.05", "--accuracy-seeds", "2")
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine to 0.05"))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine defaults to 0.05"))
     assert "median" in line and "not reached" not in line
-    assert len(re.findall(r"\d+\.\d s/\d+ ep", line)) == 2  # one entry per seed
+    assert "batch 64, lr 0.05, CosineAnnealingLR over 6 epochs" in line  # the CPU defaults, schedule and all
+    assert len(re.findall(r"\d+\.\d{3} s/\d+ ep", line)) == 2  # one entry per seed
 
 
 def test_time_to_accuracy_reports_seeds_that_missed_apart():
     from scripts.bench import describe_time_to_accuracy
 
     line = describe_time_to_accuracy([(5.0, 6, 0.991), (9.0, 30, 0.987), (7.0, 8, 0.992)], 0.99, 30)
-    assert line.startswith("median 6.0 s, 7 epochs (2/3 seeds reached it)")
+    assert line.startswith("median 6.000 s, 7 epochs (2/3 seeds reached it)")
     assert "not reached in 30 epochs (0.9870)" in line
     assert describe_time_to_accuracy([(9.0, 30, 0.98)], 0.99, 30).startswith("not reached by any of 1 seeds")
+
+
+def test_bench_to_accuracy_honours_the_batch_size(tmp_path, monkeypatch, capsys):
+    data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist",), sizes={"test": 8032})
+    run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "256",
+              "--repeats", "1", "--workers", "0", "--to-accuracy", "0.05", "--accuracy-seeds", "1", "--max-epochs", "2")
+    out = capsys.readouterr().out
+    assert "engine defaults, batch 256," in out
+    assert "(batch 256, lr 0.05, CosineAnnealingLR over 2 epochs" in out
