@@ -18,6 +18,7 @@ from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfi
 from digitflow.data import DATASETS, fetch, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
+from flows.interrupt import RunSignals, start_temporary_server
 from flows.params import DEFAULT_AUGMENT, build_config
 
 EXIT_BAD_INPUT = 2
@@ -170,14 +171,16 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class _OneLineErrors(logging.Filter):
-    """Drop the traceback from log records of expected errors (DigitflowError): the message says it all.
+    """Drop the traceback from log records of expected errors (DigitflowError) and of interruptions
+    (Ctrl-C, SIGTERM): the message says it all.
 
     Prefect logs a failed task's exception with its traceback; for bad input that is noise in front
     of the one line that matters. Bugs (any other exception) keep their tracebacks.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], DigitflowError):
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (DigitflowError, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal":
             record.exc_info = None
             record.exc_text = None
         return True
@@ -192,6 +195,7 @@ def _quiet_expected_errors() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``digitflow`` console script."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -204,17 +208,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
 
-    from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid
-
-    _quiet_expected_errors()
+    # Ctrl-C / SIGTERM from here on: one line saying how to --resume, exit 130 / 143 (flows/interrupt.py).
+    signals = RunSignals(argv, config.train.epochs)
     try:
-        summary = pipeline(**params)
+        with signals:
+            from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid
+
+            _quiet_expected_errors()
+            signals.replace_prefect_sigterm_handler()
+            start_temporary_server()
+            summary = pipeline(**params)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"digitflow: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DigitflowError as exc:
         print(f"digitflow: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BaseException as exc:
+        if not signals.interrupted(exc):
+            raise
+        signals.report()
+        return signals.exit_code
     print("\n".join(["", "digitflow run finished", *("  " + line for line in summary.lines())]))
     return 0
 

@@ -18,7 +18,7 @@ from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
-from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, setup_tracking
+from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, setup_tracking, tracked_run
 from tasks.train import train_model
 
 
@@ -69,7 +69,7 @@ def pipeline(
     data = config.data
     experiment_id = setup_tracking(experiment)
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit()}
-    with mlflow.start_run(run_name=str(flow_run.name), tags=tags) as parent:
+    with tracked_run(run_name=str(flow_run.name), tags=tags) as parent:  # ends KILLED on Ctrl-C / SIGTERM
         run_id = parent.info.run_id
         mlflow.log_params(flatten(config))
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
@@ -26,6 +27,19 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("digitflow")
 
 
+@dataclass
+class TrainingProgress:
+    """How far training got in this process: the last epoch completed (and checkpointed) of ``epochs``;
+    ``completed`` is None until the first batch. The CLI reads it when a run is interrupted, to say
+    where ``--resume`` continues from."""
+
+    epochs: int = 0
+    completed: int | None = None
+
+
+training_progress = TrainingProgress()  # kept up to date by EpochProgress
+
+
 class EpochProgress:
     """Feeds the engine's ``on_batch`` / ``on_epoch`` callbacks.
 
@@ -39,6 +53,7 @@ class EpochProgress:
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self._progress: Progress | None = None
         self._task = None
+        training_progress.epochs, training_progress.completed = epochs, None
 
     @contextlib.contextmanager
     def running(self) -> Iterator[EpochProgress]:
@@ -62,6 +77,7 @@ class EpochProgress:
 
     def on_batch(self, epoch: int, done: int, total: int, loss: float | None) -> None:
         """Engine callback after every batch; ``loss`` is a float only on check intervals."""
+        training_progress.completed = epoch - 1
         if self._progress is None:
             return
         if self._task is None or done == 1:
@@ -72,6 +88,7 @@ class EpochProgress:
     def on_epoch(self, record: dict[str, float]) -> None:
         """Engine callback after every epoch: one log line with the epoch's figures."""
         self._task = None
+        training_progress.completed = int(record["epoch"])
         self.logger.info(
             "epoch %d/%d  loss %.4f  accuracy %.4f  %.0f images/s  %.1f s",
             record["epoch"], self.epochs, record["loss"], record["accuracy"],

@@ -18,6 +18,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import mlflow
 from matplotlib.figure import Figure
+from mlflow.entities import RunStatus
+from prefect.exceptions import TerminationSignal
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = PROJECT_ROOT / "mlflow"
@@ -55,9 +57,22 @@ def setup_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
 
 
 @contextlib.contextmanager
+def tracked_run(**start_run: Any) -> Iterator[mlflow.ActiveRun]:
+    """``mlflow.start_run(**start_run)`` that ends KILLED when a signal interrupts the body (Ctrl-C,
+    SIGTERM: ``KeyboardInterrupt``, Prefect's ``TerminationSignal``), FAILED if it raises, else FINISHED."""
+    with mlflow.start_run(**start_run) as run:
+        try:
+            yield run
+        except (KeyboardInterrupt, TerminationSignal):
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # the with-block then leaves it alone
+            raise
+
+
+@contextlib.contextmanager
 def child_run(name: str, parent_run_id: str | None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A nested MLflow run under ``parent_run_id`` (one per task); ends FAILED if the body raises."""
-    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
+    """A nested MLflow run under ``parent_run_id`` (one per task); ends FAILED if the body raises,
+    KILLED if a signal interrupts it."""
+    with tracked_run(run_name=name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
         yield run
 
 

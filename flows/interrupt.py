@@ -1,0 +1,282 @@
+"""Ctrl-C and SIGTERM during ``digitflow run``: end within seconds, say how to resume, leave no process.
+
+What a signal does (:class:`RunSignals`):
+
+1. The first SIGINT or SIGTERM unwinds the run as an exception (``KeyboardInterrupt``, or Prefect's
+   ``TerminationSignal`` for SIGTERM): Prefect marks the task and flow runs Crashed, the MLflow runs
+   end KILLED (``tasks.tracking.tracked_run``), and ``digitflow`` prints one line (where training got
+   to, and the command that continues it with ``--resume``) and exits 130 (SIGINT) or 143 (SIGTERM).
+   On the way out Prefect stops its temporary server (an ``atexit`` hook).
+2. A signal that arrives while MLflow is writing (SQLAlchemy on SQLite, say) is held back until that
+   call returns: an exception raised in the middle of it left the store locked for 20 s and the
+   runs FAILED.
+3. A second signal while the first is being handled ends the process at once (``os._exit``; the
+   temporary server is told to stop, the MLflow runs may stay RUNNING).
+4. Once the exit hooks have run (Prefect's log drain, stopping its server), the process ends without
+   the interpreter's teardown, which takes seconds with torch, MLflow and Prefect loaded.
+
+Prefect 3.9 behaviours this works around, kept here and nowhere else:
+
+- In ephemeral mode Prefect starts its temporary API server (``SubprocessASGIServer``, uvicorn) as a
+  child in the *same process group*. Ctrl-C on a terminal signals the whole foreground group, so the
+  server shut down at the moment the run needed it to record the crash; the run then retried for a
+  minute or more, and a second Ctrl-C landed in httpx with a 100-line traceback.
+  :func:`start_temporary_server` starts that server before the flow, in a process group of its own;
+  Prefect's clients find it (it is the instance ``SubprocessASGIServer()`` returns) and use it.
+- During a flow run Prefect's own SIGTERM handler (``prefect.utilities.engine.capture_sigterm``)
+  raises wherever the process is (MLflow's writes included), then restores the handler it found and
+  sends SIGTERM again. With Python's default handler that killed the process on the spot, skipping
+  the ``atexit`` hook that stops the server: the server was left running. :class:`RunSignals` puts
+  its own handler in place of Prefect's (same exception, held back during MLflow writes) and in
+  front of it (where the re-sent SIGTERM lands, and is ignored).
+
+``kill -9`` cannot be caught. On Linux the server is started with ``PR_SET_PDEATHSIG``, so the kernel
+sends it SIGTERM when the ``digitflow`` process dies and it does not outlive it; elsewhere it may.
+The MLflow runs of a killed process stay RUNNING, and its Prefect flow run stays Running.
+"""
+
+from __future__ import annotations
+
+import _thread
+import atexit
+import ctypes
+import functools
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report it
+HOLD_BACK_IN = {"mlflow", "sqlalchemy", "sqlite3", "alembic"}  # top-level packages: no exception raised inside
+
+_server: Any = None  # the temporary Prefect server started by start_temporary_server, if any
+
+
+class RunSignals:
+    """Context manager: SIGINT and SIGTERM interrupt the run once (see the module docstring).
+
+    :attr:`signum` records the signal; :meth:`interrupted` tells ``main`` whether an exception that
+    left the block was the interruption, :meth:`report` prints the one line, :attr:`exit_code` is
+    130 or 143. After an interruption the handlers stay in place until the process exits, so the
+    cleanup on the way out (MLflow, Prefect's log drain, stopping the server) cannot be broken into.
+    """
+
+    def __init__(self, argv: Sequence[str], epochs: int):
+        self.argv = list(argv)
+        self.epochs = epochs
+        self.signum: int | None = None
+        self._held_back = False  # a signal waits for MLflow to return (re-delivered by _deliver_later)
+        self._redelivery = False
+        self._reported = False
+        self._previous: dict[int, Any] = {}
+        self._prefect_engine: Any = None
+        self._prefect_handler: Any = None
+        self._handler = self._on_signal  # one object: Prefect recognises its handler by identity
+
+    def __enter__(self) -> RunSignals:
+        for signum in EXIT_CODES:
+            self._previous[signum] = signal.signal(signum, self._handler)
+        atexit.register(self._exit_now)  # before Prefect and MLflow register theirs, so it runs after them
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None and self._held_back:  # the run finished during the MLflow call a signal waited for
+            self._held_back, self.signum = False, None
+        if self.signum is None:  # not interrupted: put things back (main() may run inside a test)
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            if self._prefect_engine is not None:
+                self._prefect_engine._prefect_sigterm_handler = self._prefect_handler
+            atexit.unregister(self._exit_now)
+
+    def _exit_now(self) -> None:
+        """The last exit hook after an interruption: once Prefect has drained its logs and stopped its
+        server, skip the interpreter's teardown of torch, MLflow and Prefect (3-7 s on a busy 2-core
+        machine, longer than everything else after the signal)."""
+        if self.signum is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(self.exit_code)
+
+    def replace_prefect_sigterm_handler(self) -> None:
+        """Make the flow engine install :meth:`_on_signal` as its SIGTERM handler instead of its own.
+
+        ``capture_sigterm`` installs whatever ``prefect.utilities.engine._prefect_sigterm_handler``
+        names when a flow run starts, and checks for it by identity; ours raises the same exception.
+        """
+        import prefect.utilities.engine as engine
+
+        if not callable(getattr(engine, "_prefect_sigterm_handler", None)):
+            return  # another Prefect: its own handler stays (an interrupted MLflow write may then FAIL the runs)
+        self._prefect_engine, self._prefect_handler = engine, engine._prefect_sigterm_handler
+        engine._prefect_sigterm_handler = self._handler
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if _resent_by_prefect(frame):  # its TerminationSignal is already on its way out: nothing to add
+            return
+        redelivery, self._redelivery = self._redelivery, False
+        if self.signum is not None and not redelivery:  # a second signal: stop now
+            _stop_server_now()
+            self.report()
+            os._exit(self.exit_code)
+        self.signum = signum
+        if _in_tracking_code(frame):
+            if not self._held_back:
+                self._held_back = True
+                self._deliver_later(signum)
+            return
+        self._held_back = False
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        from prefect.exceptions import TerminationSignal
+
+        raise TerminationSignal(signal=signum)
+
+    def _deliver_later(self, signum: int) -> None:
+        """Signal the main thread again once it has left MLflow's code (polled every 20 ms).
+
+        A real signal (not ``_thread.interrupt_main``), so that a blocking call the main thread is in
+        by then (a sleep, a lock, a socket) is interrupted too.
+        """
+        main = threading.main_thread().ident
+
+        def watch() -> None:
+            while (frame := sys._current_frames().get(main)) is not None and _in_tracking_code(frame):
+                time.sleep(0.02)
+            if not self._held_back:  # the block ended meanwhile (__exit__)
+                return
+            self._held_back = False
+            self._redelivery = True
+            if hasattr(signal, "pthread_kill"):
+                signal.pthread_kill(main, signum)
+            else:  # Windows: only wakes the main thread at its next bytecode
+                _thread.interrupt_main(signum)
+
+        threading.Thread(target=watch, name="digitflow-signal", daemon=True).start()
+
+    def interrupted(self, exc: BaseException) -> bool:
+        """Whether ``exc``, coming out of the block, ends a run that a signal interrupted."""
+        if self.signum is None:  # raised without our handler (say, by a handler Prefect kept)
+            if isinstance(exc, KeyboardInterrupt):
+                self.signum = signal.SIGINT
+            elif type(exc).__name__ == "TerminationSignal":  # prefect.exceptions; maybe not imported yet
+                self.signum = signal.SIGTERM
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 130)
+
+    def message(self) -> str:
+        """One line: where training got to and the command that continues the run."""
+        progress = _training_progress()
+        epochs = self.epochs
+        if progress is None or progress.completed is None:
+            where = "before training started"
+        elif progress.completed >= epochs:
+            where = f"after training (all {epochs} epochs)"
+        elif progress.completed == 0:
+            where = f"in epoch 1 of {epochs}, before any epoch completed"
+        else:
+            where = f"after epoch {progress.completed} of {epochs}"
+        command = shlex.join(["digitflow", *self.argv, *([] if "--resume" in self.argv else ["--resume"])])
+        return f"digitflow: interrupted {where}; continue with: {command}"
+
+    def report(self) -> None:
+        """Write :meth:`message` to stderr once (``os.write``: safe inside a signal handler too)."""
+        if not self._reported:
+            self._reported = True
+            os.write(sys.stderr.fileno(), (self.message() + "\n").encode())
+
+
+def _in_tracking_code(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).partition(".")[0] in HOLD_BACK_IN:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _resent_by_prefect(frame: FrameType | None) -> bool:
+    """Whether this SIGTERM is the one ``capture_sigterm`` sends itself after handling the first."""
+    engine = sys.modules.get("prefect.utilities.engine")
+    capture = getattr(getattr(engine, "capture_sigterm", None), "__wrapped__", None)
+    return frame is not None and capture is not None and frame.f_code is capture.__code__
+
+
+def _training_progress() -> Any:
+    # Not imported here: a signal may arrive before the tasks are (and importing in a handler is unwise).
+    progress = sys.modules.get("tasks.progress")
+    return getattr(progress, "training_progress", None)
+
+
+def start_temporary_server() -> None:
+    """Start Prefect's temporary (ephemeral) API server now, in its own process group.
+
+    Does nothing when a server is configured (``PREFECT_API_URL``) or the temporary one already runs.
+    Prefect's clients, which would start it on first use, find this one and use it, and Prefect
+    stops it at exit as usual. See the module docstring for why.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    server = SubprocessASGIServer()  # the per-process instance Prefect's get_client() uses
+    if server.running:
+        return
+    global _server
+    _server = server
+    # Prefect builds the uvicorn command and calls subprocess.Popen itself, with no way to pass
+    # options; so only while it does, Popen gets process_group=0 (a group of its own: a terminal's
+    # Ctrl-C no longer reaches the server) and, on Linux, the parent-death signal. This runs in the
+    # main thread before the flow starts, when nothing else is starting processes (and the parent-death
+    # signal follows the thread that started the child: the main thread lives as long as the process).
+    server._run_uvicorn_command = functools.partial(_in_own_process_group, server._run_uvicorn_command)
+    server.start()
+
+
+def _in_own_process_group(run_command: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+    popen = subprocess.Popen
+    options: dict[str, Any] = {"process_group": 0} if os.name == "posix" else {}
+    if sys.platform == "linux":
+        options["preexec_fn"] = _die_with_parent()
+    subprocess.Popen = functools.partial(popen, **options)  # type: ignore[misc]
+    try:
+        return run_command()
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """For ``preexec_fn``: the child gets SIGTERM when this process dies, even by ``kill -9``."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def set_parent_death_signal() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will send the signal
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
+def _stop_server_now() -> None:
+    """Ask the temporary server to stop, without waiting (a second signal: no time to wait)."""
+    process = getattr(_server, "server_process", None)
+    if process is not None:
+        try:
+            process.terminate()
+        except OSError:
+            pass
