@@ -96,8 +96,11 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             # cache_enabled=False: autocast's cache of cast weights must not outlive a CUDA-graph
             # capture, and LeNet uses each weight once per forward, so the cache saves nothing.
-            autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)
-            with autocast if self.use_amp else contextlib.nullcontext():
+            with (
+                torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)
+                if self.use_amp
+                else contextlib.nullcontext()
+            ):
                 with contiguous_batch_norm(self.model) if self.fix_batch_norm_layout else contextlib.nullcontext():
                     logits = self.model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
@@ -109,7 +112,6 @@ class TrainStep:
         loss = self.optimizer.step(closure)
         self.loss_sum += loss.detach() * y.shape[0]
         self.correct += (first_logits[0].argmax(1) == y).sum()
-
 
 
 def train_one_epoch(
@@ -125,7 +127,7 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     epoch: int = 1,
     on_batch: BatchCallback | None = None,
-    step: TrainStep | None = None,
+    step: TrainStep | CudaGraphStep | None = None,
 ) -> dict[str, float]:
     """One pass over shuffled batches. Returns ``{"loss", "accuracy", "seconds", "images_per_sec"}``.
 
@@ -259,6 +261,11 @@ def fit(
     After every epoch a checkpoint (model, optimizer, scheduler, config, epoch, history) is written to
     ``checkpoint_path``. With ``resume=True`` and a checkpoint there, training continues after the last
     completed epoch and ends with the same weights an uninterrupted run would have.
+
+    How a step runs is decided per device: ``config.cuda_graphs`` replays it as a CUDA graph where
+    that is possible (:mod:`digitflow.cuda_graph`; ``FitResult.step`` says what ran and, if graphs
+    were asked for but not possible, why); channels-last memory and cuDNN autotuning where measured
+    to pay (:mod:`digitflow.device`).
     """
     device = images.device
     graph_blocker = graph_unsupported_reason(device, config.optimizer.name, augment) if config.cuda_graphs else None
