@@ -8,18 +8,31 @@ from __future__ import annotations
 
 import argparse
 import ast
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, train_defaults
+from digitflow.config import (
+    AUGMENT_BY_FAMILY,
+    BATCH_SIZE_BY_OPTIMIZER,
+    DATASET_FAMILIES,
+    DEFAULT_TARGETS,
+    OPTIMIZER_DEFAULTS,
+    DataConfig,
+    ExportConfig,
+    OptimizerConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainConfig,
+    train_defaults,
+)
 from digitflow.data import DATASETS, fetch, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
 from flows.interrupt import RunSignals, start_temporary_server
-from flows.params import DEFAULT_AUGMENT, build_config
+from flows.params import augment_names, build_config, check_experiment, check_output_dir
+from tasks.logs import quiet_expected_errors
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -94,9 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = DataConfig()
     data = run.add_argument_group("data")
     data.add_argument("--train", type=_spec, default=d.train, metavar="SPEC", help=f"training split (default {d.train})")
-    data.add_argument("--test", type=_spec, default=d.test, metavar="SPEC", help=f"held-out split (default {d.test})")
-    data.add_argument("--target", type=_spec, nargs="+", default=list(d.targets), metavar="SPEC",
-                      help=f"cross-domain test set(s), each evaluated in its own task (default {' '.join(d.targets)})")
+    data.add_argument("--test", type=_spec, default=None, metavar="SPEC",
+                      help="held-out split (default: the test split of the training dataset, or the rest of it when "
+                      "--train is a slice of it open at one end: mnist:test[:8000] -> mnist:test[8000:])")
+    after: dict[str, list[str]] = {}
+    for name, specs in DEFAULT_TARGETS.items():
+        after.setdefault(" ".join(specs) or "none", []).append(name)
+    targets = "; ".join(f"{specs} after {', '.join(names)}" for specs, names in after.items())
+    data.add_argument("--target", type=_spec, nargs="+", default=None, metavar="SPEC",
+                      help=f"cross-domain test set(s), each evaluated in its own task (default by training dataset: {targets})")
     data.add_argument("--no-target", dest="target", action="store_const", const=[], help="skip cross-domain testing")
     data.add_argument("--target-preprocess", choices=sorted(PREPROCESSORS), default=d.target_preprocess,
                       help=f"how images that are not 28x28 (USPS) are framed (default {d.target_preprocess})")
@@ -108,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     t, o, gpu = TrainConfig(), OptimizerConfig(), train_defaults("cuda")
     train = run.add_argument_group("training (defaults depend on the device: CPU / CUDA)")
     train.add_argument("--epochs", type=int, default=None, help=f"(default {t.epochs} / {gpu.epochs})")
-    train.add_argument("--batch-size", type=int, default=None, help=f"(default {t.batch_size} / {gpu.batch_size})")
+    batch_sizes = "".join(f"; {size} for {name}" for name, size in BATCH_SIZE_BY_OPTIMIZER.items())
+    train.add_argument("--batch-size", type=int, default=None, help=f"(default {t.batch_size} / {gpu.batch_size}{batch_sizes})")
     train.add_argument("--seed", type=int, default=t.seed, help=f"same seed, same metrics on the same device (default {t.seed})")
     train.add_argument("--device", default=t.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default auto)")
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -122,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "extra augmentations; default: on wherever possible on CUDA)")
     train.add_argument("--optimizer", default=o.name, metavar="NAME", help=f"any torch.optim class: SGD, Adam, AdamW, LBFGS, ... (default {o.name})")
     train.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                       help="optimizer keyword argument, repeatable, added to the defaults (for SGD: "
-                       f"{', '.join(f'{k}={v}' for k, v in o.kwargs.items())} / "
-                       f"{', '.join(f'{k}={v}' for k, v in gpu.optimizer.kwargs.items())})")
+                       help="optimizer keyword argument, repeatable; adds to the defaults, which are torch's except "
+                       + "; ".join(f"for {name}: {', '.join(f'{k}={v}' for k, v in kwargs.items())}"
+                                   for name, kwargs in {o.name: o.kwargs, **OPTIMIZER_DEFAULTS}.items())
+                       + f" (on CUDA, for {o.name}: {', '.join(f'{k}={v}' for k, v in gpu.optimizer.kwargs.items())})")
     train.add_argument("--lr", type=float, default=None, help="shortcut for --opt lr=LR")
     train.add_argument("--param-group", action="append", metavar="PREFIX:KEY=VALUE",
                        help="options for parameters whose name starts with PREFIX (features, classifier, classifier.3), repeatable")
@@ -133,9 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any torch.optim.lr_scheduler class, stepped per epoch; T_max/total_iters/total_steps "
                        f"default to the epochs; 'none' for a constant rate (default {s.name})")
     train.add_argument("--sched", action="append", metavar="KEY=VALUE", help="scheduler keyword argument, repeatable")
+    families = "; ".join(
+        f"{' '.join(augment_names(config)) or 'none'} for {', '.join(n for n, f in DATASET_FAMILIES.items() if f == family)}"
+        for family, config in AUGMENT_BY_FAMILY.items()
+    )
     train.add_argument("--augment", nargs="+", default=None, metavar="NAME",
-                       help="augmentations drawn per image: affine, elastic, and torchvision.transforms.v2 "
-                       f"classes such as RandomErasing (default: {' '.join(DEFAULT_AUGMENT)})")
+                       help="augmentations drawn per image: affine, elastic, hflip, and torchvision.transforms.v2 "
+                       f"classes such as RandomErasing (default by training dataset: {families})")
     train.add_argument("--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options from its last checkpoint")
     train.add_argument("--checkpoint", default=None, metavar="FILE",
@@ -153,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """Parsed options -> keyword arguments of :func:`flows.pipeline.pipeline`."""
     # --opt and --lr add to the optimizer's defaults, which build_config fills in for the device: the
-    # project's for the default SGD, torch's own for any other optimizer.
+    # project's for SGD and LBFGS, torch's own for any other optimizer.
     optimizer_kwargs = _key_values(args.opt, "--opt")
     if args.lr is not None:
         optimizer_kwargs["lr"] = args.lr
@@ -166,30 +191,13 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         offline=args.offline, resume=args.resume, output_dir=args.output_dir, checkpoint=args.checkpoint,
         experiment=args.experiment,
     )
-    params["augment"] = DEFAULT_AUGMENT if args.augment is None else args.augment
+    params["augment"] = args.augment  # None: the default of the training dataset's family
     return params
 
 
-class _OneLineErrors(logging.Filter):
-    """Drop the traceback from log records of expected errors (DigitflowError) and of interruptions
-    (Ctrl-C, SIGTERM): the message says it all.
-
-    Prefect logs a failed task's exception with its traceback; for bad input that is noise in front
-    of the one line that matters. Bugs (any other exception) keep their tracebacks.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (DigitflowError, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal":
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
 def _quiet_expected_errors() -> None:
-    for logger in (logging.getLogger(), logging.getLogger("prefect")):
-        for handler in logger.handlers:
-            handler.addFilter(_OneLineErrors())
+    """One line per expected error in the log, a retried one in short: the CLI prints it in full last."""
+    quiet_expected_errors(full_in_log=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.data.offline:  # nothing to download: the files must be there, so say now if one is not
             for spec in (config.data.train, config.data.test, *config.data.targets):
                 fetch(spec, config.data.data_dir, offline=True)  # verified once; the flow reuses the check
+        check_experiment(args.experiment)
+        check_output_dir(config.output_dir)
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
 

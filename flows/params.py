@@ -5,11 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from digitflow.augment import build_augment
 from digitflow.config import (
+    AUGMENT_BY_FAMILY,
+    BATCH_SIZE_BY_OPTIMIZER,
+    DATASET_FAMILIES,
+    DEFAULT_TARGETS,
+    OPTIMIZER_DEFAULTS,
     AugmentConfig,
     DataConfig,
     ExportConfig,
@@ -20,7 +26,7 @@ from digitflow.config import (
     train_defaults,
 )
 from digitflow.cuda_graph import graph_unsupported_reason
-from digitflow.data import parse_spec
+from digitflow.data import DatasetSpec, parse_spec
 from digitflow.data.framing import get_preprocessor
 from digitflow.device import resolve_device
 from digitflow.engine import resumable_settings
@@ -29,8 +35,7 @@ from digitflow.models import LeNet
 from digitflow.optim import build_optimizer, build_scheduler
 
 DATA_DIR_ENV = "DIGITFLOW_DATA_DIR"
-GEOMETRIC_AUGMENTS = ("affine", "elastic")
-DEFAULT_AUGMENT = [name for name in GEOMETRIC_AUGMENTS if getattr(AugmentConfig, name)]
+GEOMETRIC_AUGMENTS = ("affine", "elastic", "hflip")  # the AugmentConfig switches, by name
 
 
 def default_data_dir() -> str:
@@ -38,11 +43,78 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV) or DataConfig.data_dir
 
 
+# What a run that leaves test, target, augmentation, optimizer options or batch size unset gets: the
+# rules below, applied by build_config, so the CLI, the flow and the deployments share them. Training
+# settings also depend on the device the run trains on (config.train_defaults).
+
+
+def default_test(train: str) -> str:
+    """The held-out split for ``train``: its dataset's test split, or, when ``train`` is a slice of
+    that split open at one end, the rest of it (``mnist:test[:8000]`` -> ``mnist:test[8000:]``)."""
+    spec = parse_spec(train)
+    if spec.split == "test" and (spec.start is None) != (spec.stop is None):
+        rest = DatasetSpec(spec.name, "test", start=spec.stop) if spec.start is None else DatasetSpec(spec.name, "test", stop=spec.start)
+        return str(rest)
+    return f"{spec.name}:test"
+
+
+def default_targets(train: str) -> list[str]:
+    """The cross-domain targets for ``train``'s dataset (``config.DEFAULT_TARGETS``)."""
+    return list(DEFAULT_TARGETS[parse_spec(train).name])
+
+
+def augment_family(train: str) -> str:
+    """The dataset family of ``train``, which picks its default augmentation (``config.DATASET_FAMILIES``)."""
+    return DATASET_FAMILIES[parse_spec(train).name]
+
+
+def augment_names(config: AugmentConfig) -> list[str]:
+    """An AugmentConfig as ``--augment`` names (magnitudes aside)."""
+    return [name for name in GEOMETRIC_AUGMENTS if getattr(config, name)] + list(config.extra)
+
+
+def default_optimizer_kwargs(optimizer: str, defaults: TrainConfig | None = None) -> dict[str, Any]:
+    """Options of ``optimizer`` when none are given: the project's for SGD (those of the device's
+    ``defaults``, CPU ones if None) and LBFGS, torch's for the rest."""
+    defaults = defaults or TrainConfig()
+    if optimizer == defaults.optimizer.name:
+        return dict(defaults.optimizer.kwargs)
+    return dict(OPTIMIZER_DEFAULTS.get(optimizer, {}))
+
+
+def default_batch_size(optimizer: str, defaults: TrainConfig | None = None) -> int:
+    """The device's default batch (``defaults``, CPU ones if None), or the larger batch an optimizer
+    such as LBFGS needs."""
+    return BATCH_SIZE_BY_OPTIMIZER.get(optimizer, (defaults or TrainConfig()).batch_size)
+
+
+def check_experiment(name: str, how_to_change: str = "--experiment NAME") -> None:
+    """A ConfigError unless ``name`` can name an MLflow experiment."""
+    if not name.strip():
+        raise ConfigError(f"the MLflow experiment name is empty; name one with {how_to_change}")
+
+
+def check_output_dir(path: str, how_to_change: str = "--output-dir DIR") -> None:
+    """Create ``path`` if need be and make sure files can be written in it; a one-line ConfigError if not.
+
+    Done before the run starts, so an unusable folder is reported in one line, not as a traceback
+    from the first checkpoint minutes later.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot write to the output dir {path} ({reason}); choose another with {how_to_change}") from None
+
+
 def build_config(
     *,
     train: str,
-    test: str,
-    target: list[str],
+    test: str | None,
+    target: list[str] | None,
     target_preprocess: str,
     epochs: int | None,
     batch_size: int | None,
@@ -68,22 +140,24 @@ def build_config(
     """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input.
 
     Everything that can be checked without data is checked here (specs, device, optimizer, scheduler,
-    augmentation, sizes), so a typo fails in a second, before any download or training.
-
-    Training settings left as None take the defaults of the device the run trains on
-    (:func:`digitflow.config.train_defaults`: a CUDA device trains with a larger batch, CUDA graphs,
-    ...); ``optimizer_kwargs`` add to that device's settings of the default optimizer, or to torch's
-    own defaults for any other optimizer. The config records the values used.
+    augmentation, sizes), so a typo fails in a second, before any download or training. None means
+    the default that follows ``train`` (test split, targets, augmentation), ``optimizer`` (batch size
+    for LBFGS) or the device the run trains on (:func:`digitflow.config.train_defaults`: a CUDA device
+    trains with a larger batch, CUDA graphs, ...). ``optimizer_kwargs`` add to the optimizer's
+    defaults (the device's for SGD, the project's for LBFGS, torch's for the rest). The config
+    records the values used.
     """
-    for spec in (train, test, *target):
+    parse_spec(train)
+    test = default_test(train) if test is None else test
+    target = default_targets(train) if target is None else target
+    for spec in (test, *target):
         parse_spec(spec)
     defaults = train_defaults(resolve_device(device).type)
     epochs = defaults.epochs if epochs is None else epochs
-    batch_size = defaults.batch_size if batch_size is None else batch_size
+    batch_size = default_batch_size(optimizer, defaults) if batch_size is None else batch_size
     amp = defaults.amp if amp is None else amp
     label_smoothing = defaults.label_smoothing if label_smoothing is None else label_smoothing
-    base_kwargs = defaults.optimizer.kwargs if optimizer == defaults.optimizer.name else {}
-    optimizer_kwargs = {**base_kwargs, **(optimizer_kwargs or {})}
+    optimizer_kwargs = {**default_optimizer_kwargs(optimizer, defaults), **(optimizer_kwargs or {})}
     if not 0 <= label_smoothing < 1:
         raise ConfigError(f"label smoothing must be in [0, 1), got {label_smoothing}")
     if epochs < 1 or batch_size < 1:
@@ -91,7 +165,15 @@ def build_config(
     if export_mode not in ("script", "trace"):
         raise ConfigError(f"unknown export mode {export_mode!r}; valid modes: script, trace")
     get_preprocessor(target_preprocess)
-    augment = DEFAULT_AUGMENT if augment is None else augment
+    if augment is None:
+        augment_config = AUGMENT_BY_FAMILY[augment_family(train)]
+    else:
+        augment_config = AugmentConfig(
+            affine="affine" in augment,
+            elastic="elastic" in augment,
+            hflip="hflip" in augment,
+            extra=tuple(a for a in augment if a not in GEOMETRIC_AUGMENTS),
+        )
     config = RunConfig(
         data=DataConfig(
             train=train, test=test, targets=tuple(target), target_preprocess=target_preprocess,
@@ -103,11 +185,7 @@ def build_config(
             cuda_graphs=defaults.cuda_graphs if cuda_graphs is None else cuda_graphs,
             optimizer=OptimizerConfig(name=optimizer, kwargs=optimizer_kwargs, param_groups=dict(param_groups or {})),
             scheduler=SchedulerConfig(name=None if scheduler in (None, "", "none") else scheduler, kwargs=dict(scheduler_kwargs or {})),
-            augment=AugmentConfig(
-                affine="affine" in augment,
-                elastic="elastic" in augment,
-                extra=tuple(a for a in augment if a not in GEOMETRIC_AUGMENTS),
-            ),
+            augment=augment_config,
         ),
         export=ExportConfig(mode=export_mode),
         output_dir=output_dir,

@@ -13,11 +13,12 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
-from flows.params import DEFAULT_AUGMENT, build_config, checkpoint_path
+from flows.params import augment_family, build_config, check_experiment, check_output_dir, checkpoint_path
 from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
+from tasks.logs import quiet_expected_errors
 from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, setup_tracking, tracked_run
 from tasks.train import train_model
 
@@ -25,8 +26,8 @@ from tasks.train import train_model
 @flow(name="digitflow-pipeline", log_prints=True)
 def pipeline(
     train: str = DataConfig.train,
-    test: str = DataConfig.test,
-    target: list[str] = list(DataConfig().targets),
+    test: str | None = None,
+    target: list[str] | None = None,
     target_preprocess: Literal["mnist-frame", "resize"] = DataConfig.target_preprocess,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -35,7 +36,7 @@ def pipeline(
     param_groups: dict[str, dict[str, Any]] | None = None,
     scheduler: str | None = SchedulerConfig.name,
     scheduler_kwargs: dict[str, Any] | None = None,
-    augment: list[str] = DEFAULT_AUGMENT,
+    augment: list[str] | None = None,
     seed: int = TrainConfig.seed,
     device: str = TrainConfig.device,
     amp: bool | None = None,
@@ -52,13 +53,16 @@ def pipeline(
 ) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
 
-    Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``, ``usps:test[:50%]``. ``data_dir``
-    defaults to ``$DIGITFLOW_DATA_DIR`` or ``./data``; ``offline`` never downloads. Unset optimizer
-    kwargs mean the device's defaults (``digitflow.config.train_defaults``: SGD, lr 0.05, momentum 0.9 on the
-    CPU); given ones add to them. Training settings left as None (epochs, batch size, amp, label
-    smoothing, CUDA graphs) take the defaults of the device the run trains on. ``scheduler=None`` trains
-    at a constant learning rate.
+    Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``, ``usps:test[:50%]``. Unset,
+    ``test``, ``target`` and ``augment`` follow the training dataset (flows/params.py: its test split,
+    its cross-domain partner, its family's augmentation); the training settings (epochs, batch size,
+    amp, label smoothing, CUDA graphs, the optimizer's options) follow the device the run trains on
+    (``digitflow.config.train_defaults``) and, for the batch size and options, the optimizer (LBFGS);
+    given ``optimizer_kwargs`` add to the defaults. ``data_dir`` defaults to ``$DIGITFLOW_DATA_DIR`` of
+    the process that runs the flow (for a deployment: the worker's environment), else ``./data``;
+    ``offline`` never downloads. ``scheduler=None`` trains at a constant learning rate.
     """
+    quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     config = build_config(
         train=train, test=test, target=target, target_preprocess=target_preprocess, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, param_groups=param_groups,
@@ -66,12 +70,16 @@ def pipeline(
         amp=amp, label_smoothing=label_smoothing, cuda_graphs=cuda_graphs, export_mode=export_mode, data_dir=data_dir, cache_dir=cache_dir, offline=offline,
         resume=resume, output_dir=output_dir, checkpoint=checkpoint,
     )
+    check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
+    check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
     experiment_id = setup_tracking(experiment)
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit()}
     with tracked_run(run_name=str(flow_run.name), tags=tags) as parent:  # ends KILLED on Ctrl-C / SIGTERM
         run_id = parent.info.run_id
         mlflow.log_params(flatten(config))
+        if augment is None:  # train.augment.* say what was used; this tag says why
+            mlflow.set_tag("train.augment.default_for", augment_family(config.data.train))
 
         # 1. data: download + transform every split the run needs, before any long work starts
         train_data = prepare_data(data.train, data.data_dir, data.cache_dir, data.offline, run_id)

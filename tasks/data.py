@@ -17,7 +17,7 @@ from digitflow.data import DigitDataset, PreparedDataset, fetch, files_digest, l
 from digitflow.data.cache import CACHE_VERSION
 from digitflow.data.files import urllib_download
 from digitflow.data.framing import frame_images
-from digitflow.errors import DownloadError
+from digitflow.errors import DownloadError, MissingDataError
 from tasks.progress import run_logger
 from tasks.tracking import child_run
 
@@ -49,7 +49,30 @@ def download_dataset(spec: str, data_dir: str, offline: bool = False) -> list[st
     Downloads log their progress every quarter of a file.
     """
     downloader = functools.partial(urllib_download, on_progress=DownloadLog(run_logger()))
-    return [str(p) for p in fetch(spec, data_dir, offline=offline, downloader=downloader)]
+    try:
+        return [str(p) for p in fetch(spec, data_dir, offline=offline, downloader=downloader)]
+    except MissingDataError as exc:
+        if in_deployment_run():  # its message names CLI options, which a deployment run cannot use
+            raise exc.with_fix(deployment_data_fix(exc)) from None
+        raise
+
+
+DEPLOYMENT_DATA_FIX = (
+    "place the official file there, or give the deployment a folder that has it: "
+    "set DIGITFLOW_DATA_DIR in the worker's environment, or pass -p data_dir=DIR to prefect deployment run"
+)
+
+
+def deployment_data_fix(exc: MissingDataError) -> str:
+    """How to provide a missing file to a deployment's flow run (no command-line options there)."""
+    return DEPLOYMENT_DATA_FIX + (", or give the worker a network" if isinstance(exc, DownloadError) else "")
+
+
+def in_deployment_run() -> bool:
+    """Whether this flow run was started from a deployment (by a worker), not by the CLI or a call."""
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
 
 
 class DownloadLog:

@@ -3,6 +3,7 @@ in one line: it is a README command, so a crash there is a bug. Its figures are 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 
@@ -62,3 +63,18 @@ def test_bench_to_accuracy_honours_the_batch_size(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "engine defaults, batch 256," in out
     assert "(batch 256, lr 0.05, CosineAnnealingLR over 2 epochs" in out
+
+
+def test_sweep_runs_settings_on_the_splits_given(tmp_path, monkeypatch, capsys):
+    from scripts import sweep
+
+    data_dir = fake_data_dir(tmp_path, monkeypatch, names=("fashion-mnist",))
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
+                                      "--train", "fashion-mnist:train", "--test", "fashion-mnist:test", "--no-target",
+                                      "--only", "no-augment", "hflip", "--seeds", "1", "--first-seed", "3", "--device", "cpu"])
+    monkeypatch.setattr(sweep, "SETTINGS", {k: dataclasses.replace(v, epochs=1) for k, v in sweep.SETTINGS.items()})
+    sweep.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("device cpu; train fashion-mnist:train; columns: fashion-mnist:test")
+    assert [line.split()[0] for line in lines[1:]] == ["no-augment", "hflip"]
+    assert all("fashion-mnist:test 0." in line or "fashion-mnist:test 1." in line for line in lines[1:])

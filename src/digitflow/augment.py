@@ -41,7 +41,7 @@ def build_augment(config: AugmentConfig) -> AugmentFn | None:
         ConfigError: an ``extra`` name that is not a ``torchvision.transforms.v2`` class usable with
             its default arguments on a grayscale float image, or inconsistent magnitudes.
     """
-    if not (config.affine or config.elastic or config.extra):
+    if not (config.affine or config.elastic or config.hflip or config.extra):
         return None
     return BatchAugment(config)
 
@@ -60,6 +60,8 @@ class BatchAugment:
     scales by ``alpha / width`` in [-1, 1] grid units, i.e. ``alpha / 2`` pixels: its ``alpha=68``
     is our ``elastic_alpha=34``. The displacement is applied in output coordinates, after the affine
     warp (the grid samples ``affine(p + displacement(p))``).
+
+    Horizontal flip (``hflip``), per image with probability 1/2, after the geometric warp.
 
     Bilinear sampling with zeros padding keeps values in [0, 1]; the output is clamped anyway
     because ``extra`` transforms need not.
@@ -92,6 +94,9 @@ class BatchAugment:
         if (self.config.affine or self.config.elastic) and images.shape[0] > 0:
             grid = self._grid(images)
             out = F.grid_sample(images, grid, "bilinear", padding_mode="zeros", align_corners=False)
+        if self.config.hflip:
+            flip = torch.rand(out.shape[0], device=out.device) < 0.5
+            out = torch.where(flip[:, None, None, None], out.flip(-1), out)
         if self.extra is not None:
             # torchvision transforms draw one set of parameters per call: loop to draw per image.
             out = torch.stack([self.extra(image) for image in out]) if len(out) else out

@@ -1,5 +1,7 @@
 """Errors the user can act on. Each carries a one-line message the CLI prints as-is."""
 
+from __future__ import annotations
+
 
 class DigitflowError(Exception):
     """Base class: a problem with the user's input or environment, not a bug.
@@ -12,7 +14,28 @@ class DataError(DigitflowError):
     """Unknown dataset, malformed spec, missing/corrupt file, empty slice."""
 
 
-class DownloadError(DataError):
+class MissingDataError(DataError):
+    """A file the requested split needs is not in the data dir (and, offline, was not downloaded).
+
+    The message is ``"{problem}; {fix}"``. How to fix it depends on how the run was started (a
+    command-line option, a deployment's parameter or worker environment), so whoever knows that can
+    swap the fix with :meth:`with_fix`. ``short`` (the problem alone unless given) is for repeated
+    mentions, such as retries and a failed run's final state, once the message was said in full.
+    """
+
+    def __init__(self, problem: str, fix: str, short: str | None = None) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem, self.fix, self.short = problem, fix, short or problem
+
+    def __reduce__(self):  # pickles (Prefect may persist a failed state's exception) with all three parts
+        return type(self), (self.problem, self.fix, self.short)
+
+    def with_fix(self, fix: str) -> MissingDataError:
+        """The same error with another fix."""
+        return type(self)(self.problem, fix, self.short)
+
+
+class DownloadError(MissingDataError):
     """A missing file that no mirror could provide: the one data error worth retrying later."""
 
 

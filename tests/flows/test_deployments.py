@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 
 from digitflow.data import parse_spec
+from flows.params import default_targets, default_test
 
 PREFECT_YAML = Path(__file__).resolve().parents[2] / "prefect.yaml"
 DEPLOYMENTS = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
@@ -19,11 +21,24 @@ def test_deployment_entrypoint_and_parameters_are_valid(deployment):
     module_path, _, name = deployment["entrypoint"].partition(":")
     flow = getattr(importlib.import_module(module_path.removesuffix(".py").replace("/", ".")), name)
     params = flow.validate_parameters(deployment.get("parameters", {}))
-    for key in ("train", "test"):
-        parse_spec(params[key])
-    for spec in params.get("target", []):
+    # unset test split and targets follow the training split, by the CLI's rules
+    test = params.get("test") or default_test(params["train"])
+    for spec in (params["train"], test, *(params.get("target") or default_targets(params["train"]))):
         parse_spec(spec)
     assert deployment["work_pool"]["name"] == "digitflow"
+    # the data folder comes from the worker's environment at run time, or from -p data_dir=...
+    assert "data_dir" not in deployment.get("parameters", {})
+    assert inspect.signature(flow.fn).parameters["data_dir"].default is None
+
+
+def test_deployments_test_and_cross_test_as_their_descriptions_say():
+    resolved = {d["name"]: (default_test(d["parameters"]["train"]), default_targets(d["parameters"]["train"]))
+                for d in DEPLOYMENTS}
+    assert resolved == {
+        "mnist-nightly": ("mnist:test", ["usps:test"]),
+        "usps-to-mnist": ("usps:test", ["mnist:test"]),
+        "offline-test-files": ("mnist:test[8000:]", ["usps:test"]),
+    }
 
 
 def test_a_schedule_and_a_trigger_on_another_deployment():

@@ -91,6 +91,25 @@ def test_divergence_fails_flow_and_runs_but_keeps_logged_data(tmp_path, monkeypa
     assert parent.data.params["train.optimizer.kwargs.lr"] == "1000000000000.0"
 
 
+def test_fashion_mnist_defaults_follow_the_dataset_and_need_no_usps_file(tmp_path, monkeypatch, mlflow_store, prefect_server):
+    import shutil
+
+    from digitflow.config import AUGMENT_BY_FAMILY, flatten
+
+    data_dir = fake_data_dir(tmp_path, monkeypatch)
+    shutil.rmtree(data_dir / "USPS")  # offline, and no USPS file: none is needed
+    summary = tiny_run(tmp_path, data_dir, train="fashion-mnist:train", test=None, target=None)
+
+    parent = mlflow.MlflowClient().get_run(summary.run_id)
+    params, tags = parent.data.params, parent.data.tags
+    assert params["data.test"] == "fashion-mnist:test" and params["data.targets"] == "[]"
+    assert summary.cross_accuracy == {} and "cross-domain" not in " ".join(runs_by_name(summary.run_id))
+    # the params record the augmentation used, the default of the clothing family, and a tag says so
+    expected = flatten(AUGMENT_BY_FAMILY["clothing"], prefix="train.augment.")
+    assert {k: params[k] for k in expected} == {k: str(v) for k, v in expected.items()}
+    assert tags["train.augment.default_for"] == "clothing"
+
+
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flows", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
@@ -119,6 +138,8 @@ def test_help_lists_every_option():
         (["--epochs", "0"], "epochs and batch size must be at least 1"),
         (["--param-group", "foo:lr=0.1"], "parameter group 'foo' matches no parameter"),
         (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--output-dir", "/dev/null/out"], "cannot write to the output dir /dev/null/out (Not a directory); choose another with --output-dir"),
+        (["--experiment", ""], "the MLflow experiment name is empty; name one with --experiment NAME"),
     ],
 )
 def test_bad_input_is_one_line_and_exits_non_zero(args, message):

@@ -47,6 +47,32 @@ def test_download_offline_names_the_missing_file(tmp_path):
         download_dataset.fn("mnist:test", str(tmp_path / "empty"), offline=True)
 
 
+@pytest.mark.parametrize("offline", [True, False])
+def test_in_a_deployment_run_missing_data_says_how_to_fix_the_deployment(tmp_path, monkeypatch, offline):
+    import tasks.data
+
+    data_dir = fake_data_dir(tmp_path, monkeypatch, names=("usps",))
+    (data_dir / "USPS" / "usps.t.bz2").unlink()  # online, its fake:// mirror fails: no network needed
+    monkeypatch.setattr(tasks.data, "in_deployment_run", lambda: True)
+    with pytest.raises(DataError) as excinfo:
+        download_dataset.fn("usps:test", str(data_dir), offline=offline)
+    message = str(excinfo.value)
+    assert "usps:test needs usps.t.bz2" in message and str(data_dir / "USPS") in message
+    assert "set DIGITFLOW_DATA_DIR in the worker's environment, or pass -p data_dir=DIR" in message
+    assert "--offline" not in message and "\n" not in message
+    assert ("network" in message) is not offline
+
+
+def test_a_flow_run_is_a_deployment_run_only_when_a_deployment_started_it(prefect_server):
+    from tasks.data import in_deployment_run
+
+    @flow
+    def probe() -> bool:
+        return in_deployment_run()
+
+    assert probe() is False and in_deployment_run() is False
+
+
 def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir, mlflow_store):
     config = tiny_config(tmp_path, data_dir)
     setup_tracking("tasks-test")

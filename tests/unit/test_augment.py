@@ -170,3 +170,27 @@ def test_runs_on_the_images_device_reproducibly():
     first = augment(images)
     torch.manual_seed(0)
     assert first.device == images.device and torch.equal(first, augment(images))
+
+
+def test_hflip_mirrors_about_half_the_images_each_exactly():
+    images = torch.rand(400, 1, 28, 28)
+    augment = build_augment(AugmentConfig(affine=False, hflip=True))
+    assert augment is not None
+    torch.manual_seed(0)
+    out = augment(images)
+    mirrored = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, images)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images)])
+    assert bool((mirrored ^ kept).all())  # each image is either itself or its mirror image, untouched otherwise
+    assert 150 < int(mirrored.sum()) < 250
+    torch.manual_seed(0)
+    assert torch.equal(augment(images), out)
+
+
+def test_hflip_after_the_affine_warp():
+    images = _digits(64)
+    torch.manual_seed(5)
+    warped = build_augment(AFFINE)(images)
+    torch.manual_seed(5)
+    both = build_augment(dataclasses.replace(AFFINE, hflip=True))(images)
+    flipped = [torch.equal(b, w.flip(-1)) for b, w in zip(both, warped)]
+    assert all(f or torch.equal(b, w) for f, b, w in zip(flipped, both, warped)) and any(flipped)

@@ -7,6 +7,11 @@ import pytest
 import torch
 
 from digitflow.config import (
+    AUGMENT_BY_FAMILY,
+    BATCH_SIZE_BY_OPTIMIZER,
+    DATASET_FAMILIES,
+    DEFAULT_TARGETS,
+    OPTIMIZER_DEFAULTS,
     AugmentConfig,
     DataConfig,
     ExportConfig,
@@ -17,7 +22,7 @@ from digitflow.config import (
     flatten,
     to_dict,
 )
-from digitflow.data import parse_spec
+from digitflow.data import DATASETS, parse_spec
 
 ALL_CONFIGS = [DataConfig, AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig, ExportConfig, RunConfig]
 
@@ -134,3 +139,21 @@ def test_default_factories_do_not_share_mutable_state():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3  # type: ignore[misc]
+
+
+def test_every_dataset_has_default_targets_and_an_augmentation_family():
+    assert set(DEFAULT_TARGETS) == set(DATASETS) == set(DATASET_FAMILIES)
+    assert set(DATASET_FAMILIES.values()) == set(AUGMENT_BY_FAMILY)
+    for name, specs in DEFAULT_TARGETS.items():
+        assert all(parse_spec(spec).name != name for spec in specs)  # another domain, never the same one
+    # DataConfig's own defaults are what the rules give for its training set
+    assert DataConfig().targets == DEFAULT_TARGETS[parse_spec(DataConfig.train).name]
+    assert AUGMENT_BY_FAMILY[DATASET_FAMILIES[parse_spec(DataConfig.train).name]] == AugmentConfig()
+
+
+def test_optimizer_defaults_name_real_optimizers():
+    from digitflow.optim import optimizer_names
+
+    assert set(OPTIMIZER_DEFAULTS) | set(BATCH_SIZE_BY_OPTIMIZER) <= set(optimizer_names())
+    assert OptimizerConfig.name not in OPTIMIZER_DEFAULTS  # its defaults are OptimizerConfig's own
+    assert all(size >= 1 for size in BATCH_SIZE_BY_OPTIMIZER.values())

@@ -17,7 +17,7 @@ from digitflow.data import registry
 from digitflow.data.formats import CORRUPT_FILE_HINT, open_maybe_compressed
 from digitflow.data.registry import DatasetInfo, FileInfo
 from digitflow.data.spec import DatasetSpec, parse_spec
-from digitflow.errors import DataError, DownloadError
+from digitflow.errors import DataError, DownloadError, MissingDataError
 from digitflow.fileio import one_line, temp_path
 
 Downloader = Callable[[str, Path], None]
@@ -105,9 +105,9 @@ def fetch(
     missing = [(f, p) for f, p in zip(files, paths) if not p.is_file()]
     if missing and offline:
         names = ", ".join(f.filename for f, _ in missing)
-        raise DataError(
-            f"{spec.name}:{spec.split} needs {names}, not found in {paths[0].parent} "
-            "(offline: no download); place the official file there or run without --offline"
+        raise MissingDataError(
+            f"{spec.name}:{spec.split} needs {names}, not found in {paths[0].parent.absolute()} (offline: no download)",
+            "place the official file there or run without --offline",
         )
     for file, path in missing:
         download(file, path, spec=f"{spec.name}:{spec.split}", downloader=downloader)
@@ -141,9 +141,12 @@ def download(file: FileInfo, dest: Path, *, spec: str = "", downloader: Download
         finally:
             tmp.unlink(missing_ok=True)  # a no-op after a successful replace
     needs = f"{spec} needs " if spec else ""
+    reasons = list(dict.fromkeys(e.split(": ", 1)[-1] for e in errors))  # each distinct reason once, without URLs
     raise DownloadError(
-        f"{needs}{file.filename}, not found in {dest.parent} and no mirror could provide it "
-        f"({'; '.join(errors) or 'no mirrors known'}); place the official file there or check the network"
+        f"{needs}{file.filename}, not found in {dest.parent.absolute()} and no mirror could provide it "
+        f"({'; '.join(errors) or 'no mirrors known'})",
+        "place the official file there or check the network",
+        short=f"{needs}{file.filename}: no mirror could provide it ({'; '.join(reasons) or 'no mirrors known'})",
     )
 
 
