@@ -120,9 +120,10 @@ class BatchAugment:
         noise = torch.rand(n, 2, h, w, device=device, dtype=dtype).mul_(2).sub_(1)
         if blur_h is not None:
             noise = blur_h @ noise @ blur_w.T
-        # Pixels -> grid units: a pixel is 2/W wide in x and 2/H tall in y.
-        units = torch.tensor([2.0 / w, 2.0 / h], device=device, dtype=dtype)
-        displacement = noise.permute(0, 2, 3, 1) * (cfg.elastic_alpha * units)  # (N, H, W, 2)
+        # Pixels -> grid units: a pixel is 2/W wide in x and 2/H tall in y. Python scalars, not a tensor
+        # built here: a host-to-device copy would break a CUDA-graph capture of the training step.
+        dx, dy = noise[:, 0] * (cfg.elastic_alpha * 2.0 / w), noise[:, 1] * (cfg.elastic_alpha * 2.0 / h)
+        displacement = torch.stack([dx, dy], dim=-1)  # (N, H, W, 2)
         grid = base + displacement
         if theta is None:
             return grid

@@ -193,3 +193,14 @@ def test_cuda_defaults_reach_0_98_on_bars_quickly():
     result = fit(model, images, labels, config, augment=build_augment(AugmentConfig(translate=0.0)))
     assert result.step == "cuda-graph"
     assert evaluate(model, images, labels).accuracy > 0.98
+
+
+def test_cuda_graph_captures_every_built_in_augmentation():
+    # Elastic distortion and horizontal flips run inside the captured step too: nothing in them may copy
+    # from the host during capture (the elastic path once built a small tensor from a Python list).
+    device = torch.device("cuda")
+    images, labels = random_data(device)
+    config = TrainConfig(epochs=1, batch_size=64, cuda_graphs=True)
+    augment = build_augment(AugmentConfig(affine=True, elastic=True, hflip=True))
+    result = fit(build_model(10, seed=0).to(device), images, labels, config, augment=augment)
+    assert result.step == "cuda-graph"
