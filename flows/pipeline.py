@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import mlflow
 from prefect import flow
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
 from flows.params import DEFAULT_AUGMENT, build_config, checkpoint_path
@@ -18,7 +18,7 @@ from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
-from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, setup_tracking
+from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, parent_run_name, setup_tracking, source_tags
 from tasks.train import train_model
 
 
@@ -64,8 +64,9 @@ def pipeline(
     )
     data = config.data
     experiment_id = setup_tracking(experiment)
-    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit()}
-    with mlflow.start_run(run_name=str(flow_run.name), tags=tags) as parent:
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit(),
+            **source_tags(str(flow_run.flow_name), deployment.name)}
+    with mlflow.start_run(run_name=parent_run_name(config), tags=tags) as parent:
         run_id = parent.info.run_id
         mlflow.log_params(flatten(config))
 
