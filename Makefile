@@ -30,7 +30,7 @@ test: setup ## the whole test suite, real-data runs included (skipped without ..
 test-fast: setup ## unit, task and flow tests on tiny data only
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-ui: setup ## MLflow UI on the project's store, http://127.0.0.1:5000
+ui: setup ## MLflow UI on the store runs log to (MLFLOW_TRACKING_URI, else mlflow/mlflow.db), http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH mlflow/ui.sh
 
 bench: setup ## seed-notes loop vs. this engine, images per second (ARGS="--data-dir DIR")

@@ -45,7 +45,7 @@ examples:
   DIGITFLOW_DATA_DIR=../shared/data digitflow run --train 'mnist:test[:8000]' --test 'mnist:test[8000:]' --offline
   digitflow run --optimizer AdamW --opt lr=1e-3 --opt weight_decay=0.01 --scheduler OneCycleLR --sched max_lr=0.01
   digitflow run --param-group classifier:lr=0.001      # a separate learning rate for the classifier head
-results: MLflow (make ui, http://127.0.0.1:5000), Prefect (prefect server start, or artifacts in the run)
+results: MLflow (make ui; the summary prints the exact command and link), Prefect (prefect server start, or artifacts in the run)
 """
 
 

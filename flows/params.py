@@ -210,6 +210,18 @@ def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
             raise ConfigError(f"--cuda-graphs cannot be used here: {reason}")
 
 
+def default_run_config(config: RunConfig) -> RunConfig:
+    """The config a run would get that named only ``config``'s training data, device and optimizer:
+    what its other settings are compared with (the run's name lists the differences)."""
+    return build_config(
+        train=config.data.train, test=None, target=None, target_preprocess=DataConfig.target_preprocess, epochs=None,
+        batch_size=None, optimizer=config.train.optimizer.name, optimizer_kwargs=None, param_groups=None,
+        scheduler=SchedulerConfig.name, scheduler_kwargs=None, augment=None, seed=TrainConfig.seed,
+        device=config.train.device, amp=None, export_mode=ExportConfig.mode, data_dir=config.data.data_dir,
+        cache_dir=config.data.cache_dir, offline=config.data.offline, resume=False, output_dir=config.output_dir,
+    )
+
+
 def checkpoint_path(config: RunConfig, train_digest: str) -> Path:
     """Where this run checkpoints: ``config.checkpoint`` if set, else a file keyed by the training
     settings and data, so ``--resume`` finds the checkpoint of an interrupted run with the same

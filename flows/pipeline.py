@@ -10,16 +10,23 @@ from typing import Any, Literal
 
 import mlflow
 from prefect import flow
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
-from flows.params import augment_family, build_config, check_experiment, check_output_dir, checkpoint_path
+from flows.params import (
+    augment_family,
+    build_config,
+    check_experiment,
+    check_output_dir,
+    checkpoint_path,
+    default_run_config,
+)
 from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
 from tasks.logs import quiet_expected_errors
-from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, setup_tracking, tracked_run
+from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, parent_run_name, setup_tracking, source_tags, tracked_run
 from tasks.train import train_model
 
 
@@ -74,8 +81,9 @@ def pipeline(
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
     experiment_id = setup_tracking(experiment)
-    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit()}
-    with tracked_run(run_name=str(flow_run.name), tags=tags) as parent:  # ends KILLED on Ctrl-C / SIGTERM
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit(),
+            **source_tags(str(flow_run.flow_name), deployment.name)}
+    with tracked_run(run_name=parent_run_name(config, default_run_config(config)), tags=tags) as parent:  # ends KILLED on Ctrl-C / SIGTERM
         run_id = parent.info.run_id
         mlflow.log_params(flatten(config))
         if augment is None:  # train.augment.* say what was used; this tag says why

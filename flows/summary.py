@@ -91,7 +91,11 @@ def publish_summary(summary: PipelineSummary) -> None:
         key="digitflow-summary",
         description="Test and cross-domain accuracy, exports, and where the MLflow run is.",
     )
+    # Prefect's link artifact (Prefect 3.9 stores it as "[text](link)" with type "markdown": its UI
+    # has no separate link type). The link and the command lead to the store the run was written to.
+    on_server = summary.tracking_uri.startswith(("http://", "https://"))
+    opening = "the tracking server's UI" if on_server else f"serve the UI first: `{summary.ui_command}`"
     create_link_artifact(
         link=summary.run_url, link_text=f"MLflow run {summary.run_id}", key="mlflow-run",
-        description="The MLflow parent run of this flow run (serve the UI with `make ui`).",
+        description=f"The MLflow parent run of this flow run in {summary.tracking_uri} ({opening}).",
     )

@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
-# Serve the MLflow UI on the project's tracking store (mlflow/mlflow.db, artifacts in mlflow/artifacts).
+# Serve the MLflow UI on the tracking store runs were written to: $MLFLOW_TRACKING_URI if set (as for
+# `digitflow run`), else the project's store (mlflow/mlflow.db, artifacts in mlflow/artifacts).
 # Bound to 127.0.0.1: the store is yours, not the network's. MLFLOW_PORT changes the port (default 5000).
+# A tracking server (http://, https://) serves its own UI: nothing to start here.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-mkdir -p "$here/artifacts"
+port="${MLFLOW_PORT:-5000}"
+uri="${MLFLOW_TRACKING_URI:-sqlite:///$here/mlflow.db}"
+artifacts=()
+case "$uri" in
+  http://* | https://*)
+    echo "mlflow/ui.sh: MLFLOW_TRACKING_URI is a tracking server ($uri): open it in a browser, it serves its own UI" >&2
+    exit 2 ;;
+  sqlite:///*)
+    db="${uri#sqlite:///}"  # sqlite:////abs/path -> /abs/path; sqlite:///rel/path -> rel/path (from here, the cwd)
+    if [[ -n "${MLFLOW_TRACKING_URI:-}" && ! -f "$db" ]]; then
+      echo "mlflow/ui.sh: no MLflow store at $db (MLFLOW_TRACKING_URI=$uri)" >&2
+      exit 2
+    fi
+    mkdir -p "$(dirname "$db")"
+    store="$(cd "$(dirname "$db")" && pwd)"
+    uri="sqlite:///$store/$(basename "$db")"
+    mkdir -p "$store/artifacts"  # digitflow keeps a SQLite store's artifacts beside the database
+    artifacts=(--default-artifact-root "$store/artifacts") ;;
+esac
+echo "MLflow UI on $uri: http://127.0.0.1:$port/#/experiments?workflowType=machine_learning" >&2
 exec mlflow ui \
-  --backend-store-uri "sqlite:///$here/mlflow.db" \
-  --default-artifact-root "$here/artifacts" \
-  --host 127.0.0.1 --port "${MLFLOW_PORT:-5000}"
+  --backend-store-uri "$uri" \
+  ${artifacts[@]+"${artifacts[@]}"} \
+  --host 127.0.0.1 --port "$port"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.models import Model
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -17,7 +19,7 @@ from digitflow.data import PreparedDataset
 from digitflow.export import compare_latency, eager_logits, export_program, export_torchscript, load_export, verify_export
 from tasks.data import load_prepared, model_inputs
 from tasks.progress import run_logger
-from tasks.tracking import child_run, torch_requirement
+from tasks.tracking import child_run, image_signature, torch_requirement, unwrap
 from tasks.train import TrainedModel
 
 
@@ -34,6 +36,10 @@ def export_model(
     held-out images in a fresh Python that imports only torch, time them against eager, log them,
     and register the TorchScript model as a new version of ``config.export.registered_model_name``
     with alias ``config.export.alias``, tagged with the run's test and cross-domain metrics.
+
+    The TorchScript model is logged with a signature and an input example (so the registry shows its
+    schema and ``mlflow models serve`` takes MLflow's JSON payloads), on the flow's parent run: the
+    model version's source run is then the pipeline run, named after what it trained.
     """
     logger = run_logger()
     cfg = config.export
@@ -58,12 +64,16 @@ def export_model(
         mlflow.log_metrics(metrics)
 
         scripted = load_export(torchscript)
+        signature, example = image_signature(scripted, images)
         with _without_pickle_warning():
-            info = mlflow.pytorch.log_model(
-                scripted, name="torchscript-model", serialization_format="pickle",  # the only format MLflow takes for TorchScript
-                pip_requirements=[torch_requirement()],
+            info = Model.log(  # mlflow.pytorch.log_model, on the parent run (log_model only takes the active run)
+                artifact_path=None, name="torchscript-model", flavor=mlflow.pytorch, run_id=parent_run_id,
+                pytorch_model=scripted, serialization_format="pickle",  # the only format MLflow takes for TorchScript
+                signature=signature, input_example=example, pip_requirements=[torch_requirement()],
             )
         version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, {**test_metrics, **_headline(cross_metrics)})
+        mlflow.MlflowClient().update_model_version(cfg.registered_model_name, version, description=_MODEL_DESCRIPTION.format(
+            mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias))
         logger.info("registered %s version %s with alias %s", cfg.registered_model_name, version, cfg.alias)
 
     return {
@@ -72,18 +82,32 @@ def export_model(
     }
 
 
+_MODEL_DESCRIPTION = unwrap("""\
+LeNet digit classifier, TorchScript ({mode}). Input: float images `(N, 1, 28, 28)` in `[0, 1]`, a white
+digit on black (normalization is inside); output: `(N, 10)` logits. Serve it with
+`mlflow models serve -m models:/{name}@{alias} --env-manager local` and POST `{{"inputs": <images as nested lists>}}`
+to `/invocations`.
+""")
+
+
 @contextlib.contextmanager
 def _without_pickle_warning() -> Iterator[None]:
     """Drop MLflow's warning that "pickle" format is unsafe, around logging a TorchScript model only.
 
     For a ``ScriptModule`` MLflow writes a TorchScript archive (``ScriptModule.save``), not a pickle,
-    so the warning does not apply; every other MLflow warning still shows.
+    so the warning does not apply. Logging with an input example also makes MLflow load the model
+    back to check it serves (``torch.load``, which hands a TorchScript archive to ``torch.jit.load``):
+    the two warnings that load raises about our own TorchScript file are dropped too. Every other
+    warning still shows.
     """
     logger = logging.getLogger("mlflow.pytorch")
     only_pickle = _DropMessage("Saving pytorch model by Pickle")
     logger.addFilter(only_pickle)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="'torch.load' received a zip file that looks like a TorchScript archive")
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated\. Please switch to", category=FutureWarning)
+            yield
     finally:
         logger.removeFilter(only_pickle)
 

@@ -2,13 +2,19 @@
 
 The default store lives in the project's ``mlflow/`` folder (SQLite database + artifact folder, both
 git-ignored). ``MLFLOW_TRACKING_URI`` overrides it, e.g. to point at a shared tracking server.
+
+What a person sees in the MLflow UI is decided here too: the experiment's kind and description,
+what a parent run is called, the Source column, and the links and command that open the UI on the
+store a run was written to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shlex
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,13 +23,64 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import mlflow
+import numpy as np
 from matplotlib.figure import Figure
 from mlflow.entities import RunStatus
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 from prefect.exceptions import TerminationSignal
+
+from digitflow.config import RunConfig, flatten
+from digitflow.models import LeNet
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = PROJECT_ROOT / "mlflow"
 DEFAULT_EXPERIMENT = "digitflow"
+DEFAULT_PORT = "5000"  # mlflow/ui.sh's, unless $MLFLOW_PORT says otherwise
+
+# The experiment kind MLflow's UI knows the experiment by: "custom_model_development" is model
+# training ("genai_development" is GenAI apps and agents). See EXPERIMENT_MODE_QUERY for what the UI
+# of MLflow 3.17 actually switches on.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI picks its GenAI or Model training mode from its sidebar switch, not from the tag:
+# the ``workflowType`` query parameter of the page, else the browser's last choice, else "genai"
+# (server/js/build/static/js/main.*.js: the hook that reads the tag is behind a flag that is on and
+# returns the switch's value instead). So every link to the UI asks for the model-training mode.
+EXPERIMENT_MODE_QUERY = "workflowType=machine_learning"
+# sha256 of the description digitflow last wrote, so a description edited in the UI is left alone
+NOTE_DIGEST_TAG = "digitflow.note_sha256"
+
+
+def unwrap(markdown: str) -> str:
+    """Join the lines of each paragraph and list item: MLflow's UI shows every newline of a description
+    as a line break, so text wrapped for the source would break mid-sentence on the page."""
+    out: list[str] = []
+    for line in markdown.strip().splitlines():
+        if out and out[-1] and line.strip() and not line.startswith("- "):
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+EXPERIMENT_DESCRIPTION = unwrap("""\
+**digitflow**: LeNet digit classifiers trained by the Prefect flow `digitflow-pipeline` (`digitflow run`, or a
+deployment run by a worker). One parent run per flow run, named after what it did: the options that differ
+from the defaults (`lr=0.01 augment=none`, `seed=1`, ...), then model, training split and epochs
+(`· LeNet mnist:train epochs=6`); drag the edge of the Run Name column to read it whole. The Prefect flow-run
+name is the tag `prefect.flow_run_name`. Each task is a child run: the `+` beside a parent opens them.
+
+To compare runs, add these columns (*Columns* above the table):
+
+- Metrics: `test/accuracy`, `test/loss`, `cross/usps/accuracy` (one `cross/<dataset>/accuracy` per cross-domain target)
+- Parameters: `data.train`, `train.epochs`, `train.optimizer.name`, `train.optimizer.kwargs.lr`, `train.seed`,
+  `train.augment.affine`
+- Tags: `prefect.flow_run_name`, `git.commit`
+
+The exported TorchScript model of each run is a version of the registered model `digitflow-lenet`
+(*Models*; the newest has the alias `candidate`).
+""")
 
 
 def tracking_uri() -> str:
@@ -52,8 +109,105 @@ def setup_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
             (local_store / "artifacts").mkdir(exist_ok=True)
             location = (local_store / "artifacts").as_uri()
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    describe_experiment(experiment_id)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def describe_experiment(experiment_id: str) -> None:
+    """Mark the experiment as model training and give it :data:`EXPERIMENT_DESCRIPTION`, new or old.
+
+    The description (the ``mlflow.note.content`` tag) is written when there is none, or when it is
+    the one digitflow wrote last (so a newer text replaces it); one edited in the UI stays as it is.
+    """
+    client = mlflow.MlflowClient()
+    tags = client.get_experiment(experiment_id).tags
+    if tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    note = tags.get(MLFLOW_RUN_NOTE)
+    ours = note is None or not note.strip() or _digest(note) == tags.get(NOTE_DIGEST_TAG)
+    if ours and note != EXPERIMENT_DESCRIPTION:
+        client.set_experiment_tag(experiment_id, MLFLOW_RUN_NOTE, EXPERIMENT_DESCRIPTION)
+        client.set_experiment_tag(experiment_id, NOTE_DIGEST_TAG, _digest(EXPERIMENT_DESCRIPTION))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# What a run name draws on: what was trained and tested. It leaves out where things are and how the
+# run was carried out (paths, offline, resume, device: the train run's tags say which device and precision).
+_NAME_KEYS = ("train.", "data.test", "data.targets", "data.target_preprocess", "export.mode")
+_NAME_MAX = 240  # MLflow keeps run names up to 250 characters
+
+
+def parent_run_name(config: RunConfig, defaults: RunConfig | None = None) -> str:
+    """What a pipeline run did, for the runs list: ``lr=0.01 augment=none · LeNet mnist:test[:8000] epochs=1``.
+
+    Each option that changes what is trained or tested and differs from ``defaults`` (what the run
+    would have had with no option given: the defaults for its training data, device and optimizer;
+    ``RunConfig()`` if None), in short ``key=value`` form (training options first), then the model,
+    the training split and the epochs. The differences lead because the runs list shows only the first
+    twenty-odd characters of a name: that is where two runs must already differ.
+    """
+    defaults = defaults or RunConfig()
+    ours, usual = _name_items(config), _name_items(defaults)
+    changed = [f"{key}={value}" for key, value in ours.items() if key != "epochs" and usual.get(key) != value]
+    if config.train.optimizer.name != RunConfig().train.optimizer.name and "optimizer" not in "".join(changed):
+        changed.insert(0, f"optimizer={config.train.optimizer.name}")
+    what = f"{LeNet.__name__} {config.data.train} epochs={config.train.epochs}"
+    name = " ".join(changed) + " · " + what if changed else what
+    return name if len(name) <= _NAME_MAX else name[: _NAME_MAX - 1] + "…"
+
+
+def _name_items(config: RunConfig) -> dict[str, str]:
+    """The config's result-changing settings as short keys (``lr``, ``scheduler``, ``augment``) -> text."""
+    augment = config.train.augment
+    chosen = [n for n in ("affine", "elastic") if getattr(augment, n)] + list(augment.extra)
+    items: dict[str, str] = {}
+    flat = flatten(config)
+    for key in sorted(flat, key=lambda k: not k.startswith("train.")):  # stable: training options first
+        value = flat[key]
+        if not key.startswith(_NAME_KEYS) or key == "train.device" or value == {}:  # {}: no kwargs
+            continue
+        if key.startswith("train.augment.") and "augment" not in items:  # which ones, as one item
+            items["augment"] = "+".join(chosen) or "none"
+        if key not in ("train.augment.affine", "train.augment.elastic", "train.augment.extra"):
+            items[_short_key(key)] = _short_value(value)
+    return items
+
+
+def _short_key(key: str) -> str:
+    for prefix, short in (("train.optimizer.kwargs.", ""), ("train.optimizer.param_groups.", ""),
+                          ("train.scheduler.kwargs.", "sched."), ("train.augment.", ""), ("train.", ""),
+                          ("data.targets", "target"), ("data.target_preprocess", "target-preprocess"),
+                          ("data.", ""), ("export.mode", "export")):
+        if key.startswith(prefix):
+            key = short + key[len(prefix):]
+            break
+    return key.removesuffix(".name")
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(_short_value, value)) or "none"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def source_tags(flow_name: str, deployment_name: str | None = None) -> dict[str, str]:
+    """The Source column of a run: the Prefect flow that ran it, not the script that started Python.
+
+    Left to MLflow, it is the basename of ``sys.argv[0]``: ``__main__.py`` or ``digitflow`` from the
+    CLI, ``engine.py`` for a deployment run by a worker. A deployment run is a job and is shown as
+    ``flow/deployment``; an in-process run (the CLI) is local and shown as the flow's name.
+    """
+    if deployment_name:
+        return {MLFLOW_SOURCE_NAME: f"{flow_name}/{deployment_name}", MLFLOW_SOURCE_TYPE: "JOB"}
+    return {MLFLOW_SOURCE_NAME: flow_name, MLFLOW_SOURCE_TYPE: "LOCAL"}
 
 
 @contextlib.contextmanager
@@ -71,7 +225,14 @@ def tracked_run(**start_run: Any) -> Iterator[mlflow.ActiveRun]:
 @contextlib.contextmanager
 def child_run(name: str, parent_run_id: str | None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """A nested MLflow run under ``parent_run_id`` (one per task); ends FAILED if the body raises,
-    KILLED if a signal interrupts it."""
+    KILLED if a signal interrupts it.
+
+    It names the same source as its parent (see :func:`source_tags`).
+    """
+    if parent_run_id is not None:
+        parent_tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
+        source = {k: parent_tags[k] for k in (MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE) if k in parent_tags}
+        tags = {**source, **(tags or {})}
     with tracked_run(run_name=name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
         yield run
 
@@ -96,6 +257,22 @@ def torch_requirement() -> str:
     import torch
 
     return f"torch=={torch.__version__.split('+')[0]}"
+
+
+def image_signature(model: Any, images: Any) -> tuple[ModelSignature, np.ndarray]:
+    """Signature and input example of a model that takes image batches, from two of ``images``.
+
+    The input is declared float64: what numpy and JSON give (a request to ``mlflow models serve``
+    is parsed to the signature's dtype), and the model casts it to its own dtype (LeNet.forward).
+    MLflow's pyfunc wants the exact declared dtype, so float64 is the one that needs no cast by the
+    caller; the batch dimension stays free (-1).
+    """
+    import torch
+
+    example = images[:2].detach().to("cpu", torch.float64).numpy()
+    with torch.inference_mode():
+        output = model(torch.from_numpy(example)).numpy()
+    return infer_signature(example, output), example
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:
@@ -129,19 +306,25 @@ def ui_url() -> str:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
-    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
+    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT') or DEFAULT_PORT}"
 
 
 def ui_command() -> str:
-    """How to open that UI: ``make ui`` for the project's store, else the store's own server."""
+    """How to open that UI on the store in use: ``make ui`` (``mlflow/ui.sh``), given the store and
+    the port when they are not the defaults; for a tracking server, the server itself."""
     uri = tracking_uri()
-    if uri == f"sqlite:///{STORE_DIR / 'mlflow.db'}":
-        return "make ui"
     if uri.startswith(("http://", "https://")):
         return "open the tracking server"
-    return f"mlflow ui --backend-store-uri {uri}"
+    env = {}
+    if uri != f"sqlite:///{STORE_DIR / 'mlflow.db'}":
+        if uri.startswith("sqlite:///"):  # absolute, so the command works from any directory
+            uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        env["MLFLOW_TRACKING_URI"] = uri
+    if (os.environ.get("MLFLOW_PORT") or DEFAULT_PORT) != DEFAULT_PORT:
+        env["MLFLOW_PORT"] = os.environ["MLFLOW_PORT"]
+    return " ".join([*(f"{key}={shlex.quote(value)}" for key, value in env.items()), "make ui"])
 
 
 def run_url(run_id: str, experiment_id: str) -> str:
-    """Link to a run in the MLflow UI (see :func:`ui_url`)."""
-    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+    """Link to a run in the MLflow UI (see :func:`ui_url`), in its model-training mode."""
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}?{EXPERIMENT_MODE_QUERY}"

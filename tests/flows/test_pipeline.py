@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from prefect import flow
+from prefect.runtime import flow_run as runtime_flow_run
 
 from digitflow.device import training_precision
 from flows.pipeline import pipeline
+from flows.summary import PipelineSummary, publish_summary
+from tasks.tracking import run_url, ui_command
 from tests.fakedata import fake_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,8 +45,15 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     parent = client.get_run(summary.run_id)
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
-    assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_name"] == parent.info.run_name
-    assert tags["git.commit"]
+    # Named after what it did; the Prefect flow run's own (random) name is kept as a tag.
+    assert parent.info.run_name == "batch_size=16 · LeNet mnist:train epochs=2"
+    assert tags["prefect.flow_run_id"] and tags["git.commit"]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        assert tags["prefect.flow_run_name"] == prefect.read_flow_run(tags["prefect.flow_run_id"]).name
+    # The Source column says the flow, on the parent and on every child.
+    assert tags["mlflow.source.name"] == "digitflow-pipeline" and tags["mlflow.source.type"] == "LOCAL"
     assert {"dataset.train.digest", "dataset.test.digest", "dataset.target.usps.digest"} <= set(tags)
     params = parent.data.params
     assert params["train.epochs"] == "2" and params["data.train"] == "mnist:train"
@@ -51,6 +63,15 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     children = runs_by_name(summary.run_id)
     assert {"train", "evaluate", "cross-domain usps:test", "export"} <= set(children)
     assert all(c.info.status == "FINISHED" for c in children.values())
+    assert {c.data.tags["mlflow.source.name"] for c in children.values()} == {"digitflow-pipeline"}
+    # The experiment is a model-training one, and the columns its description recommends exist.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    recommended = description_columns(experiment.tags["mlflow.note.content"])
+    assert recommended["Metrics"] and recommended["Parameters"] and recommended["Tags"]
+    assert recommended["Metrics"] <= set(parent.data.metrics)
+    assert recommended["Parameters"] <= set(parent.data.params)
+    assert recommended["Tags"] <= set(tags)
     train = children["train"]
     assert [m.step for m in client.get_metric_history(train.info.run_id, "train/accuracy")] == [1, 2]
     assert train.inputs.dataset_inputs[0].dataset.digest == tags["dataset.train.digest"][:16]
@@ -75,6 +96,47 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     by_key = {a.key: a for a in artifacts}
     assert f"{summary.test_accuracy:.4f}" in by_key["digitflow-summary"].data
     assert summary.run_id in by_key["mlflow-run"].data
+
+
+def description_columns(note: str) -> dict[str, set[str]]:
+    """``- Metrics: `a`, `b`` lines of the experiment description -> {"Metrics": {"a", "b"}}; names with
+    a placeholder (``cross/<dataset>/accuracy``) are examples of a pattern, left out."""
+    columns: dict[str, set[str]] = {}
+    kind = None
+    for line in note.splitlines():
+        if line.startswith("- "):
+            kind, _, line = line[2:].partition(":")
+        elif not line.startswith("  "):  # not a bullet's continuation: the list is over
+            kind = None
+        if kind:
+            columns.setdefault(kind, set()).update(n for n in re.findall(r"`([^`]+)`", line) if "<" not in n)
+    return columns
+
+
+def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_path, monkeypatch, prefect_server):
+    store = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_PORT", "5123")
+    summary = PipelineSummary(
+        run_id="abc123", experiment_id="7", artifact_uri="file:///x", run_url=run_url("abc123", "7"), tracking_uri=store,
+        test_accuracy=0.5, test_loss=1.0, ui_command=ui_command(),
+    )
+
+    @flow
+    def publish():
+        publish_summary(summary)
+        return str(runtime_flow_run.id)
+
+    flow_run_id = publish()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    link = {a.key: a for a in artifacts}["mlflow-run"]
+    # What prefect.artifacts.create_link_artifact stores: "[text](link)", nothing else.
+    assert link.data == "[MLflow run abc123](http://127.0.0.1:5123/#/experiments/7/runs/abc123?workflowType=machine_learning)"
+    assert f"`MLFLOW_TRACKING_URI={store} MLFLOW_PORT=5123 make ui`" in link.description
 
 
 def test_divergence_fails_flow_and_runs_but_keeps_logged_data(tmp_path, monkeypatch, mlflow_store, prefect_server):

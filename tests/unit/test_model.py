@@ -105,3 +105,16 @@ def test_normalization_happens_inside_forward(model: LeNet):
         model.mean.fill_(0.5)
         assert not torch.allclose(model(x), before, atol=1e-3)
         assert torch.allclose(model(x), body((x - 0.5) / 0.3081), atol=1e-5)
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.script` is deprecated:FutureWarning")
+def test_float64_images_give_the_float32_answer_eager_and_scripted(model: LeNet):
+    # numpy, JSON and a request to an MLflow scoring server give float64; the model casts them itself
+    model.eval()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(model(x.double()), expected)
+        assert torch.equal(scripted(x.double()), expected)
+        assert model(x.double()).dtype == torch.float32

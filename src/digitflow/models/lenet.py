@@ -5,7 +5,9 @@ fc 800->500, ReLU; fc 500->10.
 
 The model normalizes its own input (mean 0.1307, std 0.3081, MNIST's statistics) so that it takes
 images as float in [0, 1]. That keeps the preprocessing inside the exported TorchScript/torch.export
-file: a user of the file needs no code of ours to feed it.
+file: a user of the file needs no code of ours to feed it. For the same reason it casts its input to
+its own floating type first: images that arrive as float64 (numpy's and JSON's default, as in a request
+to an MLflow scoring server) work as they are.
 """
 
 import torch
@@ -16,7 +18,7 @@ MNIST_STD = 0.3081
 
 
 class LeNet(nn.Module):
-    """Classifier: (N, 1, 28, 28) float in [0, 1] -> (N, num_classes) logits."""
+    """Classifier: (N, 1, 28, 28) float (any floating dtype) in [0, 1] -> (N, num_classes) logits."""
 
     input_shape = (1, 28, 28)
 
@@ -42,5 +44,5 @@ class LeNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        x = (x.to(self.mean.dtype) - self.mean) / self.std  # float64 in, the model's dtype inside
         return self.classifier(self.features(x))
