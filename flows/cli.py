@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, train_defaults
+from digitflow.config import (
+    DataConfig,
+    ExportConfig,
+    OptimizerConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainConfig,
+    train_defaults,
+)
 from digitflow.data import DATASETS, fetch, parse_spec
 from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
@@ -82,7 +90,8 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``digitflow`` argument parser (``digitflow run --help`` lists every option)."""
-    parser = _OneLineErrorParser(prog="digitflow", description="Workflow-orchestrated digit classifiers: Prefect flows, MLflow tracking.")
+    parser = _OneLineErrorParser(prog="digitflow",
+                                 description="Workflow-orchestrated digit classifiers: Prefect flows, MLflow tracking.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run", help="train, evaluate, test across domains and export, tracked in MLflow",
@@ -93,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = DataConfig()
     data = run.add_argument_group("data")
-    data.add_argument("--train", type=_spec, default=d.train, metavar="SPEC", help=f"training split (default {d.train})")
+    data.add_argument("--train", type=_spec, default=d.train, metavar="SPEC",
+                      help=f"training split (default {d.train})")
     data.add_argument("--test", type=_spec, default=d.test, metavar="SPEC", help=f"held-out split (default {d.test})")
     data.add_argument("--target", type=_spec, nargs="+", default=list(d.targets), metavar="SPEC",
                       help=f"cross-domain test set(s), each evaluated in its own task (default {' '.join(d.targets)})")
@@ -101,16 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target-preprocess", choices=sorted(PREPROCESSORS), default=d.target_preprocess,
                       help=f"how images that are not 28x28 (USPS) are framed (default {d.target_preprocess})")
     data.add_argument("--data-dir", default=None, metavar="DIR",
-                      help=f"where the official files are, torchvision layout (default $DIGITFLOW_DATA_DIR or ./{d.data_dir})")
-    data.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR", help=f"transformed-tensor cache (default {d.cache_dir})")
+                      help="where the official files are, torchvision layout "
+                      f"(default $DIGITFLOW_DATA_DIR or ./{d.data_dir})")
+    data.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR",
+                      help=f"transformed-tensor cache (default {d.cache_dir})")
     data.add_argument("--offline", action="store_true", help="never download; use the files already in the data dir")
 
     t, o, gpu = TrainConfig(), OptimizerConfig(), train_defaults("cuda")
     train = run.add_argument_group("training (defaults depend on the device: CPU / CUDA)")
     train.add_argument("--epochs", type=int, default=None, help=f"(default {t.epochs} / {gpu.epochs})")
     train.add_argument("--batch-size", type=int, default=None, help=f"(default {t.batch_size} / {gpu.batch_size})")
-    train.add_argument("--seed", type=int, default=t.seed, help=f"same seed, same metrics on the same device (default {t.seed})")
-    train.add_argument("--device", default=t.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default auto)")
+    train.add_argument("--seed", type=int, default=t.seed,
+                       help=f"same seed, same metrics on the same device (default {t.seed})")
+    train.add_argument("--device", default=t.device,
+                       help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default auto)")
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                        help="bfloat16 autocast for the forward pass, where the device has fast bfloat16 (CPUs with "
                        "AVX512-BF16/AMX, CUDA); --no-amp trains in float32 (default: on / off, float32 being faster "
@@ -120,14 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                        help="replay each training step as one CUDA graph (CUDA only; not with LBFGS or torchvision "
                        "extra augmentations; default: on wherever possible on CUDA)")
-    train.add_argument("--optimizer", default=o.name, metavar="NAME", help=f"any torch.optim class: SGD, Adam, AdamW, LBFGS, ... (default {o.name})")
+    train.add_argument("--optimizer", default=o.name, metavar="NAME",
+                       help=f"any torch.optim class: SGD, Adam, AdamW, LBFGS, ... (default {o.name})")
     train.add_argument("--opt", action="append", metavar="KEY=VALUE",
                        help="optimizer keyword argument, repeatable, added to the defaults (for SGD: "
                        f"{', '.join(f'{k}={v}' for k, v in o.kwargs.items())} / "
                        f"{', '.join(f'{k}={v}' for k, v in gpu.optimizer.kwargs.items())})")
     train.add_argument("--lr", type=float, default=None, help="shortcut for --opt lr=LR")
     train.add_argument("--param-group", action="append", metavar="PREFIX:KEY=VALUE",
-                       help="options for parameters whose name starts with PREFIX (features, classifier, classifier.3), repeatable")
+                       help="options for parameters whose name starts with PREFIX (features, classifier, "
+                       "classifier.3), repeatable")
     s = SchedulerConfig()
     train.add_argument("--scheduler", default=s.name, metavar="NAME",
                        help="any torch.optim.lr_scheduler class, stepped per epoch; T_max/total_iters/total_steps "
@@ -136,16 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", nargs="+", default=None, metavar="NAME",
                        help="augmentations drawn per image: affine, elastic, and torchvision.transforms.v2 "
                        f"classes such as RandomErasing (default: {' '.join(DEFAULT_AUGMENT)})")
-    train.add_argument("--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options from its last checkpoint")
+    train.add_argument("--no-augment", dest="augment", action="store_const", const=[],
+                       help="train without augmentation")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run with the same options from its last checkpoint")
     train.add_argument("--checkpoint", default=None, metavar="FILE",
                        help="checkpoint file written after every epoch and read by --resume "
                        "(default: outputs/checkpoints/lenet-<hash of the training options>.pt)")
 
     e, r = ExportConfig(), RunConfig()
     out = run.add_argument_group("export and tracking")
-    out.add_argument("--export-mode", choices=["script", "trace"], default=e.mode, help=f"TorchScript: torch.jit.script or trace (default {e.mode})")
-    out.add_argument("--output-dir", default=r.output_dir, metavar="DIR", help=f"checkpoints and exported files (default {r.output_dir})")
+    out.add_argument("--export-mode", choices=["script", "trace"], default=e.mode,
+                     help=f"TorchScript: torch.jit.script or trace (default {e.mode})")
+    out.add_argument("--output-dir", default=r.output_dir, metavar="DIR",
+                     help=f"checkpoints and exported files (default {r.output_dir})")
     out.add_argument("--experiment", default="digitflow", help="MLflow experiment name (default digitflow)")
     return parser
 
@@ -159,10 +179,12 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         optimizer_kwargs["lr"] = args.lr
     params = dict(
         train=args.train, test=args.test, target=args.target, target_preprocess=args.target_preprocess,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, optimizer_kwargs=optimizer_kwargs or None,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        optimizer_kwargs=optimizer_kwargs or None,
         param_groups=_param_groups(args.param_group) or None, scheduler=args.scheduler,
         scheduler_kwargs=_key_values(args.sched, "--sched") or None, seed=args.seed, device=args.device,
-        amp=args.amp, label_smoothing=args.label_smoothing, cuda_graphs=args.cuda_graphs, export_mode=args.export_mode, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        amp=args.amp, label_smoothing=args.label_smoothing, cuda_graphs=args.cuda_graphs, export_mode=args.export_mode,
+        data_dir=args.data_dir, cache_dir=args.cache_dir,
         offline=args.offline, resume=args.resume, output_dir=args.output_dir, checkpoint=args.checkpoint,
         experiment=args.experiment,
     )

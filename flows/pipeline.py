@@ -21,12 +21,15 @@ from tasks.export import export_model
 from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, setup_tracking, tracked_run
 from tasks.train import train_model
 
+# A concrete list, so that Prefect shows it as the parameter's default; never mutated.
+DEFAULT_TARGETS = list(DataConfig().targets)
+
 
 @flow(name="digitflow-pipeline", log_prints=True)
 def pipeline(
     train: str = DataConfig.train,
     test: str = DataConfig.test,
-    target: list[str] = list(DataConfig().targets),
+    target: list[str] = DEFAULT_TARGETS,
     target_preprocess: Literal["mnist-frame", "resize"] = DataConfig.target_preprocess,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -60,15 +63,38 @@ def pipeline(
     at a constant learning rate.
     """
     config = build_config(
-        train=train, test=test, target=target, target_preprocess=target_preprocess, epochs=epochs,
-        batch_size=batch_size, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, param_groups=param_groups,
-        scheduler=scheduler, scheduler_kwargs=scheduler_kwargs, augment=augment, seed=seed, device=device,
-        amp=amp, label_smoothing=label_smoothing, cuda_graphs=cuda_graphs, export_mode=export_mode, data_dir=data_dir, cache_dir=cache_dir, offline=offline,
-        resume=resume, output_dir=output_dir, checkpoint=checkpoint,
+        train=train,
+        test=test,
+        target=target,
+        target_preprocess=target_preprocess,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        optimizer_kwargs=optimizer_kwargs,
+        param_groups=param_groups,
+        scheduler=scheduler,
+        scheduler_kwargs=scheduler_kwargs,
+        augment=augment,
+        seed=seed,
+        device=device,
+        amp=amp,
+        label_smoothing=label_smoothing,
+        cuda_graphs=cuda_graphs,
+        export_mode=export_mode,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        offline=offline,
+        resume=resume,
+        output_dir=output_dir,
+        checkpoint=checkpoint,
     )
     data = config.data
     experiment_id = setup_tracking(experiment)
-    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit()}
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id),
+        "prefect.flow_run_name": str(flow_run.name),
+        "git.commit": git_commit(),
+    }
     with tracked_run(run_name=str(flow_run.name), tags=tags) as parent:  # ends KILLED on Ctrl-C / SIGTERM
         run_id = parent.info.run_id
         mlflow.log_params(flatten(config))

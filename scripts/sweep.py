@@ -15,6 +15,9 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Any
+
+import torch
 
 from digitflow.augment import build_augment
 from digitflow.config import AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
@@ -24,7 +27,8 @@ from digitflow.device import resolve_device
 from digitflow.engine import build_model, evaluate, fit
 from digitflow.errors import DigitflowError
 
-OLD_AFFINE = dict(degrees=15, translate=0.1, scale_min=0.85, scale_max=1.15, shear=10)  # the first defaults
+# the first defaults
+OLD_AFFINE: dict[str, Any] = dict(degrees=15, translate=0.1, scale_min=0.85, scale_max=1.15, shear=10)
 SGD_001 = OptimizerConfig(kwargs={"lr": 0.01, "momentum": 0.9})
 CONSTANT = SchedulerConfig(name=None)
 
@@ -50,7 +54,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
 
-    def inputs(spec: str):
+    def inputs(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
         data = load_dataset(spec, args.data_dir, args.cache_dir, offline=True)
         return frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
 
@@ -62,11 +66,16 @@ def main() -> None:
             config = dataclasses.replace(SETTINGS[name], seed=seed, device=str(device))
             start = time.perf_counter()
             model = fit(build_model(10, seed).to(device), *train, config, augment=build_augment(config.augment)).model
-            results.append((evaluate(model, *test).accuracy, evaluate(model, *usps).accuracy, time.perf_counter() - start))
+            results.append(
+                (evaluate(model, *test).accuracy, evaluate(model, *usps).accuracy, time.perf_counter() - start)
+            )
         mnist, us, seconds = (sum(r[i] for r in results) / len(results) for i in range(3))
         runs = " ".join(f"{a:.4f}/{u:.4f}" for a, u, _ in results)
-        print(f"{name:20s} mnist {mnist:.4f}  usps {us:.4f} (worst {min(r[1] for r in results):.4f})  {seconds:5.1f} s/run  {runs}",
-              flush=True)
+        print(
+            f"{name:20s} mnist {mnist:.4f}  usps {us:.4f} (worst {min(r[1] for r in results):.4f})  "
+            f"{seconds:5.1f} s/run  {runs}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,14 @@ from prefect.cache_policies import NO_CACHE
 
 from digitflow.config import RunConfig
 from digitflow.data import PreparedDataset
-from digitflow.export import compare_latency, eager_logits, export_program, export_torchscript, load_export, verify_export
+from digitflow.export import (
+    compare_latency,
+    eager_logits,
+    export_program,
+    export_torchscript,
+    load_export,
+    verify_export,
+)
 from tasks.data import load_prepared, model_inputs
 from tasks.progress import run_logger
 from tasks.tracking import child_run, torch_requirement
@@ -52,7 +59,8 @@ def export_model(
             check = verify_export(path, images, reference, max_abs_diff=cfg.max_abs_diff)
             metrics[f"export/{name}_max_abs_diff"] = check["max_abs_diff"]
             metrics[f"export/{name}_mismatched_predictions"] = check["mismatched_predictions"]
-            logger.info("%s verified on %d images: max |logit diff| %.2e", path.name, check["num_images"], check["max_abs_diff"])
+            logger.info("%s verified on %d images: max |logit diff| %.2e",
+                        path.name, check["num_images"], check["max_abs_diff"])
             mlflow.log_artifact(str(path), "export")
         metrics.update(compare_latency(trained.model, torchscript, program, repeats=cfg.latency_repeats))
         mlflow.log_metrics(metrics)
@@ -60,10 +68,12 @@ def export_model(
         scripted = load_export(torchscript)
         with _without_pickle_warning():
             info = mlflow.pytorch.log_model(
-                scripted, name="torchscript-model", serialization_format="pickle",  # the only format MLflow takes for TorchScript
+                scripted, name="torchscript-model",
+                serialization_format="pickle",  # the only format MLflow takes for TorchScript
                 pip_requirements=[torch_requirement()],
             )
-        version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, {**test_metrics, **_headline(cross_metrics)})
+        version = _register(info.model_uri, cfg.registered_model_name, cfg.alias,
+                            {**test_metrics, **_headline(cross_metrics)})
         logger.info("registered %s version %s with alias %s", cfg.registered_model_name, version, cfg.alias)
 
     return {

@@ -15,8 +15,12 @@ def params(*argv: str) -> dict:
 
 def test_defaults_come_from_the_configs():
     p = params()
-    assert p["optimizer"] == OptimizerConfig.name and p["optimizer_kwargs"] is None  # filled in per device
-    assert p["epochs"] is None and p["batch_size"] is None and p["amp"] is None and p["cuda_graphs"] is None
+    assert p["optimizer"] == OptimizerConfig.name
+    assert p["optimizer_kwargs"] is None  # filled in per device
+    assert p["epochs"] is None
+    assert p["batch_size"] is None
+    assert p["amp"] is None
+    assert p["cuda_graphs"] is None
     assert p["scheduler"] == SchedulerConfig.name
     assert p["augment"] == DEFAULT_AUGMENT
 
@@ -30,8 +34,10 @@ def test_opt_and_lr_are_passed_as_given():
 
 
 def test_amp_and_cuda_graphs_can_be_set_either_way():
-    assert params("--amp")["amp"] is True and params("--no-amp")["amp"] is False
-    assert params("--cuda-graphs")["cuda_graphs"] is True and params("--no-cuda-graphs")["cuda_graphs"] is False
+    assert params("--amp")["amp"] is True
+    assert params("--no-amp")["amp"] is False
+    assert params("--cuda-graphs")["cuda_graphs"] is True
+    assert params("--no-cuda-graphs")["cuda_graphs"] is False
     assert params("--label-smoothing", "0.1")["label_smoothing"] == 0.1
 
 
@@ -39,16 +45,19 @@ def test_param_groups_and_scheduler_options():
     p = params("--param-group", "classifier:lr=0.001", "--param-group", "classifier:momentum=0.5",
                "--scheduler", "StepLR", "--sched", "step_size=2")
     assert p["param_groups"] == {"classifier": {"lr": 0.001, "momentum": 0.5}}
-    assert p["scheduler"] == "StepLR" and p["scheduler_kwargs"] == {"step_size": 2}
+    assert p["scheduler"] == "StepLR"
+    assert p["scheduler_kwargs"] == {"step_size": 2}
 
 
 def test_no_target_and_no_augment():
     p = params("--no-target", "--no-augment")
-    assert p["target"] == [] and p["augment"] == []
+    assert p["target"] == []
+    assert p["augment"] == []
 
 
 def test_help_shows_specs_as_typed(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
     out = capsys.readouterr().out
-    assert "usps:test[:50%]" in out and "%%" not in out
+    assert "usps:test[:50%]" in out
+    assert "%%" not in out

@@ -40,12 +40,15 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     parent = client.get_run(summary.run_id)
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
-    assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_name"] == parent.info.run_name
+    assert tags["prefect.flow_run_id"]
+    assert tags["prefect.flow_run_name"] == parent.info.run_name
     assert tags["git.commit"]
     assert {"dataset.train.digest", "dataset.test.digest", "dataset.target.usps.digest"} <= set(tags)
     params = parent.data.params
-    assert params["train.epochs"] == "2" and params["data.train"] == "mnist:train"
-    assert params["train.optimizer.name"] == "SGD" and params["train.optimizer.kwargs.momentum"] == "0.9"
+    assert params["train.epochs"] == "2"
+    assert params["data.train"] == "mnist:train"
+    assert params["train.optimizer.name"] == "SGD"
+    assert params["train.optimizer.kwargs.momentum"] == "0.9"
     assert {"test/accuracy", "test/loss", "cross/usps/accuracy"} <= set(parent.data.metrics)
 
     children = runs_by_name(summary.run_id)
@@ -83,7 +86,9 @@ def test_divergence_fails_flow_and_runs_but_keeps_logged_data(tmp_path, monkeypa
     assert state.is_failed()
     assert "loss became" in state.message
 
-    [parent] = mlflow.search_runs(experiment_names=["pipeline-test"], filter_string="tags.`mlflow.parentRunId` IS NULL", output_format="list")
+    [parent] = mlflow.search_runs(
+        experiment_names=["pipeline-test"], filter_string="tags.`mlflow.parentRunId` IS NULL", output_format="list"
+    )
     assert parent.info.status == "FAILED"
     children = runs_by_name(parent.info.run_id)
     assert children["train"].info.status == "FAILED"
@@ -143,7 +148,8 @@ def test_missing_data_offline_is_one_line_error(tmp_path):
     assert "temporary server" not in output  # checked before Prefect starts
     errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
     assert len(errors) == 1
-    assert "t10k-images-idx3-ubyte.gz" in errors[0] and str(missing / "MNIST" / "raw") in errors[0]
+    assert "t10k-images-idx3-ubyte.gz" in errors[0]
+    assert str(missing / "MNIST" / "raw") in errors[0]
     assert "--offline" in errors[0]
 
 
@@ -171,5 +177,7 @@ def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
-    assert len(errors) == 1 and expected in errors[0] and str(bad) in errors[0]
+    assert len(errors) == 1
+    assert expected in errors[0]
+    assert str(bad) in errors[0]
     assert "Traceback" not in result.stdout + result.stderr

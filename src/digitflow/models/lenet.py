@@ -19,6 +19,8 @@ class LeNet(nn.Module):
     """Classifier: (N, 1, 28, 28) float in [0, 1] -> (N, num_classes) logits."""
 
     input_shape = (1, 28, 28)
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -43,4 +45,5 @@ class LeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
