@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run test test-fast ui bench lock clean
+.PHONY: help setup run lint test test-fast ui bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: setup ## run the pipeline (pass options with ARGS="--epochs 3 ...")
 	$(BIN)/digitflow run $(ARGS)
+
+lint: setup ## ruff (lint + format check) and mypy (strict on src/digitflow, basic on flows, tasks, scripts)
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
 
 test: setup ## the whole test suite, real-data runs included (skipped without ../shared/data)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -41,4 +48,4 @@ lock: setup ## regenerate constraints.txt from the current environment
 	@mv constraints.txt.new constraints.txt
 
 clean: ## remove caches and outputs (keeps .venv, data/ and the MLflow store)
-	rm -rf .cache outputs .pytest_cache
+	rm -rf .cache outputs .pytest_cache .mypy_cache .ruff_cache

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import _thread
 import atexit
+import contextlib
 import ctypes
 import functools
 import os
@@ -52,7 +53,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report it
+EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report it
 HOLD_BACK_IN = {"mlflow", "sqlalchemy", "sqlite3", "alembic"}  # top-level packages: no exception raised inside
 
 _server: Any = None  # the temporary Prefect server started by start_temporary_server, if any
@@ -102,10 +103,8 @@ class RunSignals:
         if self.signum is None:
             return
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         os._exit(self.exit_code)
 
     def replace_prefect_sigterm_handler(self) -> None:
@@ -119,7 +118,8 @@ class RunSignals:
         if not callable(getattr(engine, "_prefect_sigterm_handler", None)):
             return  # another Prefect: its own handler stays (an interrupted MLflow write may then FAIL the runs)
         self._prefect_engine, self._prefect_handler = engine, engine._prefect_sigterm_handler
-        engine._prefect_sigterm_handler = self._handler
+        # Prefect types its handler as never returning; ours returns for a signal Prefect re-sends itself.
+        engine._prefect_sigterm_handler = self._handler  # type: ignore[assignment]
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if _resent_by_prefect(frame):  # its TerminationSignal is already on its way out: nothing to add
@@ -149,6 +149,7 @@ class RunSignals:
         by then (a sleep, a lock, a socket) is interrupted too.
         """
         main = threading.main_thread().ident
+        assert main is not None  # the main thread is running: it called this from its signal handler
 
         def watch() -> None:
             while (frame := sys._current_frames().get(main)) is not None and _in_tracking_code(frame):
@@ -160,7 +161,7 @@ class RunSignals:
             if hasattr(signal, "pthread_kill"):
                 signal.pthread_kill(main, signum)
             else:  # Windows: only wakes the main thread at its next bytecode
-                _thread.interrupt_main(signum)
+                _thread.interrupt_main(signal.Signals(signum))
 
         threading.Thread(target=watch, name="digitflow-signal", daemon=True).start()
 
@@ -175,7 +176,7 @@ class RunSignals:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.signum, 130)
+        return 130 if self.signum is None else EXIT_CODES.get(self.signum, 130)
 
     def message(self) -> str:
         """One line: where training got to and the command that continues the run."""
@@ -242,7 +243,9 @@ def start_temporary_server() -> None:
     # Ctrl-C no longer reaches the server) and, on Linux, the parent-death signal. This runs in the
     # main thread before the flow starts, when nothing else is starting processes (and the parent-death
     # signal follows the thread that started the child: the main thread lives as long as the process).
-    server._run_uvicorn_command = functools.partial(_in_own_process_group, server._run_uvicorn_command)
+    server._run_uvicorn_command = functools.partial(  # type: ignore[method-assign]  # see above
+        _in_own_process_group, server._run_uvicorn_command
+    )
     server.start()
 
 
@@ -251,7 +254,7 @@ def _in_own_process_group(run_command: Callable[[], subprocess.Popen]) -> subpro
     options: dict[str, Any] = {"process_group": 0} if os.name == "posix" else {}
     if sys.platform == "linux":
         options["preexec_fn"] = _die_with_parent()
-    subprocess.Popen = functools.partial(popen, **options)  # type: ignore[misc]
+    subprocess.Popen = functools.partial(popen, **options)  # type: ignore[misc, assignment]  # a class swapped for a factory
     try:
         return run_command()
     finally:
@@ -276,7 +279,5 @@ def _stop_server_now() -> None:
     """Ask the temporary server to stop, without waiting (a second signal: no time to wait)."""
     process = getattr(_server, "server_process", None)
     if process is not None:
-        try:
+        with contextlib.suppress(OSError):
             process.terminate()
-        except OSError:
-            pass

@@ -33,7 +33,9 @@ class PipelineSummary:
     ui_command: str = "make ui"  # see tasks.tracking.ui_command
 
     @classmethod
-    def collect(cls, parent: mlflow.ActiveRun, experiment_id: str, trained, test_metrics, cross_metrics, exported) -> PipelineSummary:
+    def collect(
+        cls, parent: mlflow.ActiveRun, experiment_id: str, trained, test_metrics, cross_metrics, exported
+    ) -> PipelineSummary:
         """Gather the summary from the task results of one flow run."""
         cross = {
             key.split("/")[1]: value
@@ -64,12 +66,14 @@ class PipelineSummary:
         out = [f"test accuracy: {self.test_accuracy:.4f} (loss {self.test_loss:.4f})"]
         out += [f"cross-domain accuracy on {name}: {acc:.4f}" for name, acc in self.cross_accuracy.items()]
         graphs = ", CUDA graph" if self.step == "cuda-graph" else ""
-        out.append(f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} ({self.precision}{graphs})")
+        out.append(f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} "
+                   f"({self.precision}{graphs})")
         for key in ("torchscript_path", "program_path"):
             if key in self.exported:
                 out.append(f"exported: {self.exported[key]}")
         if "model_version" in self.exported:
-            out.append(f"registered: {self.exported['model_name']} version {self.exported['model_version']} (alias {self.exported['alias']})")
+            out.append(f"registered: {self.exported['model_name']} version {self.exported['model_version']} "
+                       f"(alias {self.exported['alias']})")
         out += [
             f"MLflow run: {self.run_id} (experiment {self.experiment_id}, store {self.tracking_uri})",
             f"artifacts: {self.artifact_uri}",

@@ -21,6 +21,7 @@ images (``FashionMNIST/raw`` in ``--data-dir``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -45,7 +46,7 @@ from digitflow.device import (
     resolve_device,
     training_precision,
 )
-from digitflow.engine import TrainStep, build_model, evaluate, fit, train_one_epoch
+from digitflow.engine import Augment, TrainStep, build_model, evaluate, fit, train_one_epoch
 from digitflow.errors import DigitflowError
 from digitflow.models import MNIST_MEAN, MNIST_STD
 from digitflow.optim import build_optimizer
@@ -72,7 +73,9 @@ def seed_loop_epoch(data, device: torch.device, batch_size: int, workers: int) -
         data.images, data.labels,
         transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]),
     )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers
+    )
     model = build_model(10, seed=0).to(device)
     model.mean.fill_(0.0)  # the seed loop normalizes in its transforms; same LeNet compute otherwise
     model.std.fill_(1.0)
@@ -104,11 +107,12 @@ class EngineLoop:
         self.optimizer = build_optimizer(self.model, config.optimizer, device=device, capturable=use_graphs)
         self.model.train()
         self.autotune = cudnn_autotuning_helps(device, config.batch_size)  # as fit() does
-        self.step = TrainStep(self.model, self.optimizer, images, labels, augment=augment, amp=config.amp,
-                              label_smoothing=config.label_smoothing)
+        eager = TrainStep(self.model, self.optimizer, images, labels, augment=augment, amp=config.amp,
+                          label_smoothing=config.label_smoothing)
+        self.step: TrainStep | CudaGraphStep = eager
         if use_graphs:
             with cudnn_autotuning(self.autotune):
-                self.step = CudaGraphStep(self.step, config.batch_size)
+                self.step = CudaGraphStep(eager, config.batch_size)
 
     def __call__(self) -> float:
         with cudnn_autotuning(self.autotune):
@@ -118,11 +122,17 @@ class EngineLoop:
         return metrics["images_per_sec"]
 
 
-class _Reached(Exception):
+class _Reached(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised from fit's on_epoch callback once the target accuracy is reached."""
 
 
-def time_to_accuracy(train, test, target: float, config: TrainConfig, augment) -> tuple[float, int, float]:
+def time_to_accuracy(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    target: float,
+    config: TrainConfig,
+    augment: Augment | None,
+) -> tuple[float, int, float]:
     """Seconds until held-out accuracy >= target: :func:`fit` with ``config`` (its schedule laid out
     over ``config.epochs``), evaluating after every epoch and stopping at the first epoch that reaches
     it; model building, CUDA-graph capture and the evaluations are inside the time."""
@@ -138,10 +148,8 @@ def time_to_accuracy(train, test, target: float, config: TrainConfig, augment) -
     _sync(device)
     start = time.perf_counter()
     model = build_model(10, config.seed).to(device)
-    try:
+    with contextlib.suppress(_Reached):
         fit(model, *train, config, augment=augment, on_epoch=check)
-    except _Reached:
-        pass
     _sync(device)
     epochs, accuracy = seen[-1]
     return time.perf_counter() - start, epochs, accuracy
@@ -156,13 +164,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("DIGITFLOW_DATA_DIR", "data"),
                         help="folder with MNIST/raw/t10k-*.gz (default $DIGITFLOW_DATA_DIR or ./data)")
-    parser.add_argument("--cache-dir", default=".cache/digitflow", help="transformed-tensor cache (default .cache/digitflow)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N (default auto)")
+    parser.add_argument(
+        "--cache-dir", default=".cache/digitflow", help="transformed-tensor cache (default .cache/digitflow)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N (default auto)"
+    )
     parser.add_argument("--seed-batch-size", type=int, default=50, help="the seed notes' batch size (50)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="the engine's batch size (default: the device's default, 64 on the CPU)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (2)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds, one epoch of each loop per round (5)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved rounds, one epoch of each loop per round (5)"
+    )
     parser.add_argument("--to-accuracy", type=float, default=None,
                         help="also time the engine, at the device's defaults, to this held-out accuracy")
     parser.add_argument("--accuracy-seeds", type=int, default=3,
@@ -170,12 +184,17 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="epochs of the --to-accuracy runs (default: the device's default epochs; "
                         "the learning-rate schedule is laid out over them)")
-    parser.add_argument("--fashion-mnist", action="store_true",
-                        help="also time training epochs on Fashion-MNIST's 60,000 images (FashionMNIST/raw in --data-dir)")
+    parser.add_argument(
+        "--fashion-mnist",
+        action="store_true",
+        help="also time training epochs on Fashion-MNIST's 60,000 images (FashionMNIST/raw in --data-dir)",
+    )
     args = parser.parse_args()
     if min(args.repeats, args.seed_batch_size, args.accuracy_seeds, args.batch_size or 1, args.max_epochs or 1) < 1 \
             or args.workers < 0:
-        parser.error("--repeats, --accuracy-seeds, --max-epochs and the batch sizes must be at least 1, --workers at least 0")
+        parser.error(
+            "--repeats, --accuracy-seeds, --max-epochs and the batch sizes must be at least 1, --workers at least 0"
+        )
     if args.to_accuracy is not None and not 0 < args.to_accuracy <= 1:
         parser.error(f"--to-accuracy must be in (0, 1], got {args.to_accuracy}")
 
@@ -221,7 +240,7 @@ def main() -> None:
     seed_rates = next(iter(rates.values()))
     print(f"median of {args.repeats} interleaved rounds (ratio: per round, against that round's seed loop)")
     for label, values in rates.items():
-        ratios = [v / s for v, s in zip(values, seed_rates)]
+        ratios = [v / s for v, s in zip(values, seed_rates, strict=True)]
         print(f"{label:72s} {statistics.median(values):11,.0f} images/s   "
               f"x{statistics.median(ratios):6.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})")
 
@@ -245,10 +264,13 @@ def main() -> None:
         time_to_accuracy(train_xy, test_xy, args.to_accuracy, config, augment)  # warm-up (kernel selection)
         runs = [time_to_accuracy(train_xy, test_xy, args.to_accuracy, dataclasses.replace(config, seed=seed), augment)
                 for seed in range(args.accuracy_seeds)]
-        print(f"engine defaults to {args.to_accuracy} held-out accuracy (batch {config.batch_size}, "
-              f"lr {config.optimizer.kwargs.get('lr')}, {config.scheduler.name} over {config.epochs} epochs, {step_kind}; "
-              f"train mnist:test[:8000], test mnist:test[8000:], evaluation after every epoch): "
-              + describe_time_to_accuracy(runs, args.to_accuracy, config.epochs))
+        print(
+            f"engine defaults to {args.to_accuracy} held-out accuracy (batch {config.batch_size}, "
+            f"lr {config.optimizer.kwargs.get('lr')}, {config.scheduler.name} over {config.epochs} epochs, "
+            f"{step_kind}; "
+            f"train mnist:test[:8000], test mnist:test[8000:], evaluation after every epoch): "
+            + describe_time_to_accuracy(runs, args.to_accuracy, config.epochs)
+        )
 
 
 def describe_time_to_accuracy(runs: list[tuple[float, int, float]], target: float, max_epochs: int) -> str:

@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench  # noqa: E402
-from bench import EngineLoop, describe_time_to_accuracy, time_to_accuracy  # noqa: E402
+import bench
+from bench import EngineLoop, describe_time_to_accuracy, time_to_accuracy
 
-from digitflow.device import channels_last_helps  # noqa: E402
-from digitflow.augment import build_augment  # noqa: E402
-from digitflow.config import OptimizerConfig, SchedulerConfig, TrainConfig, train_defaults  # noqa: E402
-from digitflow.data import load_dataset  # noqa: E402
-from digitflow.data.framing import frame_images  # noqa: E402
+from digitflow.augment import build_augment
+from digitflow.config import OptimizerConfig, SchedulerConfig, TrainConfig, train_defaults
+from digitflow.data import load_dataset
+from digitflow.data.framing import frame_images
+from digitflow.device import channels_last_helps
 
 
 def throughput(images, labels, base: TrainConfig, augment, repeats: int) -> None:
@@ -47,11 +47,14 @@ def throughput(images, labels, base: TrainConfig, augment, repeats: int) -> None
                             loop()
                             rate = statistics.median(loop() for _ in range(repeats))
                             shown = f"{rate:12,.0f}"
-                        except Exception as exc:  # report and go on: one failing variant must not end the call
+                        except Exception as exc:  # noqa: BLE001 - report and go on: one failing variant must not end the call
                             shown = f"failed: {type(exc).__name__}: {exc}"[:200]
-                        print(f"{batch:6d} {'graph' if graphs else 'eager':>6} "
-                              f"{'channels-last' if channels_last else 'contiguous':>14} {'bf16' if amp else 'fp32':>9} "
-                              f"{'yes' if aug is not None else 'no':>8} {shown}", flush=True)
+                        print(
+                            f"{batch:6d} {'graph' if graphs else 'eager':>6} "
+                            f"{'channels-last' if channels_last else 'contiguous':>14} {'bf16' if amp else 'fp32':>9} "
+                            f"{'yes' if aug is not None else 'no':>8} {shown}",
+                            flush=True,
+                        )
     bench.channels_last_helps = channels_last_helps
 
 
@@ -60,8 +63,10 @@ def candidates(base: TrainConfig) -> dict[str, TrainConfig]:
         return OptimizerConfig(kwargs={"lr": lr, "momentum": 0.9, "nesterov": True})
 
     def cosine(batch: int, lr: float, epochs: int, smoothing: float) -> tuple[str, TrainConfig]:
-        return (f"batch {batch}, lr {lr}, cosine over {epochs}, smoothing {smoothing}",
-                dataclasses.replace(base, batch_size=batch, optimizer=sgd(lr), epochs=epochs, label_smoothing=smoothing))
+        return (
+            f"batch {batch}, lr {lr}, cosine over {epochs}, smoothing {smoothing}",
+            dataclasses.replace(base, batch_size=batch, optimizer=sgd(lr), epochs=epochs, label_smoothing=smoothing),
+        )
 
     def one_cycle(batch: int, max_lr: float, epochs: int) -> tuple[str, TrainConfig]:
         return (f"batch {batch}, OneCycle max_lr {max_lr} over {epochs}, smoothing 0.1",
@@ -118,7 +123,7 @@ def main() -> None:
             runs = [time_to_accuracy(train_xy, test_xy, args.target, dataclasses.replace(config, seed=seed), augment)
                     for seed in range(args.seeds)]
             print(f"{name}: {describe_time_to_accuracy(runs, args.target, config.epochs)}", flush=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - likewise: one failing candidate must not end the call
             print(f"{name}: failed: {type(exc).__name__}: {exc}"[:300], flush=True)
     print(f"(candidates took {time.perf_counter() - start:.0f} s)")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.data.numpy_dataset import from_numpy
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
@@ -28,7 +29,7 @@ def _network_failure(task, task_run, state) -> bool:
         state.result()
     except DownloadError:
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is not worth a retry
         return False
     return False
 
@@ -120,7 +121,9 @@ def load_prepared(prepared: PreparedDataset, data_dir: str, cache_dir: str) -> D
     return load(prepared)
 
 
-def model_inputs(dataset: DigitDataset, preprocess: str, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+def model_inputs(
+    dataset: DigitDataset, preprocess: str, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as the model takes them, float (N, 1, 28, 28) in [0, 1], and labels, both on ``device``."""
     images = frame_images(dataset.images.to(device), preprocess)
     return images, dataset.labels.to(device)
@@ -128,7 +131,7 @@ def model_inputs(dataset: DigitDataset, preprocess: str, device: torch.device | 
 
 def log_dataset_input(dataset: DigitDataset, context: str) -> None:
     """Record ``dataset`` as an MLflow dataset input of the active run, with its content digest."""
-    ds = mlflow.data.from_numpy(
+    ds = from_numpy(
         features=dataset.images.numpy(),
         targets=dataset.labels.numpy(),
         name=dataset.spec,

@@ -19,7 +19,9 @@ from tasks.train import TrainedModel
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
-def evaluate_model(trained: TrainedModel, data: PreparedDataset, config: DataConfig, parent_run_id: str | None = None) -> dict[str, float]:
+def evaluate_model(
+    trained: TrainedModel, data: PreparedDataset, config: DataConfig, parent_run_id: str | None = None
+) -> dict[str, float]:
     """Accuracy, loss, per-class accuracy and confusion matrix (PNG + CSV) on the held-out split.
 
     Metrics: ``test/loss``, ``test/accuracy``, ``test/class_<k>_accuracy``; also on the parent run.
@@ -33,7 +35,9 @@ def evaluate_model(trained: TrainedModel, data: PreparedDataset, config: DataCon
 
 
 @task(name="cross-domain", task_run_name="cross-domain {data.spec}", cache_policy=NO_CACHE, persist_result=False)
-def cross_domain_test(trained: TrainedModel, data: PreparedDataset, config: DataConfig, parent_run_id: str | None = None) -> dict[str, float]:
+def cross_domain_test(
+    trained: TrainedModel, data: PreparedDataset, config: DataConfig, parent_run_id: str | None = None
+) -> dict[str, float]:
     """Evaluate on another domain's images, preprocessed with ``config.target_preprocess``.
 
     Metrics ``cross/<dataset>/accuracy``, ``cross/<dataset>/loss`` and per-class accuracy; artifacts: the

@@ -7,12 +7,21 @@ import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 from rich.console import Console
 from rich.default_styles import DEFAULT_STYLES
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.theme import Theme
 
 PROGRESS_THEME = Theme({k: v for k, v in DEFAULT_STYLES.items() if k.startswith(("bar.", "progress."))})
@@ -52,7 +61,7 @@ class EpochProgress:
         self.epochs = epochs
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         training_progress.epochs, training_progress.completed = epochs, None
 
     @contextlib.contextmanager
@@ -82,7 +91,7 @@ class EpochProgress:
             return
         if self._task is None or done == 1:
             self._task = self._progress.add_task(f"epoch {epoch}/{self.epochs}", total=total, loss="-")
-        fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
+        fields: dict[str, Any] = {"loss": f"{loss:.4f}"} if loss is not None else {}
         self._progress.update(self._task, completed=done, **fields)
 
     def on_epoch(self, record: dict[str, float]) -> None:

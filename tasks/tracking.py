@@ -292,7 +292,9 @@ def log_confusion(confusion, classes: list[str], artifact_dir: str, title: str) 
 
     from digitflow.plots import confusion_matrix_figure
 
-    table = pd.DataFrame(confusion.numpy(), index=[f"true_{c}" for c in classes], columns=[f"pred_{c}" for c in classes])
+    table = pd.DataFrame(
+        confusion.numpy(), index=[f"true_{c}" for c in classes], columns=[f"pred_{c}" for c in classes]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "confusion_matrix.csv"
         table.to_csv(path)

@@ -36,7 +36,9 @@ class TrainedModel:
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
-def train_model(data: PreparedDataset, config: RunConfig, checkpoint: str, parent_run_id: str | None = None) -> TrainedModel:
+def train_model(
+    data: PreparedDataset, config: RunConfig, checkpoint: str, parent_run_id: str | None = None
+) -> TrainedModel:
     """Train on ``data`` per ``config.train``; checkpoint every epoch to ``checkpoint``.
 
     Logs, in a child run: the training config, ``train/loss`` and ``train/accuracy`` per epoch

@@ -60,7 +60,7 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
 def usps_text(images: np.ndarray, labels: np.ndarray) -> bytes:
     """USPS LIBSVM lines ``label 1:v ... 256:v``: labels 1..10, values in [-1, 1]."""
     lines = []
-    for image, label in zip(images, labels):
+    for image, label in zip(images, labels, strict=True):
         values = image.reshape(-1).astype(np.float64) / 255 * 2 - 1
         features = " ".join(f"{i}:{v:.6f}" for i, v in enumerate(values, start=1))
         lines.append(f"{int(label) + 1} {features}")

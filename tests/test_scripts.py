@@ -24,7 +24,8 @@ def test_bench_prints_a_row_per_loop(tmp_path, monkeypatch, capsys):
     run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
               "--repeats", "1", "--workers", "0")
     rows = [line for line in capsys.readouterr().out.splitlines() if "images/s" in line]
-    assert rows[0].startswith("seed loop") and re.search(r"x\s*1\.00 ", rows[0])
+    assert rows[0].startswith("seed loop")
+    assert re.search(r"x\s*1\.00 ", rows[0])
     assert any("default augmentation" in row for row in rows)
     assert any("no augmentation" in row for row in rows)
 
@@ -42,7 +43,8 @@ def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, ca
     run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
               "--repeats", "1", "--workers", "0", "--to-accuracy", "0.05", "--accuracy-seeds", "2")
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine defaults to 0.05"))
-    assert "median" in line and "not reached" not in line
+    assert "median" in line
+    assert "not reached" not in line
     assert "batch 64, lr 0.05, CosineAnnealingLR over 6 epochs" in line  # the CPU defaults, schedule and all
     assert len(re.findall(r"\d+\.\d{3} s/\d+ ep", line)) == 2  # one entry per seed
 

@@ -17,9 +17,19 @@ to stderr and exits with 2 (model file cannot be loaded), 3 (the model failed to
 or 4 (bad inputs or usage).
 """
 
+from __future__ import annotations
+
 import importlib.abc
 import sys
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # the verifier imports torch only once its import guard is in place (main)
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
+    import torch
 
 FORBIDDEN = frozenset({"digitflow", "flows", "tasks"})
 PREFIX = "verify-export:"
@@ -28,13 +38,15 @@ PREFIX = "verify-export:"
 class _ForbidProject(importlib.abc.MetaPathFinder):
     """Make ``import digitflow`` (and the other project packages) fail inside this process."""
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: D102 - importlib protocol
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:  # importlib's MetaPathFinder protocol
         if fullname.split(".", 1)[0] in FORBIDDEN:
             raise ImportError(f"the verifier may not import project package {fullname!r}")
         return None
 
 
-def _fail(code: int, what: str, exc: BaseException) -> None:
+def _fail(code: int, what: str, exc: BaseException) -> NoReturn:
     lines = str(exc).strip().splitlines()
     detail = lines[0].strip() if lines else ""
     if len(detail) > 200:
@@ -44,18 +56,19 @@ def _fail(code: int, what: str, exc: BaseException) -> None:
     sys.exit(code)
 
 
-def _load(path: str):
+def _load(path: str) -> torch.nn.Module:
     import torch
 
     if path.endswith(".pt2"):
-        return torch.export.load(path).module()
+        program: torch.nn.Module = torch.export.load(path).module()
+        return program
     # TorchScript is deprecated in torch 2.x and jit.load says so with a FutureWarning on every
     # call; this script exists to load TorchScript, so that one message is noise here.
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
         )
-        model = torch.jit.load(path, map_location="cpu")
+        model: torch.jit.ScriptModule = torch.jit.load(path, map_location="cpu")
     return model.eval()
 
 

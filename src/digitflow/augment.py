@@ -78,7 +78,7 @@ class BatchAugment:
         self.config = config
         self.extra = _build_extra(config.extra)
         # (H, W, device, dtype) -> base grid / blur matrices: built once, reused every batch.
-        self._cache: dict[tuple, tuple[Tensor, Tensor | None, Tensor | None]] = {}
+        self._cache: dict[tuple[int, int, str, torch.dtype], tuple[Tensor, Tensor | None, Tensor | None]] = {}
 
     def __repr__(self) -> str:
         return f"BatchAugment({self.config!r})"
@@ -118,7 +118,7 @@ class BatchAugment:
         # Smoothed uniform noise, (N, 2, H, W): blur_h @ noise @ blur_w^T is the separable Gaussian
         # blur with reflect padding, as two small batched matmuls.
         noise = torch.rand(n, 2, h, w, device=device, dtype=dtype).mul_(2).sub_(1)
-        if blur_h is not None:
+        if blur_h is not None and blur_w is not None:  # built together (_constants)
             noise = blur_h @ noise @ blur_w.T
         # Pixels -> grid units: a pixel is 2/W wide in x and 2/H tall in y. Python scalars, not a tensor
         # built here: a host-to-device copy would break a CUDA-graph capture of the training step.
@@ -226,7 +226,8 @@ def _build_extra(names: tuple[str, ...]) -> Callable[[Tensor], Tensor] | None:
                 f"({reason}); usable: {', '.join(_usable_extras())}"
             )
         transforms.append(transform)
-    return transforms[0] if len(transforms) == 1 else v2.Compose(transforms)
+    composed: Callable[[Tensor], Tensor] = transforms[0] if len(transforms) == 1 else v2.Compose(transforms)
+    return composed
 
 
 def _probe(transform: Callable[[Tensor], Tensor]) -> str | None:
@@ -242,7 +243,7 @@ def _probe(transform: Callable[[Tensor], Tensor]) -> str | None:
         for _ in range(8):
             try:
                 out = transform(image)
-            except Exception as error:  # any failure means "not usable"; the reason is reported
+            except Exception as error:  # noqa: BLE001 - any failure means "not usable"; the reason is reported
                 reason = str(error).splitlines()[0] if str(error) else ""
                 return f"{type(error).__name__}: {reason}".rstrip(": ")
             same_kind = isinstance(out, Tensor) and out.is_floating_point()
@@ -267,7 +268,7 @@ def _usable_extras() -> list[str]:
                 continue
             try:
                 transform = cls()
-            except Exception:  # needs arguments
+            except Exception:  # noqa: BLE001 - needs arguments
                 continue
             if _probe(transform) is None:
                 usable.append(name)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+TargetPreprocess = Literal["mnist-frame", "resize"]  # the keys of digitflow.data.framing.PREPROCESSORS
+ExportMode = Literal["script", "trace"]  # torch.jit.script or torch.jit.trace
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class DataConfig:
     data_dir: str = "data"  # the CLI resolves $DIGITFLOW_DATA_DIR first
     cache_dir: str = ".cache/digitflow"  # transformed uint8 tensors, keyed by content hash
     offline: bool = False
-    target_preprocess: str = "mnist-frame"  # or "resize" (bicubic 16x16 -> 28x28)
+    target_preprocess: TargetPreprocess = "mnist-frame"  # or "resize" (bicubic 16x16 -> 28x28)
 
 
 # Cross-domain targets by training dataset, used when a run names none (DataConfig.targets is MNIST's):
@@ -149,7 +152,7 @@ def train_defaults(device_type: str) -> TrainConfig:
 class ExportConfig:
     """TorchScript / torch.export export, verification and registration."""
 
-    mode: str = "script"  # "script" or "trace"
+    mode: ExportMode = "script"  # "script" or "trace"
     verify_images: int = 256
     max_abs_diff: float = 1e-5
     latency_repeats: int = 50
@@ -171,7 +174,8 @@ class RunConfig:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as plain nested dicts/lists (JSON- and ``weights_only``-safe)."""
-    return _plain(dataclasses.asdict(config))
+    plain: dict[str, Any] = _plain(dataclasses.asdict(config))
+    return plain
 
 
 def _plain(value: Any) -> Any:

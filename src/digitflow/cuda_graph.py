@@ -30,7 +30,7 @@ an epoch has a graph of its own.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -107,7 +107,12 @@ class CudaGraphStep:
         graph.replay()
 
 
-def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:
+class _Snapshot(TypedDict):
+    model: dict[str, torch.Tensor]  # state_dict name -> copy
+    optimizer: dict[tuple[int, str], torch.Tensor]  # (id(param), state key) -> copy
+
+
+def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> _Snapshot:
     tensors = {name: t.detach().clone() for name, t in model.state_dict(keep_vars=True).items()}
     state = {
         (id(p), key): value.detach().clone()
@@ -119,9 +124,8 @@ def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[
 
 
 @torch.no_grad()
-def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, object]) -> None:
-    model_saved: dict[str, torch.Tensor] = saved["model"]  # type: ignore[assignment]
-    state_saved: dict[tuple[int, str], torch.Tensor] = saved["optimizer"]  # type: ignore[assignment]
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: _Snapshot) -> None:
+    model_saved, state_saved = saved["model"], saved["optimizer"]
     for name, t in model.state_dict(keep_vars=True).items():
         t.data.copy_(model_saved[name])
     for p, entries in optimizer.state.items():

@@ -26,7 +26,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use --device auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise ConfigError(f"device {name!r} asked for, but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}")
+        raise ConfigError(
+            f"device {name!r} asked for, but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} asked for, but MPS is not available here; use --device auto or cpu")
     return device

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from digitflow.device import bf16_autocast_helps, channels_last_helps, cudnn_aut
 from digitflow.errors import CheckpointError, TrainingDivergedError
 from digitflow.layout import contiguous_batch_norm
 from digitflow.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from digitflow.models import LeNet
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 # on_batch(epoch, batch_index, num_batches, loss_or_None): loss is only a float on check intervals,
@@ -109,7 +112,9 @@ class TrainStep:
                 first_logits.append(logits.detach())
             return loss
 
-        loss = self.optimizer.step(closure)
+        # torch's stub types the closure and step's result as float; both are the loss tensor here (LBFGS
+        # returns its first evaluation of the closure, the others their only one).
+        loss: torch.Tensor = self.optimizer.step(closure)  # type: ignore[arg-type, assignment]
         self.loss_sum += loss.detach() * y.shape[0]
         self.correct += (first_logits[0].argmax(1) == y).sum()
 
@@ -215,7 +220,9 @@ def evaluate(
         preds.append(logits.argmax(1))
     predictions = torch.cat(preds).cpu()
     truth = labels.cpu()
-    confusion = torch.bincount(truth * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
+    confusion = torch.bincount(truth * num_classes + predictions, minlength=num_classes**2).view(
+        num_classes, num_classes
+    )
     per_class = confusion.diag().float() / confusion.sum(1).clamp(min=1).float()
     return EvalResult(
         loss=float(loss_sum) / n,
@@ -299,12 +306,13 @@ def fit(
     resumed_from = start_epoch - 1
     # cuDNN autotuning where measured to pay (large batches on CUDA); restored on the way out.
     with cudnn_autotuning(cudnn_autotuning_helps(device, config.batch_size)):
-        step: TrainStep | CudaGraphStep = TrainStep(
+        eager = TrainStep(
             model, optimizer, images, labels, augment=augment, amp=config.amp, label_smoothing=config.label_smoothing
         )
+        step: TrainStep | CudaGraphStep = eager
         if use_graphs and start_epoch <= config.epochs:
             model.train()
-            step = CudaGraphStep(step, config.batch_size)
+            step = CudaGraphStep(eager, config.batch_size)
         for epoch in range(start_epoch, config.epochs + 1):
             torch.manual_seed(epoch_seed(config.seed, epoch))  # augmentation draws (CPU and CUDA)
             generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # batch order
@@ -367,7 +375,7 @@ def resumable_settings(config: TrainConfig) -> dict[str, Any]:
     return settings
 
 
-def build_model(num_classes: int, seed: int) -> nn.Module:
+def build_model(num_classes: int, seed: int) -> LeNet:
     """A freshly initialised LeNet; the same seed gives the same initial weights."""
     from digitflow.models import LeNet
 

@@ -22,9 +22,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,9 +164,11 @@ def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.
         raise ExportError(f"exported model file not found: {path}")
     try:
         if path.suffix == PROGRAM_SUFFIX:
-            return torch.export.load(str(path)).module()
+            program: nn.Module = torch.export.load(str(path)).module()
+            return program
         with _torchscript_deprecation_silenced():
-            return torch.jit.load(str(path), map_location="cpu").eval()
+            scripted: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")
+            return scripted.eval()
     except Exception as exc:
         raise ExportError(f"cannot load exported model {path}: {one_line(exc)}") from exc
 
@@ -185,7 +187,8 @@ def eager_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     Runs a CPU copy, so the caller's model keeps its device and train/eval mode.
     """
     with torch.inference_mode():
-        return _cpu_eval_copy(model)(images.detach().to("cpu", torch.float32)).clone()
+        logits: torch.Tensor = _cpu_eval_copy(model)(images.detach().to("cpu", torch.float32))
+        return logits.clone()
 
 
 def verify_export(
@@ -271,7 +274,8 @@ def _run_verifier(path: Path, images: torch.Tensor, timeout_s: float) -> torch.T
             summary = _summarise(done.stderr, done.returncode)
             raise ExportError(f"exported model {path} failed verification: {summary}")
         try:
-            return torch.load(outputs, map_location="cpu", weights_only=True)
+            logits: torch.Tensor = torch.load(outputs, map_location="cpu", weights_only=True)
+            return logits
         except Exception as exc:
             raise ExportError(
                 f"verifier for {path} wrote no readable logits: {one_line(exc)}"

@@ -29,7 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = temp_path(path, ".tmp" + path.suffix)  # keep the suffix: some writers dispatch on it
     try:
         write(tmp)
-        os.replace(tmp, path)
+        tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

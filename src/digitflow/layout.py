@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,23 +40,25 @@ class _CopyToLayout(torch.autograd.Function):
     """Forward: ``x`` copied into ``layout``. Backward: the gradient copied into ``grad_layout``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, layout: torch.memory_format, grad_layout: torch.memory_format) -> Tensor:
+    def forward(ctx: Any, x: Tensor, layout: torch.memory_format, grad_layout: torch.memory_format) -> Tensor:
         ctx.grad_layout = grad_layout
         return x.contiguous(memory_format=layout)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         return grad.contiguous(memory_format=ctx.grad_layout), None, None
 
 
 def _to_contiguous(x: Tensor) -> Tensor:
     """Channels-last -> contiguous, and the gradient back to channels-last."""
-    return _CopyToLayout.apply(x, torch.contiguous_format, torch.channels_last)
+    out: Tensor = _CopyToLayout.apply(x, torch.contiguous_format, torch.channels_last)
+    return out
 
 
 def _to_channels_last(x: Tensor) -> Tensor:
     """Contiguous -> channels-last, and the gradient back to contiguous."""
-    return _CopyToLayout.apply(x, torch.channels_last, torch.contiguous_format)
+    out: Tensor = _CopyToLayout.apply(x, torch.channels_last, torch.contiguous_format)
+    return out
 
 
 def batch_norm_runs_slow(x: Tensor, num_features: int) -> bool:
@@ -86,7 +89,7 @@ def contiguous_batch_norm(model: nn.Module) -> Iterator[None]:
     try:
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d) and "forward" not in vars(module):
-                module.forward = _contiguous_forward(module)  # shadows the class's forward
+                vars(module)["forward"] = _contiguous_forward(module)  # shadows the class's forward
                 patched.append(module)
         yield
     finally:
@@ -96,7 +99,7 @@ def contiguous_batch_norm(model: nn.Module) -> Iterator[None]:
 
 def _contiguous_forward(module: nn.BatchNorm2d) -> Callable[[Tensor], Tensor]:
     """``module``'s own forward, run on contiguous memory where :func:`batch_norm_runs_slow`."""
-    plain = type(module).forward.__get__(module)
+    plain: Callable[[Tensor], Tensor] = type(module).forward.__get__(module)
 
     def forward(x: Tensor) -> Tensor:
         if not batch_norm_runs_slow(x, module.num_features):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from types import ModuleType
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -10,8 +12,10 @@ from torch import nn
 from digitflow.config import OptimizerConfig, SchedulerConfig
 from digitflow.errors import ConfigError
 
+_T = TypeVar("_T")
 
-def _classes(module, base: type) -> dict[str, type]:
+
+def _classes(module: ModuleType, base: type[_T]) -> dict[str, type[_T]]:
     return {
         name: obj
         for name, obj in vars(module).items()
@@ -54,13 +58,15 @@ def build_optimizer(
         raise ConfigError(f"unknown optimizer {config.name!r}; choose one of: {', '.join(optimizer_names())}")
 
     named = list(model.named_parameters())
-    groups: list[dict] = []
+    groups: list[dict[str, Any]] = []
     claimed: set[str] = set()
     for prefix, options in config.param_groups.items():
         params = [p for n, p in named if n.startswith(prefix) and n not in claimed]
         if not params:
             names = sorted({n.split(".")[0] for n, _ in named})
-            raise ConfigError(f"parameter group {prefix!r} matches no parameter; top-level names are: {', '.join(names)}")
+            raise ConfigError(
+                f"parameter group {prefix!r} matches no parameter; top-level names are: {', '.join(names)}"
+            )
         claimed.update(n for n, _ in named if n.startswith(prefix))
         groups.append({"params": params, **options})
     rest = [p for n, p in named if n not in claimed]
@@ -68,7 +74,12 @@ def build_optimizer(
         groups.insert(0, {"params": rest})
     kwargs = dict(config.kwargs)
     accepted = inspect.signature(cls).parameters
-    if device is not None and device.type == "cuda" and "fused" in accepted and not {"fused", "foreach"} & kwargs.keys():
+    if (
+        device is not None
+        and device.type == "cuda"
+        and "fused" in accepted
+        and not {"fused", "foreach"} & kwargs.keys()
+    ):
         kwargs["fused"] = True
     if capturable and "capturable" in accepted:
         kwargs["capturable"] = True
@@ -83,7 +94,9 @@ def build_optimizer(
 HORIZON_ARGUMENTS = ("T_max", "total_iters", "total_steps")  # the run's length, in scheduler steps
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, epochs: int | None = None):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: SchedulerConfig, epochs: int | None = None
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Instantiate ``torch.optim.lr_scheduler.<name>(optimizer, **kwargs)``, or None when no name is set.
 
     The engine steps it once per epoch (ReduceLROnPlateau gets the epoch's training loss), so a

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import matplotlib as mpl
 
-matplotlib.use("Agg")
+mpl.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
 
 
 def training_curves(history: Sequence[dict[str, float]]) -> Figure:
@@ -65,8 +65,8 @@ def misclassified_grid(
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.6), constrained_layout=True, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong.tolist()):
+    for ax, i in zip(axes.flat, wrong.tolist(), strict=False):  # the last row may have empty cells
         ax.imshow(images[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"pred {classes[predictions[i]]}\ntrue {classes[labels[i]]}", fontsize=8)
+        ax.set_title(f"pred {classes[int(predictions[i])]}\ntrue {classes[int(labels[i])]}", fontsize=8)
     fig.suptitle(title or f"misclassified ({len(wrong)} shown)")
     return fig

@@ -8,6 +8,7 @@ writes). Linux only: the checks read /proc, and the server's parent-death signal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,7 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 1000  # tiny data: milliseconds each, so the run is still training when the signal comes
 STARTUP_S = 240  # imports + Prefect's temporary server: ~35 s on a busy 2-core machine, ~10 s idle
 EXIT_S = 15  # signal to exit: ~1 s measured on a busy 2-core machine
-INTERRUPTED = re.compile(rf"^digitflow: interrupted after epoch (\d+) of {EPOCHS}; continue with: digitflow run .* --resume$")
+INTERRUPTED = re.compile(
+    rf"^digitflow: interrupted after epoch (\d+) of {EPOCHS}; continue with: digitflow run .* --resume$"
+)
 
 # main() on fake files: the registry is patched for them first, as tests.fakedata does in-process.
 RUN = """
@@ -99,10 +102,8 @@ class Run:
 
     def kill(self) -> None:
         for pid in [self.process.pid, *descendants(self.process.pid)]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.process.wait()
 
 
@@ -147,9 +148,28 @@ def start_run(tmp_path: Path) -> tuple[Run, Path]:
     write_fake_datasets(data_dir, names=("mnist",))
     checkpoint = tmp_path / "out" / "checkpoint.pt"
     args = [
-        "run", "--train", "mnist:train", "--test", "mnist:test", "--no-target", "--offline", "--no-augment",
-        "--epochs", str(EPOCHS), "--batch-size", "32", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
-        "--output-dir", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--experiment", "interrupt-test",
+        "run",
+        "--train",
+        "mnist:train",
+        "--test",
+        "mnist:test",
+        "--no-target",
+        "--offline",
+        "--no-augment",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "32",
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(checkpoint),
+        "--experiment",
+        "interrupt-test",
     ]
     return Run([sys.executable, "-c", RUN, str(data_dir), *args], env(tmp_path)), checkpoint
 
@@ -172,11 +192,13 @@ def test_a_signal_ends_the_run_in_seconds_killed_with_one_line(tmp_path, signum,
     assert code == exit_code, f"exit code {code} after {seconds:.1f} s; output:\n{output}"
     assert "Traceback" not in output
     lines = [line for line in run.stderr if line.startswith("digitflow:")]
-    assert len(lines) == 1 and INTERRUPTED.match(lines[0]), output
+    assert len(lines) == 1, output
+    assert INTERRUPTED.match(lines[0]), output
     epoch = int(INTERRUPTED.match(lines[0])[1])
     # --resume continues from the checkpoint: the epoch the line names (or the next one, if the signal
     # came between writing a checkpoint and reporting its epoch)
-    assert epoch >= 1 and torch.load(checkpoint, weights_only=True)["epoch"] in (epoch, epoch + 1)
+    assert epoch >= 1
+    assert torch.load(checkpoint, weights_only=True)["epoch"] in (epoch, epoch + 1)
     assert alive(processes, group=run.process.pid) == []
 
     mlflow.set_tracking_uri(env(tmp_path)["MLFLOW_TRACKING_URI"])

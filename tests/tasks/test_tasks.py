@@ -39,7 +39,10 @@ def prepared(spec: str, config: RunConfig):
 
 
 def child_runs(parent_id: str):
-    return {r.info.run_name: r for r in mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list")}
+    return {
+        r.info.run_name: r
+        for r in mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list")
+    }
 
 
 def test_download_offline_names_the_missing_file(tmp_path):
@@ -97,14 +100,20 @@ def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir
     artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id)}
     assert {"config.json", "plots", "checkpoint"} <= artifacts
 
-    assert 0.0 <= test_metrics["test/accuracy"] <= 1.0 and len([k for k in test_metrics if "/class_" in k]) == 10
+    assert 0.0 <= test_metrics["test/accuracy"] <= 1.0
+    assert len([k for k in test_metrics if "/class_" in k]) == 10
     assert set(runs["evaluate"].data.metrics) >= {"test/accuracy", "test/loss", "test/class_3_accuracy"}
     assert {"cross/usps/accuracy", "cross/usps/loss"} <= set(cross)
     cross_artifacts = {a.path for a in client.list_artifacts(runs["cross-domain usps:test"].info.run_id, "cross/usps")}
-    assert {"cross/usps/confusion_matrix.png", "cross/usps/confusion_matrix.csv", "cross/usps/misclassified.png"} <= cross_artifacts
+    assert {
+        "cross/usps/confusion_matrix.png",
+        "cross/usps/confusion_matrix.csv",
+        "cross/usps/misclassified.png",
+    } <= cross_artifacts
     assert client.get_run(pid).data.metrics["cross/usps/accuracy"] == pytest.approx(cross["cross/usps/accuracy"])
 
-    assert Path(exported["torchscript_path"]).is_file() and Path(exported["program_path"]).is_file()
+    assert Path(exported["torchscript_path"]).is_file()
+    assert Path(exported["program_path"]).is_file()
     assert exported["export/torchscript_max_abs_diff"] <= 1e-5
     version = client.get_model_version_by_alias("digitflow-lenet", "candidate")
     assert str(version.version) == exported["model_version"]

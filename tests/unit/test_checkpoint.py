@@ -61,7 +61,8 @@ def test_saving_again_replaces_the_file(tmp_path):
 def test_file_loads_with_plain_weights_only_torch_load(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt.pt", _state(LeNet()))
     raw = torch.load(path, weights_only=True)
-    assert raw["model_name"] == "LeNet" and raw["epoch"] == 3
+    assert raw["model_name"] == "LeNet"
+    assert raw["epoch"] == 3
 
 
 def test_missing_file(tmp_path):
@@ -118,7 +119,8 @@ def test_model_name_mismatch_names_both(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt.pt", {**_state(LeNet()), "model_name": "ResNet"})
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path, model_name="LeNet")
-    assert "'ResNet'" in str(info.value) and "'LeNet'" in str(info.value)
+    assert "'ResNet'" in str(info.value)
+    assert "'LeNet'" in str(info.value)
     assert load_checkpoint(path)["model_name"] == "ResNet"  # no name asked for: no check
 
 
@@ -130,7 +132,9 @@ def test_mismatched_state_dict_is_a_one_line_error(tmp_path):
         load_model_state(model, state, path)
     msg = str(info.value)
     assert "\n" not in msg
-    assert str(path) in msg and "LeNet" in msg and "size mismatch" in msg
+    assert str(path) in msg
+    assert "LeNet" in msg
+    assert "size mismatch" in msg
     assert len(msg) < 400
 
     del state["model"]["classifier.3.bias"]

@@ -58,7 +58,8 @@ def test_flatten_gives_dotted_keys_down_to_optimizer_kwargs():
     assert flat["train.epochs"] == 2
     assert flat["data.targets"] == ["usps:test", "kmnist:test"]  # tuples become lists
     assert flat["train.augment.extra"] == ["RandomErasing"]
-    assert flat["output_dir"] == "out" and flat["resume"] is True
+    assert flat["output_dir"] == "out"
+    assert flat["resume"] is True
     assert "train.optimizer.kwargs" not in flat  # the parent of flattened keys is not a key itself
     assert not any(isinstance(v, dict) and v for v in flat.values())  # nothing left to flatten
     assert not any(isinstance(v, tuple) for v in flat.values())
@@ -78,7 +79,8 @@ def test_flatten_covers_every_leaf_field():
     assert flat["train.scheduler.name"] == SchedulerConfig.name
     assert flat["train.scheduler.kwargs"] == {}  # empty kwargs are kept as a param
     no_scheduler = flatten(RunConfig(train=TrainConfig(scheduler=SchedulerConfig(name=None))))
-    assert "train.scheduler.name" in no_scheduler and no_scheduler["train.scheduler.name"] is None
+    assert "train.scheduler.name" in no_scheduler
+    assert no_scheduler["train.scheduler.name"] is None
 
 
 def test_flatten_with_prefix():
@@ -129,11 +131,13 @@ def test_default_values_are_coherent():
 
 def test_default_factories_do_not_share_mutable_state():
     a, b = OptimizerConfig(), OptimizerConfig()
-    assert a.kwargs == b.kwargs and a.kwargs is not b.kwargs
+    assert a.kwargs == b.kwargs
+    assert a.kwargs is not b.kwargs
     defaults = dict(a.kwargs)
     assert defaults["lr"] != 123.0
     a.kwargs["lr"] = 123.0
-    assert OptimizerConfig().kwargs == defaults and b.kwargs == defaults
+    assert OptimizerConfig().kwargs == defaults
+    assert b.kwargs == defaults
 
 
 def test_configs_are_frozen():

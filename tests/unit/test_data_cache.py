@@ -30,24 +30,31 @@ def test_prepare_record_and_load(dirs):
     assert (prepared.spec, prepared.name, prepared.split) == ("mnist:test[10:30]", "mnist", "test")
     assert (prepared.start, prepared.stop, prepared.num_samples) == (10, 30, 20)
     assert (prepared.num_classes, prepared.image_size) == (10, (28, 28))
-    assert prepared.cache_path.startswith(str(cache_dir)) and len(prepared.digest) == 64
+    assert prepared.cache_path.startswith(str(cache_dir))
+    assert len(prepared.digest) == 64
     assert pickle.loads(pickle.dumps(prepared)) == prepared
 
     ds = load(prepared)
-    assert isinstance(ds, DigitDataset) and len(ds) == 20
-    assert ds.images.dtype == torch.uint8 and ds.images.shape == (20, 28, 28)
-    assert ds.labels.dtype == torch.int64 and ds.labels.shape == (20,)
+    assert isinstance(ds, DigitDataset)
+    assert len(ds) == 20
+    assert ds.images.dtype == torch.uint8
+    assert ds.images.shape == (20, 28, 28)
+    assert ds.labels.dtype == torch.int64
+    assert ds.labels.shape == (20,)
     assert (ds.spec, ds.name, ds.digest, ds.num_classes) == (prepared.spec, "mnist", prepared.digest, 10)
-    assert ds.classes[0] == "0 - zero" and len(ds.classes) == 10 and ds.image_size == (28, 28)
+    assert ds.classes[0] == "0 - zero"
+    assert len(ds.classes) == 10
+    assert ds.image_size == (28, 28)
     images, labels = fake_split("mnist", "test")
     assert torch.equal(ds.images, torch.from_numpy(images[10:30]))
     assert torch.equal(ds.labels, torch.from_numpy(labels[10:30]))
     image, label = ds[0]
-    assert image.shape == (28, 28) and int(label) == int(labels[10])
+    assert image.shape == (28, 28)
+    assert int(label) == int(labels[10])
 
 
 @pytest.mark.parametrize(
-    "spec, n, size, classes0",
+    ("spec", "n", "size", "classes0"),
     [
         ("usps:test[:50%]", 20, (16, 16), "0 - zero"),
         ("usps:train", 60, (16, 16), "0 - zero"),
@@ -57,8 +64,11 @@ def test_prepare_record_and_load(dirs):
 )
 def test_every_dataset_loads(dirs, spec, n, size, classes0):
     ds = load_dataset(spec, *dirs, offline=True)
-    assert len(ds) == n and ds.image_size == size and ds.classes[0] == classes0
-    assert 0 <= int(ds.labels.min()) and int(ds.labels.max()) <= 9
+    assert len(ds) == n
+    assert ds.image_size == size
+    assert ds.classes[0] == classes0
+    assert int(ds.labels.min()) >= 0
+    assert int(ds.labels.max()) <= 9
 
 
 def test_cache_hit_does_no_parsing(dirs, monkeypatch):
@@ -71,7 +81,8 @@ def test_cache_hit_does_no_parsing(dirs, monkeypatch):
     monkeypatch.setattr(cache_mod, "read_idx_labels", no_parsing)
     again = load_dataset("mnist:train[:50%]", *dirs, offline=True)
     other_slice = load_dataset("mnist:train[50%:]", *dirs, offline=True)  # same split, same cache
-    assert torch.equal(again.images, first.images) and again.digest == first.digest
+    assert torch.equal(again.images, first.images)
+    assert again.digest == first.digest
     assert len(first) + len(other_slice) == FAKE_SIZES["train"]
     assert [p.name for p in dirs[1].iterdir()] == [Path(prepare("mnist:train", *dirs).cache_path).name]
 
@@ -87,8 +98,7 @@ def test_digest_is_stable_and_depends_on_content_and_slice(dirs, tmp_path):
 
 def test_unreadable_cache_file_is_rebuilt(dirs):
     prepared = prepare("kmnist:test", *dirs, offline=True)
-    with open(prepared.cache_path, "wb") as f:
-        f.write(b"not a torch file")
+    Path(prepared.cache_path).write_bytes(b"not a torch file")
     again = prepare("kmnist:test", *dirs, offline=True)
     assert len(load(again)) == FAKE_SIZES["test"]
 
@@ -108,4 +118,6 @@ def test_empty_slice_names_spec_and_split_size(dirs):
 def test_cache_dir_holds_no_temp_files(dirs):
     load_dataset("fashion-mnist:test", *dirs, offline=True)
     names = [p.name for p in dirs[1].iterdir()]
-    assert len(names) == 1 and names[0].startswith("fashion-mnist-test-v1-") and names[0].endswith(".pt")
+    assert len(names) == 1
+    assert names[0].startswith("fashion-mnist-test-v1-")
+    assert names[0].endswith(".pt")

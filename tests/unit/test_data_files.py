@@ -59,7 +59,9 @@ def test_checksum_mismatch_names_file_checksums_and_fix(data_dir):
     msg = error(excinfo)
     info = DATASETS["mnist"].splits["test"][1]
     assert f"corrupt file {path}" in msg
-    assert files_mod.md5sum(path) in msg and info.md5 in msg and info.raw_md5 in msg
+    assert files_mod.md5sum(path) in msg
+    assert info.md5 in msg
+    assert info.raw_md5 in msg
     assert "replace it with the official file, or delete it and run without --offline" in msg
 
 
@@ -69,7 +71,9 @@ def test_truncated_file_is_rejected(data_dir):
     with pytest.raises(DataError) as excinfo:
         fetch("fashion-mnist:test", data_dir, offline=True)
     msg = error(excinfo)
-    assert str(path) in msg and "does not decompress" in msg and "replace it with the official file" in msg
+    assert str(path) in msg
+    assert "does not decompress" in msg
+    assert "replace it with the official file" in msg
 
 
 def test_recompressed_copy_with_matching_raw_content_is_accepted(data_dir):
@@ -86,7 +90,7 @@ def test_recompressed_copy_rejected_where_no_raw_md5_is_known(tmp_path, monkeypa
     patch_registry(monkeypatch, data_dir, raw_md5=False)
     path = data_dir / "KMNIST/raw/train-labels-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=7))
-    with pytest.raises(DataError, match="corrupt file .*train-labels-idx1-ubyte.gz: md5 [0-9a-f]{32}, expected"):
+    with pytest.raises(DataError, match=r"corrupt file .*train-labels-idx1-ubyte\.gz: md5 [0-9a-f]{32}, expected"):
         fetch("kmnist:train", data_dir, offline=True)
 
 
@@ -114,7 +118,8 @@ def test_download_tries_mirrors_in_turn_and_verifies(data_dir):
         urls.append(url)
         if "mirror-a" in url:
             raise ConnectionError("mirror a is down")
-        assert dest.parent == path.parent and dest != path  # a temp file beside the target
+        assert dest.parent == path.parent  # a temp file beside the target
+        assert dest != path
         dest.write_bytes(content)
 
     assert fetch("mnist:train", data_dir, downloader=downloader)[1] == path
@@ -135,7 +140,8 @@ def test_failed_download_leaves_no_partial_file(data_dir):
         fetch("usps:train", data_dir, downloader=downloader)
     msg = error(excinfo)
     assert msg.startswith(f"usps:train needs usps.bz2, not found in {path.parent} and no mirror could provide it")
-    assert "fake://mirror-a/usps.bz2: TimeoutError: timed out" in msg and "place the official file there" in msg
+    assert "fake://mirror-a/usps.bz2: TimeoutError: timed out" in msg
+    assert "place the official file there" in msg
     assert sorted(p.name for p in path.parent.iterdir()) == ["usps.t.bz2"]
 
 
@@ -161,13 +167,15 @@ def test_download_into_a_missing_dir_creates_it(tmp_path, monkeypatch):
     content = (source / "USPS/usps.t.bz2").read_bytes()
     target = tmp_path / "fresh"
     paths = fetch("usps:test", target, downloader=lambda url, dest: dest.write_bytes(content))
-    assert paths == [target / "USPS/usps.t.bz2"] and paths[0].read_bytes() == content
+    assert paths == [target / "USPS/usps.t.bz2"]
+    assert paths[0].read_bytes() == content
 
 
 def test_files_digest_tracks_content_and_order(data_dir):
     a, b = fetch("mnist:test", data_dir, offline=True)
     digest = files_digest([a, b])
-    assert len(digest) == 64 and files_digest([a, b]) == digest
+    assert len(digest) == 64
+    assert files_digest([a, b]) == digest
     assert files_digest([b, a]) != digest
     b.write_bytes(b.read_bytes() + b"x")
     assert files_digest([a, b]) != digest
@@ -179,7 +187,10 @@ def test_default_downloader_streams_and_reports_progress(tmp_path):
     source = tmp_path / "source.bin"
     source.write_bytes(bytes(range(256)) * 20_000)  # 5.1 MB: several 1 MB chunks
     seen = []
-    urllib_download(source.as_uri(), tmp_path / "copy.bin", on_progress=lambda url, done, total: seen.append((done, total)))
+    urllib_download(
+        source.as_uri(), tmp_path / "copy.bin", on_progress=lambda url, done, total: seen.append((done, total))
+    )
     assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
     assert seen[-1] == (5_120_000, 5_120_000)
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) >= 5
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert len(seen) >= 5

@@ -25,8 +25,10 @@ def test_idx_images_and_labels_round_trip(tmp_path, suffix):
     img_path = write_idx(tmp_path / f"images{suffix}", images)
     lbl_path = write_idx(tmp_path / f"labels{suffix}", labels.astype(np.uint8))
     got_images, got_labels = read_idx_images(img_path), read_idx_labels(lbl_path)
-    assert got_images.dtype == torch.uint8 and got_images.shape == (12, 28, 28)
-    assert got_labels.dtype == torch.int64 and got_labels.shape == (12,)
+    assert got_images.dtype == torch.uint8
+    assert got_images.shape == (12, 28, 28)
+    assert got_labels.dtype == torch.int64
+    assert got_labels.shape == (12,)
     assert torch.equal(got_images, torch.from_numpy(images))
     assert torch.equal(got_labels, torch.from_numpy(labels))
 
@@ -42,7 +44,8 @@ def test_truncated_gzip_names_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(DataError) as excinfo:
         read_idx_images(path)
-    assert str(path) in one_line(excinfo) and "truncated" in str(excinfo.value)
+    assert str(path) in one_line(excinfo)
+    assert "truncated" in str(excinfo.value)
 
 
 def test_idx_shorter_than_header_says_is_truncated(tmp_path):
@@ -50,7 +53,8 @@ def test_idx_shorter_than_header_says_is_truncated(tmp_path):
     path.write_bytes(idx_bytes(fake_digits(10)[0])[:-5])
     with pytest.raises(DataError, match="truncated") as excinfo:
         read_idx(path)
-    assert str(path) in one_line(excinfo) and "(10, 28, 28)" in str(excinfo.value)
+    assert str(path) in one_line(excinfo)
+    assert "(10, 28, 28)" in str(excinfo.value)
 
 
 def test_idx_bad_magic_and_wrong_rank(tmp_path):
@@ -69,8 +73,10 @@ def test_usps_matches_torchvision_conversion(tmp_path):
     images, labels = fake_digits(25, (16, 16), seed=3)
     write_usps(tmp_path / "usps.t.bz2", images, labels)
     got_images, got_labels = read_usps(tmp_path / "usps.t.bz2")
-    assert got_images.dtype == torch.uint8 and got_images.shape == (25, 16, 16)
-    assert got_labels.dtype == torch.int64 and got_labels.tolist() == labels.tolist()
+    assert got_images.dtype == torch.uint8
+    assert got_images.shape == (25, 16, 16)
+    assert got_labels.dtype == torch.int64
+    assert got_labels.tolist() == labels.tolist()
     reference = torchvision.datasets.USPS(str(tmp_path), train=False)  # reads the local file only
     assert np.array_equal(got_images.numpy(), reference.data)
     assert got_labels.tolist() == list(reference.targets)
@@ -86,7 +92,7 @@ def test_usps_extreme_values_map_to_0_and_255(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "line, expected",
+    ("line", "expected"),
     [
         ("11 " + " ".join(f"{i}:0" for i in range(1, 257)), "label 11 outside 1..10"),
         ("1 " + " ".join(f"{i}:0" for i in range(1, 200)), "199 features, expected 256"),

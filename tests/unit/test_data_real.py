@@ -28,8 +28,10 @@ def shared():
 
 def test_mnist_test_tail_matches_torchvision(shared, tmp_path):
     ds = load_dataset("mnist:test[8000:]", shared, tmp_path / "cache", downloader=no_network)
-    assert ds.images.shape == (2000, 28, 28) and ds.images.dtype == torch.uint8
-    assert ds.labels.shape == (2000,) and ds.labels.dtype == torch.int64
+    assert ds.images.shape == (2000, 28, 28)
+    assert ds.images.dtype == torch.uint8
+    assert ds.labels.shape == (2000,)
+    assert ds.labels.dtype == torch.int64
     # torchvision's own IDX reader on the decompressed official files gives the same tensors.
     raw = shared / "MNIST" / "raw"
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
@@ -40,14 +42,15 @@ def test_mnist_test_tail_matches_torchvision(shared, tmp_path):
 
 def test_usps_test_matches_torchvision(shared, tmp_path):
     ds = load_dataset("usps:test", shared, tmp_path / "cache", offline=True)
-    assert ds.images.shape == (2007, 16, 16) and len(ds) == 2007
+    assert ds.images.shape == (2007, 16, 16)
+    assert len(ds) == 2007
     reference = torchvision.datasets.USPS(str(shared / "USPS"), train=False)
     assert np.array_equal(ds.images.numpy(), reference.data)
     assert ds.labels.tolist() == list(reference.targets)
 
 
 def test_missing_mnist_train_offline_is_explained(shared):
-    with pytest.raises(Exception, match="mnist:train needs train-images-idx3-ubyte.gz, train-labels"):
+    with pytest.raises(Exception, match=r"mnist:train needs train-images-idx3-ubyte\.gz, train-labels"):
         fetch("mnist:train", shared, offline=True)
 
 
@@ -60,4 +63,5 @@ def test_debian_recompressed_fashion_mnist_is_accepted(tmp_path):
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (raw / name).symlink_to(DEBIAN_FASHION / name)
     ds = load_dataset("fashion-mnist:test[:10%]", tmp_path / "data", tmp_path / "cache", offline=True)
-    assert ds.images.shape == (1000, 28, 28) and ds.classes[0] == "T-shirt/top"
+    assert ds.images.shape == (1000, 28, 28)
+    assert ds.classes[0] == "T-shirt/top"

@@ -10,7 +10,7 @@ from digitflow.errors import DataError
 
 
 @pytest.mark.parametrize(
-    "text, canonical, n, resolved",
+    ("text", "canonical", "n", "resolved"),
     [
         ("mnist:train", "mnist:train", 60000, (0, 60000)),
         ("mnist:test[:8000]", "mnist:test[:8000]", 10000, (0, 8000)),
@@ -36,7 +36,8 @@ def test_parse_canonical_and_resolve(text, canonical, n, resolved):
 def test_fields_and_types():
     spec = parse_spec("usps:test[10:50%]")
     assert spec == DatasetSpec("usps", "test", 10, Percent(Decimal(50)))
-    assert isinstance(spec.start, int) and isinstance(spec.stop, Percent)
+    assert isinstance(spec.start, int)
+    assert isinstance(spec.stop, Percent)
     assert pickle.loads(pickle.dumps(spec)) == spec
     assert hash(spec) == hash(parse_spec("usps:test[10:50.0%]"))
     assert parse_spec(spec) is spec  # a parsed spec passes through
@@ -61,16 +62,18 @@ def test_unknown_dataset_lists_valid_ones():
     msg = message("mnst:train")
     assert msg.startswith("unknown dataset 'mnst' in spec 'mnst:train'")
     assert "valid datasets: fashion-mnist, kmnist, mnist, usps" in msg
-    assert "NAME:SPLIT[START:STOP]" in msg and "usps:test[:50%]" in msg
+    assert "NAME:SPLIT[START:STOP]" in msg
+    assert "usps:test[:50%]" in msg
 
 
 def test_unknown_split_lists_valid_ones():
     msg = message("mnist:validation")
-    assert "unknown split 'validation'" in msg and "valid splits of mnist: test, train" in msg
+    assert "unknown split 'validation'" in msg
+    assert "valid splits of mnist: test, train" in msg
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    ("text", "expected"),
     [
         ("mnist", "malformed dataset spec 'mnist'"),
         ("", "malformed dataset spec ''"),
@@ -84,7 +87,8 @@ def test_unknown_split_lists_valid_ones():
 )
 def test_malformed_specs(text, expected):
     msg = message(text)
-    assert expected in msg and "NAME:SPLIT[START:STOP]" in msg
+    assert expected in msg
+    assert "NAME:SPLIT[START:STOP]" in msg
 
 
 @pytest.mark.parametrize("text", ["mnist:test[8000:8000]", "mnist:test[9000:100]", "usps:test[:0%]"])
@@ -92,7 +96,9 @@ def test_empty_slice_names_spec_and_split_size(text):
     with pytest.raises(DataError) as excinfo:
         parse_spec(text).resolve(10000)
     msg = str(excinfo.value)
-    assert f"spec '{text}' selects no samples" in msg and "10000 samples" in msg and "\n" not in msg
+    assert f"spec '{text}' selects no samples" in msg
+    assert "10000 samples" in msg
+    assert "\n" not in msg
 
 
 def test_index_out_of_range_is_an_error_not_a_silent_clamp():

@@ -37,9 +37,12 @@ def test_cpu_defaults_are_the_train_config_defaults():
 
 def test_cuda_defaults_differ_only_where_measured():
     gpu = train_defaults("cuda")
-    changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(gpu, f.name) != getattr(TrainConfig(), f.name)}
+    changed = {
+        f.name for f in dataclasses.fields(TrainConfig) if getattr(gpu, f.name) != getattr(TrainConfig(), f.name)
+    }
     assert changed == set(CUDA_TRAIN_DEFAULTS)
-    assert gpu.cuda_graphs and gpu.batch_size > TrainConfig().batch_size
+    assert gpu.cuda_graphs
+    assert gpu.batch_size > TrainConfig().batch_size
 
 
 def test_the_device_defaults_fill_what_is_not_given(monkeypatch):
@@ -73,7 +76,8 @@ def test_graph_unsupported_reasons():
 
 def test_channels_last_per_device_and_batch():
     assert channels_last_helps(CPU, 64)
-    assert not channels_last_helps(CUDA, 512) and channels_last_helps(CUDA, 512, cuda_graphs=True)
+    assert not channels_last_helps(CUDA, 512)
+    assert channels_last_helps(CUDA, 512, cuda_graphs=True)
     assert channels_last_helps(CUDA, 4096)
     assert not channels_last_helps(torch.device("mps"), 4096)
 
@@ -99,14 +103,20 @@ def test_cuda_graphs_asked_for_on_the_cpu_train_eagerly_and_say_why():
 def test_cudnn_autotuning_only_for_large_cuda_batches_and_restored():
     from digitflow.device import cudnn_autotuning, cudnn_autotuning_helps
 
-    assert not cudnn_autotuning_helps(CPU, 8000) and not cudnn_autotuning_helps(CUDA, 512)
+    assert not cudnn_autotuning_helps(CPU, 8000)
+    assert not cudnn_autotuning_helps(CUDA, 512)
     assert cudnn_autotuning_helps(CUDA, 4096)
+
+    def fail_while_autotuning() -> None:
+        with cudnn_autotuning(True):
+            assert torch.backends.cudnn.benchmark
+            raise RuntimeError
+
     saved = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
-        with pytest.raises(RuntimeError), cudnn_autotuning(True):
-            assert torch.backends.cudnn.benchmark
-            raise RuntimeError
+        with pytest.raises(RuntimeError):
+            fail_while_autotuning()
         assert torch.backends.cudnn.benchmark is False
         torch.backends.cudnn.benchmark = True
         with cudnn_autotuning(False):

@@ -3,15 +3,14 @@ checkpoints, evaluation counts, callbacks and augmentation."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from digitflow.checkpoint import save_checkpoint
 from digitflow.augment import build_augment
+from digitflow.checkpoint import save_checkpoint
 from digitflow.config import AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
 from digitflow.engine import (
     CHECK_EVERY,
@@ -93,12 +92,16 @@ def test_fit_learns_a_simple_task(data):
     assert result.history[-1]["accuracy"] >= 0.9
     for h in result.history:
         assert set(h) == {"epoch", "loss", "accuracy", "seconds", "images_per_sec", "lr"}
-        assert 0.0 <= h["accuracy"] <= 1.0 and h["seconds"] > 0 and h["lr"] == SGD_MOMENTUM.kwargs["lr"]
+        assert 0.0 <= h["accuracy"] <= 1.0
+        assert h["seconds"] > 0
+        assert h["lr"] == SGD_MOMENTUM.kwargs["lr"]
 
     after = evaluate(model, test_images, test_labels)
     assert after.accuracy >= 0.9 > before.accuracy
     assert after.loss < before.loss
-    assert result.model is model and result.checkpoint is None and result.resumed_from_epoch == 0
+    assert result.model is model
+    assert result.checkpoint is None
+    assert result.resumed_from_epoch == 0
 
 
 def test_lbfgs_trains_through_its_closure(data):
@@ -151,7 +154,8 @@ def test_huge_learning_rate_stops_with_one_line_error(data):
         fit(build_model(10, seed=0), images, labels, cfg, on_epoch=epochs_done.append)
     msg = str(info.value)
     assert "\n" not in msg
-    assert "epoch 1" in msg and "nan" in msg.lower()
+    assert "epoch 1" in msg
+    assert "nan" in msg.lower()
     assert epochs_done == []
 
 
@@ -278,7 +282,7 @@ def test_lenet_batch_norms_skip_the_slow_channels_last_kernel_under_bf16(data, m
 # --- resume and checkpoints -------------------------------------------------------------------
 
 
-class Interrupted(Exception):
+class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
     pass
 
 
@@ -340,7 +344,8 @@ def test_resume_without_checkpoint_starts_fresh(data, tmp_path):
     images, labels = data
     result = fit(build_model(10, seed=0), images, labels, config(epochs=1), checkpoint_path=tmp_path / "new.pt",
                  resume=True)
-    assert result.resumed_from_epoch == 0 and len(result.history) == 1
+    assert result.resumed_from_epoch == 0
+    assert len(result.history) == 1
 
 
 def test_resume_of_a_finished_run_trains_nothing(data, tmp_path):
@@ -351,7 +356,8 @@ def test_resume_of_a_finished_run_trains_nothing(data, tmp_path):
     batches = []
     result = fit(again, images, labels, config(epochs=2), checkpoint_path=path, resume=True,
                  on_batch=lambda *a: batches.append(a))
-    assert batches == [] and result.resumed_from_epoch == 2
+    assert batches == []
+    assert result.resumed_from_epoch == 2
     assert same_weights(again, done.model)
 
 
@@ -371,7 +377,14 @@ def test_resume_with_other_settings_is_refused(data, tmp_path, change):
     path = tmp_path / "c.pt"
     fit(build_model(10, seed=0), images, labels, config(epochs=2), checkpoint_path=path)
     with pytest.raises(CheckpointError, match="other training settings") as info:
-        fit(build_model(10, seed=0), images, labels, config(**{"epochs": 2, **change}), checkpoint_path=path, resume=True)
+        fit(
+            build_model(10, seed=0),
+            images,
+            labels,
+            config(**{"epochs": 2, **change}),
+            checkpoint_path=path,
+            resume=True,
+        )
     assert "\n" not in str(info.value)
 
 
@@ -420,7 +433,7 @@ def test_checkpoint_written_every_epoch(data, tmp_path):
 # --- schedulers in fit ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode, lrs", [("min", [0.01, 0.01, 0.01]), ("max", [0.01, 0.01, 0.001])])
+@pytest.mark.parametrize(("mode", "lrs"), [("min", [0.01, 0.01, 0.01]), ("max", [0.01, 0.01, 0.001])])
 def test_reduce_lr_on_plateau_gets_the_epoch_loss(data, mode, lrs):
     images, labels = data
     # the loss falls every epoch: an improvement for mode="min", a plateau for mode="max"
@@ -441,7 +454,8 @@ def test_horizon_of_a_schedule_is_the_number_of_epochs(data, tmp_path):
         expected = [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
         assert [h["lr"] for h in result.history] == pytest.approx(expected)
         scheduler = torch.load(path, weights_only=True)["scheduler"]
-        assert scheduler["T_max"] == epochs and scheduler["last_epoch"] == epochs
+        assert scheduler["T_max"] == epochs
+        assert scheduler["last_epoch"] == epochs
 
 
 # --- evaluate ---------------------------------------------------------------------------------------
@@ -491,7 +505,8 @@ def test_evaluate_does_not_depend_on_batch_size(data):
     model = build_model(10, seed=0)
     a = evaluate(model, images, labels, batch_size=1000)
     b = evaluate(model, images, labels, batch_size=7)
-    assert torch.equal(a.predictions, b.predictions) and torch.equal(a.confusion, b.confusion)
+    assert torch.equal(a.predictions, b.predictions)
+    assert torch.equal(a.confusion, b.confusion)
     assert a.loss == pytest.approx(b.loss, rel=1e-5)
     assert int(a.confusion.sum()) == images.shape[0]
     assert not model.training  # evaluation runs in eval mode (BatchNorm running stats)
@@ -535,7 +550,8 @@ def test_augmentation_is_applied_to_every_training_batch(data):
 
     fit(model, images[:100], labels[:100], config(epochs=2), augment=blank)
     assert calls == [32, 32, 32, 4] * 2  # every batch, the short last one included
-    assert len(seen) == 8 and all(int(x.count_nonzero()) == 0 for x in seen)  # the model saw augmented images
+    assert len(seen) == 8
+    assert all(int(x.count_nonzero()) == 0 for x in seen)  # the model saw augmented images
 
 
 def test_train_one_epoch_visits_every_image_once(data):
@@ -554,7 +570,8 @@ def test_train_one_epoch_visits_every_image_once(data):
     assert visited.shape[0] == images.shape[0]
     assert torch.equal(visited.sort().values, images[:, 0, 27, 27].sort().values)
     assert not torch.equal(visited, images[:, 0, 27, 27])  # shuffled
-    assert stats["images_per_sec"] > 0 and 0.0 <= stats["accuracy"] <= 1.0
+    assert stats["images_per_sec"] > 0
+    assert 0.0 <= stats["accuracy"] <= 1.0
 
 
 def test_bars_two_pixels_apart_need_an_augmentation_that_does_not_translate():
@@ -570,7 +587,13 @@ def test_bars_two_pixels_apart_need_an_augmentation_that_does_not_translate():
     for translate in (0.0, 0.08):
         model = build_model(10, seed=0)
         config = TrainConfig(epochs=3, batch_size=64)
-        fit(model, images, labels, config, augment=build_augment(AugmentConfig(elastic=False, degrees=5, translate=translate)))
+        fit(
+            model,
+            images,
+            labels,
+            config,
+            augment=build_augment(AugmentConfig(elastic=False, degrees=5, translate=translate)),
+        )
         accuracies[translate] = evaluate(model, images, labels).accuracy
     assert accuracies[0.0] > 0.95 > accuracies[0.08]
 
@@ -583,5 +606,6 @@ def test_checkpoints_hold_plain_float_learning_rates():
     optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
     state = _float_lr(optimizer.state_dict())
-    assert type(state["param_groups"][0]["lr"]) is float and state["param_groups"][0]["lr"] == pytest.approx(0.1)
+    assert type(state["param_groups"][0]["lr"]) is float
+    assert state["param_groups"][0]["lr"] == pytest.approx(0.1)
     assert all(type(v) is float for v in _float_lr(scheduler.state_dict())["_last_lr"])

@@ -62,7 +62,8 @@ def exported(model, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("kind", ["script", "trace", "program"])
 def test_round_trip_in_fresh_process(exported, images, reference, kind):
     path = exported[kind]
-    assert path.is_file() and path.suffix == (".pt2" if kind == "program" else ".pt")
+    assert path.is_file()
+    assert path.suffix == (".pt2" if kind == "program" else ".pt")
     # 5 images through a file exported from a 1-image example: the batch dimension is dynamic.
     result = verify_export(path, images, reference)
     assert result["max_abs_diff"] <= 1e-5
@@ -71,7 +72,7 @@ def test_round_trip_in_fresh_process(exported, images, reference, kind):
 
 
 @pytest.mark.parametrize(
-    "kind, corrupt",
+    ("kind", "corrupt"),
     [
         ("script", lambda data: data[: len(data) // 2]),  # truncated
         ("program", lambda data: b"\x00" * 64 + data[64:]),  # overwritten header bytes
@@ -85,8 +86,10 @@ def test_corrupted_file_fails_verification(exported, images, reference, tmp_path
     with pytest.raises(ExportError) as info:
         verify_export(broken, images, reference)
     message = str(info.value)
-    assert "\n" not in message and len(message) < 500
-    assert str(broken) in message and "cannot load" in message
+    assert "\n" not in message
+    assert len(message) < 500
+    assert str(broken) in message
+    assert "cannot load" in message
 
 
 def test_perturbed_reference_fails_with_figures(exported, images, reference):
@@ -97,8 +100,10 @@ def test_perturbed_reference_fails_with_figures(exported, images, reference):
         verify_export(exported["script"], images, perturbed)
     message = str(info.value)
     assert "\n" not in message
-    assert "on 5 images" in message and "limit 1e-05" in message
-    assert "1 different predictions" in message and "max |logit diff|" in message
+    assert "on 5 images" in message
+    assert "limit 1e-05" in message
+    assert "1 different predictions" in message
+    assert "max |logit diff|" in message
 
 
 def test_missing_file_and_bad_arguments(images, reference, tmp_path):
@@ -115,7 +120,8 @@ def test_missing_file_and_bad_arguments(images, reference, tmp_path):
 def test_unknown_mode_lists_valid_modes(model, tmp_path):
     with pytest.raises(ConfigError) as info:
         export_torchscript(model, torch.rand(1, 1, 28, 28), tmp_path / "m.pt", mode="onnx")
-    assert "'onnx'" in str(info.value) and "script, trace" in str(info.value)
+    assert "'onnx'" in str(info.value)
+    assert "script, trace" in str(info.value)
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 28, 28), (1, 28, 28)])
@@ -127,7 +133,9 @@ def test_image_size_the_model_cannot_take(model, tmp_path, shape):
         with pytest.raises(ConfigError) as info:
             export(torch.rand(*shape))
         message = str(info.value)
-        assert "\n" not in message and "(N, 1, 28, 28)" in message and "LeNet" in message
+        assert "\n" not in message
+        assert "(N, 1, 28, 28)" in message
+        assert "LeNet" in message
     assert not list(tmp_path.iterdir())
 
 
@@ -152,7 +160,8 @@ def test_compare_latency_keys(model, exported):
 
 def test_measure_latency_leaves_model_alone(model):
     result = measure_latency(model, batch_sizes=(1, 4), repeats=2, warmup=0)
-    assert set(result) == {1, 4} and all(v > 0 for v in result.values())
+    assert set(result) == {1, 4}
+    assert all(v > 0 for v in result.values())
     assert model.training
     with pytest.raises(ConfigError):
         measure_latency(model, batch_sizes=(0,), repeats=1)
@@ -164,8 +173,8 @@ def test_torchscript_deprecation_is_filtered_narrowly(model, tmp_path):
         export_torchscript(model, torch.rand(1, 1, 28, 28), tmp_path / "m.pt")
         load_export(tmp_path / "m.pt")
         with _torchscript_deprecation_silenced():
-            warnings.warn("some other future change", FutureWarning)
-            warnings.warn("`torch.jit.script` is deprecated. Please switch to", DeprecationWarning)
+            warnings.warn("some other future change", FutureWarning, stacklevel=1)
+            warnings.warn("`torch.jit.script` is deprecated. Please switch to", DeprecationWarning, stacklevel=1)
     assert not any(w.category is FutureWarning and "torch.jit" in str(w.message) for w in caught)
     assert "some other future change" in [str(w.message) for w in caught]  # only that one
     assert any(w.category is DeprecationWarning for w in caught)  # and only as FutureWarning
@@ -181,4 +190,5 @@ def test_verifier_refuses_project_imports():
     nodes = list(ast.walk(tree))
     imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"torch", "importlib", "sys", "warnings"}, imported  # torch + stdlib only
+    stdlib = {"importlib", "sys", "warnings", "__future__", "collections", "types", "typing"}  # the last 4: annotations
+    assert imported <= {"torch", *stdlib}, imported  # torch + stdlib only

@@ -54,16 +54,22 @@ def test_every_mode_gives_model_input(mode, shape):
     out = frame_images(images, mode)
     assert out.shape == (shape[0], 1, 28, 28)
     assert out.dtype == torch.float32
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
 
 
 def test_mnist_frame_fits_a_full_frame_digit_into_the_central_20x20():
     out = frame_images(_ring(), "mnist-frame")[0, 0]
     top, bottom, left, right = _ink_bbox(out)
-    assert bottom - top + 1 <= 20 and right - left + 1 <= 20
-    assert 4 <= top and bottom <= 23 and 4 <= left and right <= 23  # the central 20x20
+    assert bottom - top + 1 <= 20
+    assert right - left + 1 <= 20
+    assert top >= 4  # the central 20x20
+    assert bottom <= 23
+    assert left >= 4
+    assert right <= 23
     com_y, com_x = _centre_of_mass(out)
-    assert abs(com_y - 13.5) <= 1.0 and abs(com_x - 13.5) <= 1.0
+    assert abs(com_y - 13.5) <= 1.0
+    assert abs(com_x - 13.5) <= 1.0
 
 
 def test_mnist_frame_keeps_the_aspect_ratio():
@@ -82,16 +88,19 @@ def test_mnist_frame_centres_by_centre_of_mass_not_by_box():
     image[0, :, 12:] = 255  # heavy right edge: the centre of mass is right of the box centre
     out = mnist_frame(image)[0, 0]
     com_y, com_x = _centre_of_mass(out)
-    assert abs(com_y - 14.0) <= 0.5 and abs(com_x - 14.0) <= 0.5  # within half a pixel of (14, 14)
+    assert abs(com_y - 14.0) <= 0.5  # within half a pixel of (14, 14)
+    assert abs(com_x - 14.0) <= 0.5
 
 
 def test_mnist_frame_of_real_usps_like_digits_centres_them():
     out = mnist_frame(_usps_like(8))
     for image in out[:, 0]:
         top, bottom, left, right = _ink_bbox(image)
-        assert bottom - top + 1 <= 21 and right - left + 1 <= 21  # 20 + the faint halo's fraction
+        assert bottom - top + 1 <= 21  # 20 + the faint halo's fraction
+        assert right - left + 1 <= 21
         com_y, com_x = _centre_of_mass(image)
-        assert abs(com_y - 14.0) <= 0.5 and abs(com_x - 14.0) <= 0.5
+        assert abs(com_y - 14.0) <= 0.5
+        assert abs(com_x - 14.0) <= 0.5
 
 
 def test_mnist_frame_downscales_large_images():
@@ -123,7 +132,9 @@ def test_blank_images_stay_blank():
     blank = torch.zeros(3, 16, 16, dtype=torch.uint8)
     for mode in PREPROCESSORS:
         out = frame_images(blank, mode)
-        assert out.shape == (3, 1, 28, 28) and not out.isnan().any() and float(out.abs().sum()) == 0.0
+        assert out.shape == (3, 1, 28, 28)
+        assert not out.isnan().any()
+        assert float(out.abs().sum()) == 0.0
 
 
 def test_empty_batches():
@@ -134,7 +145,8 @@ def test_empty_batches():
 def test_resize_fills_the_frame():
     out = frame_images(_ring(), "resize")[0, 0]
     assert _ink_bbox(out) == (0, 27, 0, 27)
-    assert float(out[0].min()) > 0.9 and float(out[14, 14]) == 0.0
+    assert float(out[0].min()) > 0.9
+    assert float(out[14, 14]) == 0.0
 
 
 @pytest.mark.parametrize("mode", sorted(PREPROCESSORS))
@@ -148,7 +160,9 @@ def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ConfigError) as info:
         frame_images(torch.zeros(1, 28, 28, dtype=torch.uint8), "stretch")
     message = str(info.value)
-    assert "'stretch'" in message and "mnist-frame" in message and "resize" in message
+    assert "'stretch'" in message
+    assert "mnist-frame" in message
+    assert "resize" in message
     assert "\n" not in message
 
 
@@ -156,12 +170,16 @@ def test_model_input_size_is_checked_with_a_hint():
     with pytest.raises(ConfigError) as info:
         to_model_input(torch.zeros(2, 16, 16, dtype=torch.uint8))
     message = str(info.value)
-    assert "16x16" in message and "28x28" in message and "--target-preprocess" in message
+    assert "16x16" in message
+    assert "28x28" in message
+    assert "--target-preprocess" in message
     with pytest.raises(ConfigError, match="channels"):
         check_model_input(torch.zeros(2, 3, 28, 28))
     check_model_input(torch.zeros(2, 1, 28, 28))
     out = to_model_input(torch.full((2, 28, 28), 255, dtype=torch.uint8))
-    assert out.shape == (2, 1, 28, 28) and out.dtype == torch.float32 and float(out.min()) == 1.0
+    assert out.shape == (2, 1, 28, 28)
+    assert out.dtype == torch.float32
+    assert float(out.min()) == 1.0
 
 
 def test_framing_ten_thousand_images_is_fast():

@@ -47,7 +47,11 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tu
 def exact_cuda_math():
     """Deterministic cuDNN kernels and no TF32, so two runs of the same arithmetic agree closely."""
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False, False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = (
+        True,
+        False,
+        False,
+    )
     yield
     torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
@@ -74,11 +78,17 @@ def test_training_runs_on_the_gpu_with_bf16_autocast(cuda_graphs):
 
 
 @pytest.mark.parametrize(
-    "optimizer, scheduler",
+    ("optimizer", "scheduler"),
     [
         (OptimizerConfig("SGD", {"lr": 0.05, "momentum": 0.9}), SchedulerConfig(None)),
-        (OptimizerConfig("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}), SchedulerConfig(None)),
-        (OptimizerConfig("SGD", {"lr": 0.05, "momentum": 0.9}), SchedulerConfig("StepLR", {"step_size": 1, "gamma": 0.3})),
+        (
+            OptimizerConfig("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}),
+            SchedulerConfig(None),
+        ),
+        (
+            OptimizerConfig("SGD", {"lr": 0.05, "momentum": 0.9}),
+            SchedulerConfig("StepLR", {"step_size": 1, "gamma": 0.3}),
+        ),
         (OptimizerConfig("AdamW", {"lr": 1e-3}), SchedulerConfig("CosineAnnealingLR")),
     ],
     ids=["sgd", "sgd-nesterov", "sgd-steplr", "adamw-cosine"],
@@ -107,9 +117,13 @@ def test_cuda_graph_step_trains_as_the_eager_step_does(optimizer, scheduler, exa
     eager_noise, _ = max_difference(eager, eager_again)
     difference, where = max_difference(graph, eager)
     if scheduler.name is None:
-        assert difference <= max(1e-6, 10 * eager_noise), f"{where}: {difference:.3g} (eager against eager: {eager_noise:.3g})"
+        assert difference <= max(1e-6, 10 * eager_noise), (
+            f"{where}: {difference:.3g} (eager against eager: {eager_noise:.3g})"
+        )
     else:
-        assert difference <= max(5e-3, 10 * eager_noise), f"{where}: {difference:.3g} (eager against eager: {eager_noise:.3g})"
+        assert difference <= max(5e-3, 10 * eager_noise), (
+            f"{where}: {difference:.3g} (eager against eager: {eager_noise:.3g})"
+        )
     torch.testing.assert_close(graph_losses, eager_losses, rtol=1e-3, atol=0)
 
 
@@ -139,7 +153,7 @@ def test_cuda_graph_resume_continues_to_the_same_weights(tmp_path):
     full = build_model(10, seed=0).to(device)
     fit(full, images, labels, config, augment=augment, checkpoint_path=tmp_path / "full.pt")
 
-    class Stop(Exception):
+    class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
         pass
 
     def stop_after_two(record):
@@ -148,7 +162,9 @@ def test_cuda_graph_resume_continues_to_the_same_weights(tmp_path):
 
     part = build_model(10, seed=0).to(device)
     with pytest.raises(Stop):
-        fit(part, images, labels, config, augment=augment, checkpoint_path=tmp_path / "part.pt", on_epoch=stop_after_two)
+        fit(
+            part, images, labels, config, augment=augment, checkpoint_path=tmp_path / "part.pt", on_epoch=stop_after_two
+        )
     resumed = build_model(10, seed=0).to(device)
     result = fit(resumed, images, labels, config, augment=augment, checkpoint_path=tmp_path / "part.pt", resume=True)
     assert result.resumed_from_epoch == 2

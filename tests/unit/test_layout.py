@@ -77,11 +77,13 @@ def test_backward_runs_on_contiguous_memory_and_hands_back_channels_last():
     bn = _layer(20)
     with contiguous_batch_norm(bn):
         y = bn(x * 1)  # a non-leaf, like a conv's output (a leaf's .grad is re-laid-out by autograd)
-    assert y.is_contiguous(memory_format=CL) and not y.is_contiguous()
+    assert y.is_contiguous(memory_format=CL)
+    assert not y.is_contiguous()
     with BackwardLayouts() as seen:
         (grad_x,) = torch.autograd.grad(y, x, torch.randn_like(y))
     assert seen.channels_last == [False]
-    assert grad_x.is_contiguous(memory_format=CL) and not grad_x.is_contiguous()
+    assert grad_x.is_contiguous(memory_format=CL)
+    assert not grad_x.is_contiguous()
 
 
 def test_same_values_gradients_and_statistics_as_the_plain_layer(seen_layouts):
@@ -113,7 +115,7 @@ def test_same_values_gradients_and_statistics_as_the_plain_layer(seen_layouts):
 
 
 @pytest.mark.parametrize(
-    "channels, dtype", [(16, torch.bfloat16), (20, torch.float32)], ids=["16-channels", "float32"]
+    ("channels", "dtype"), [(16, torch.bfloat16), (20, torch.float32)], ids=["16-channels", "float32"]
 )
 def test_inputs_with_a_fast_kernel_are_left_alone(seen_layouts, channels, dtype):
     bn = _layer(channels)

@@ -83,7 +83,8 @@ def test_normalization_constants_are_buffers_not_parameters(model: LeNet):
     assert buffers["std"].item() == pytest.approx(0.3081)
     assert "mean" not in dict(model.named_parameters())
     state = model.state_dict()  # saved with the weights, so checkpoints and exports carry them
-    assert "mean" in state and "std" in state
+    assert "mean" in state
+    assert "std" in state
 
 
 def test_normalization_happens_inside_forward(model: LeNet):

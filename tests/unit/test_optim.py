@@ -39,12 +39,15 @@ def test_names_list_torch_optim_classes():
     assert names == sorted(names)
     snames = scheduler_names()
     assert {"StepLR", "OneCycleLR", "CosineAnnealingLR", "ReduceLROnPlateau"} <= set(snames)
-    assert "LRScheduler" not in snames and "_LRScheduler" not in snames
+    assert "LRScheduler" not in snames
+    assert "_LRScheduler" not in snames
 
 
 def test_default_config_is_sgd_with_momentum(model):
     defaults = OptimizerConfig().kwargs
-    assert OptimizerConfig.name == "SGD" and defaults["lr"] > 0 and defaults["momentum"] > 0
+    assert OptimizerConfig.name == "SGD"
+    assert defaults["lr"] > 0
+    assert defaults["momentum"] > 0
     opt = build_optimizer(model, OptimizerConfig())
     assert type(opt) is torch.optim.SGD
     assert len(opt.param_groups) == 1
@@ -55,7 +58,7 @@ def test_default_config_is_sgd_with_momentum(model):
     _covers_each_parameter_once(model, opt)
 
 
-@pytest.mark.parametrize("name, cls", [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW)])
+@pytest.mark.parametrize(("name", "cls"), [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW)])
 def test_adam_family_by_name_with_kwargs(model, name, cls):
     cfg = OptimizerConfig(name=name, kwargs={"lr": 3e-4, "weight_decay": 0.05, "betas": (0.8, 0.95)})
     opt = build_optimizer(model, cfg)
@@ -118,7 +121,7 @@ def test_unknown_optimizer_lists_valid_names(model):
 
 
 @pytest.mark.parametrize(
-    "name, kwargs",
+    ("name", "kwargs"),
     [
         ("SGD", {"lr": -1.0}),  # ValueError from torch
         ("SGD", {"lr": 0.1, "not_an_option": 1}),  # TypeError from torch
@@ -142,7 +145,8 @@ def test_prefix_matching_nothing_is_a_config_error(model):
         build_optimizer(model, OptimizerConfig(param_groups={"head": {"lr": 1e-3}}))
     msg = str(info.value)
     assert "'head'" in msg
-    assert "classifier" in msg and "features" in msg  # names the prefixes that would match
+    assert "classifier" in msg  # names the prefixes that would match
+    assert "features" in msg
 
 
 def test_no_scheduler_when_name_is_none(model):
@@ -198,7 +202,7 @@ def test_unknown_scheduler_lists_valid_names(model):
 
 
 @pytest.mark.parametrize(
-    "name, kwargs",
+    ("name", "kwargs"),
     [
         ("StepLR", {}),  # step_size is required: TypeError
         ("StepLR", {"step_size": 1, "bogus": 2}),
@@ -269,7 +273,8 @@ def test_scheduler_without_horizon_arguments_is_unaffected(model):
     config = SchedulerConfig(name="StepLR", kwargs={"step_size": 2, "gamma": 0.5})
     sched = build_scheduler(opt, config, epochs=10)
     assert type(sched) is torch.optim.lr_scheduler.StepLR
-    assert sched.step_size == 2 and sched.gamma == 0.5
+    assert sched.step_size == 2
+    assert sched.gamma == 0.5
     assert not any(hasattr(sched, arg) for arg in HORIZON_ARGUMENTS)
     assert config.kwargs == {"step_size": 2, "gamma": 0.5}
     opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))

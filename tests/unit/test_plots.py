@@ -56,7 +56,7 @@ def test_misclassified_grid_shows_only_the_wrong_ones():
     assert _png(fig).startswith(PNG_MAGIC)
 
 
-@pytest.mark.parametrize("wrong, max_images", [(0, 36), (10, 4)])
+@pytest.mark.parametrize(("wrong", "max_images"), [(0, 36), (10, 4)])
 def test_misclassified_grid_edge_counts(wrong, max_images):
     labels = torch.zeros(12, dtype=torch.long)
     predictions = labels.clone()

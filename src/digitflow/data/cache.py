@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -49,7 +50,7 @@ class PreparedDataset:
 
 
 @dataclass(eq=False)
-class DigitDataset(Dataset):
+class DigitDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Images and labels of one dataset slice; ``ds[i]`` is ``(uint8 (H, W) image, int64 label)``."""
 
     images: torch.Tensor  # uint8 (N, H, W)
@@ -84,7 +85,7 @@ def files_digest(paths: list[Path]) -> str:
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in _digests:
             one = hashlib.sha256()
-            with open(path, "rb") as f:
+            with path.open("rb") as f:
                 while chunk := f.read(1 << 20):
                     one.update(chunk)
             _digests[key] = one.hexdigest()
@@ -147,7 +148,7 @@ def prepare(
         num_samples=stop - start,
         digest=hashlib.sha256(slice_key.encode()).hexdigest(),
         num_classes=info.num_classes,
-        image_size=tuple(info.image_size),
+        image_size=info.image_size,
         raw_digest=raw_digest,
         files=tuple(str(p) for p in paths),
     )
@@ -188,13 +189,13 @@ def load_dataset(
     return load(prepare(spec, data_dir, cache_dir, offline=offline, downloader=downloader))
 
 
-def _read_cache(path: Path, raw_digest: str, *, mmap: bool) -> dict | None:
+def _read_cache(path: Path, raw_digest: str, *, mmap: bool) -> dict[str, Any] | None:
     """The cache file's content if it is there, readable and built from ``raw_digest``; else None."""
     if not path.is_file():
         return None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception:  # truncated/corrupt/foreign file: rebuilding it is the fix
+    except Exception:  # noqa: BLE001 - truncated/corrupt/foreign file: rebuilding it is the fix
         return None
     ok = (
         isinstance(data, dict)

@@ -8,7 +8,6 @@ verified before ``os.replace`` moves it into place, so no reader ever sees a par
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +39,7 @@ def locate(data_dir: str | Path, info: DatasetInfo, file: FileInfo) -> Path:
 def md5sum(path: Path, decompress: bool = False) -> str:
     """md5 hex of a file's bytes, or of its decompressed content when ``decompress``."""
     digest = hashlib.md5()
-    with open_maybe_compressed(path) if decompress else open(path, "rb") as f:
+    with open_maybe_compressed(path) if decompress else path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -102,7 +101,7 @@ def fetch(
     info = registry.DATASETS[spec.name]
     files = info.splits[spec.split]
     paths = [locate(data_dir, info, f) for f in files]
-    missing = [(f, p) for f, p in zip(files, paths) if not p.is_file()]
+    missing = [(f, p) for f, p in zip(files, paths, strict=True) if not p.is_file()]
     if missing and offline:
         names = ", ".join(f.filename for f, _ in missing)
         raise MissingDataError(
@@ -111,7 +110,7 @@ def fetch(
         )
     for file, path in missing:
         download(file, path, spec=f"{spec.name}:{spec.split}", downloader=downloader)
-    for file, path in zip(files, paths):
+    for file, path in zip(files, paths, strict=True):
         verify(path, file)
     return paths
 
@@ -133,10 +132,10 @@ def download(file: FileInfo, dest: Path, *, spec: str = "", downloader: Download
             downloader(url, tmp)
             reason = check(tmp, file)
             if reason is None:
-                os.replace(tmp, dest)
+                tmp.replace(dest)
                 return
             errors.append(f"{url}: corrupt download ({reason})")
-        except Exception as e:  # any failure of one mirror means: try the next
+        except Exception as e:  # noqa: BLE001 - any failure of one mirror means: try the next
             errors.append(f"{url}: {one_line(e)}")
         finally:
             tmp.unlink(missing_ok=True)  # a no-op after a successful replace
@@ -160,7 +159,7 @@ def urllib_download(
     """
     # Some mirrors refuse urllib's default User-Agent; torchvision sends its own name too.
     request = urllib.request.Request(url, headers={"User-Agent": "digitflow"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+    with urllib.request.urlopen(request, timeout=timeout) as response, dest.open("wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         done = 0
         while chunk := response.read(_CHUNK):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import math
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from digitflow.fileio import one_line
 CORRUPT_FILE_HINT = "replace it with the official file, or delete it and run without --offline to download it again"
 
 # IDX type codes -> numpy dtype (big-endian, as the format specifies).
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -36,16 +37,16 @@ USPS_SIZE = 16
 USPS_FEATURES = USPS_SIZE * USPS_SIZE
 
 
-def open_maybe_compressed(path: Path) -> BinaryIO:
+def open_maybe_compressed(path: Path) -> io.BufferedIOBase:
     """Open ``path`` for reading, transparently decompressing gzip or bzip2 content."""
     path = Path(path)
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         head = f.read(3)
     if head[:2] == b"\x1f\x8b":
         return gzip.open(path, "rb")
     if head == b"BZh":
         return bz2.open(path, "rb")
-    return open(path, "rb")
+    return path.open("rb")
 
 
 def read_bytes(path: Path) -> bytes:

@@ -143,7 +143,7 @@ def mnist_frame(
 
 def _mnist_frame_chunk(x: Tensor, size: int, box: int, threshold: float) -> Tensor:
     """(N, H, W) float in [0, 1] -> (N, 1, size, size), see :func:`mnist_frame`."""
-    n, h, w = x.shape
+    _, h, w = x.shape
     peak = x.amax(dim=(1, 2))  # (N,)
     ink = (x > (threshold * peak)[:, None, None]) & (x > 0)  # (N, H, W)
     rows, cols = ink.any(dim=2), ink.any(dim=1)  # (N, H), (N, W)

@@ -12,6 +12,7 @@ Other modules read ``registry.DATASETS`` at call time, so tests can swap entries
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from torchvision import datasets as tvd
 
@@ -58,7 +59,16 @@ RAW_MD5: dict[tuple[str, str], str] = {
 DIGIT_CLASSES = tuple(tvd.MNIST.classes)
 
 
-def _idx_dataset(name: str, cls: type) -> DatasetInfo:
+class _IdxSource(Protocol):
+    """What :func:`_idx_dataset` reads from a torchvision MNIST-style dataset class."""
+
+    __name__: str
+    mirrors: list[str]
+    resources: list[tuple[str, str]]
+    classes: list[str]
+
+
+def _idx_dataset(name: str, cls: _IdxSource) -> DatasetInfo:
     """An MNIST-format dataset from a torchvision class's ``mirrors``/``resources``/``classes``."""
 
     def files(prefix: str) -> tuple[FileInfo, ...]:

@@ -83,7 +83,7 @@ class DatasetSpec:
         return bound + n if bound < 0 else bound
 
 
-def parse_spec(text: str) -> DatasetSpec:
+def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
     """Parse ``NAME:SPLIT[START:STOP]`` against the registry; DataError (one line) if invalid."""
     if isinstance(text, DatasetSpec):
         return text

@@ -1,5 +1,5 @@
 """Model definitions. Each model file imports nothing but torch."""
 
-from digitflow.models.lenet import LeNet, MNIST_MEAN, MNIST_STD
+from digitflow.models.lenet import MNIST_MEAN, MNIST_STD, LeNet
 
-__all__ = ["LeNet", "MNIST_MEAN", "MNIST_STD"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "LeNet"]
