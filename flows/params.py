@@ -19,9 +19,11 @@ from digitflow.config import (
     AugmentConfig,
     DataConfig,
     ExportConfig,
+    ExportMode,
     OptimizerConfig,
     RunConfig,
     SchedulerConfig,
+    TargetPreprocess,
     TrainConfig,
     train_defaults,
 )
@@ -53,7 +55,11 @@ def default_test(train: str) -> str:
     that split open at one end, the rest of it (``mnist:test[:8000]`` -> ``mnist:test[8000:]``)."""
     spec = parse_spec(train)
     if spec.split == "test" and (spec.start is None) != (spec.stop is None):
-        rest = DatasetSpec(spec.name, "test", start=spec.stop) if spec.start is None else DatasetSpec(spec.name, "test", stop=spec.start)
+        rest = (
+            DatasetSpec(spec.name, "test", start=spec.stop)
+            if spec.start is None
+            else DatasetSpec(spec.name, "test", stop=spec.start)
+        )
         return str(rest)
     return f"{spec.name}:test"
 
@@ -107,7 +113,9 @@ def check_output_dir(path: str, how_to_change: str = "--output-dir DIR") -> None
             pass
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot write to the output dir {path} ({reason}); choose another with {how_to_change}") from None
+        raise ConfigError(
+            f"cannot write to the output dir {path} ({reason}); choose another with {how_to_change}"
+        ) from None
 
 
 def build_config(
@@ -115,7 +123,7 @@ def build_config(
     train: str,
     test: str | None,
     target: list[str] | None,
-    target_preprocess: str,
+    target_preprocess: TargetPreprocess,
     epochs: int | None,
     batch_size: int | None,
     optimizer: str,
@@ -127,7 +135,7 @@ def build_config(
     seed: int,
     device: str,
     amp: bool | None,
-    export_mode: str,
+    export_mode: ExportMode,
     data_dir: str | None,
     cache_dir: str,
     offline: bool,
@@ -176,15 +184,26 @@ def build_config(
         )
     config = RunConfig(
         data=DataConfig(
-            train=train, test=test, targets=tuple(target), target_preprocess=target_preprocess,
-            data_dir=data_dir or default_data_dir(), cache_dir=cache_dir, offline=offline,
+            train=train,
+            test=test,
+            targets=tuple(target),
+            target_preprocess=target_preprocess,
+            data_dir=data_dir or default_data_dir(),
+            cache_dir=cache_dir,
+            offline=offline,
         ),
         train=TrainConfig(
-            epochs=epochs, batch_size=batch_size, seed=seed, device=device, amp=amp,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            amp=amp,
             label_smoothing=label_smoothing,
             cuda_graphs=defaults.cuda_graphs if cuda_graphs is None else cuda_graphs,
             optimizer=OptimizerConfig(name=optimizer, kwargs=optimizer_kwargs, param_groups=dict(param_groups or {})),
-            scheduler=SchedulerConfig(name=None if scheduler in (None, "", "none") else scheduler, kwargs=dict(scheduler_kwargs or {})),
+            scheduler=SchedulerConfig(
+                name=None if scheduler in (None, "", "none") else scheduler, kwargs=dict(scheduler_kwargs or {})
+            ),
             augment=augment_config,
         ),
         export=ExportConfig(mode=export_mode),
@@ -214,11 +233,27 @@ def default_run_config(config: RunConfig) -> RunConfig:
     """The config a run would get that named only ``config``'s training data, device and optimizer:
     what its other settings are compared with (the run's name lists the differences)."""
     return build_config(
-        train=config.data.train, test=None, target=None, target_preprocess=DataConfig.target_preprocess, epochs=None,
-        batch_size=None, optimizer=config.train.optimizer.name, optimizer_kwargs=None, param_groups=None,
-        scheduler=SchedulerConfig.name, scheduler_kwargs=None, augment=None, seed=TrainConfig.seed,
-        device=config.train.device, amp=None, export_mode=ExportConfig.mode, data_dir=config.data.data_dir,
-        cache_dir=config.data.cache_dir, offline=config.data.offline, resume=False, output_dir=config.output_dir,
+        train=config.data.train,
+        test=None,
+        target=None,
+        target_preprocess=DataConfig.target_preprocess,
+        epochs=None,
+        batch_size=None,
+        optimizer=config.train.optimizer.name,
+        optimizer_kwargs=None,
+        param_groups=None,
+        scheduler=SchedulerConfig.name,
+        scheduler_kwargs=None,
+        augment=None,
+        seed=TrainConfig.seed,
+        device=config.train.device,
+        amp=None,
+        export_mode=ExportConfig.mode,
+        data_dir=config.data.data_dir,
+        cache_dir=config.data.cache_dir,
+        offline=config.data.offline,
+        resume=False,
+        output_dir=config.output_dir,
     )
 
 

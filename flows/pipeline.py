@@ -71,19 +71,44 @@ def pipeline(
     """
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     config = build_config(
-        train=train, test=test, target=target, target_preprocess=target_preprocess, epochs=epochs,
-        batch_size=batch_size, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, param_groups=param_groups,
-        scheduler=scheduler, scheduler_kwargs=scheduler_kwargs, augment=augment, seed=seed, device=device,
-        amp=amp, label_smoothing=label_smoothing, cuda_graphs=cuda_graphs, export_mode=export_mode, data_dir=data_dir, cache_dir=cache_dir, offline=offline,
-        resume=resume, output_dir=output_dir, checkpoint=checkpoint,
+        train=train,
+        test=test,
+        target=target,
+        target_preprocess=target_preprocess,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        optimizer_kwargs=optimizer_kwargs,
+        param_groups=param_groups,
+        scheduler=scheduler,
+        scheduler_kwargs=scheduler_kwargs,
+        augment=augment,
+        seed=seed,
+        device=device,
+        amp=amp,
+        label_smoothing=label_smoothing,
+        cuda_graphs=cuda_graphs,
+        export_mode=export_mode,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        offline=offline,
+        resume=resume,
+        output_dir=output_dir,
+        checkpoint=checkpoint,
     )
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
     experiment_id = setup_tracking(experiment)
-    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "git.commit": git_commit(),
-            **source_tags(str(flow_run.flow_name), deployment.name)}
-    with tracked_run(run_name=parent_run_name(config, default_run_config(config)), tags=tags) as parent:  # ends KILLED on Ctrl-C / SIGTERM
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id),
+        "prefect.flow_run_name": str(flow_run.name),
+        "git.commit": git_commit(),
+        **source_tags(str(flow_run.flow_name), deployment.name),
+    }
+    with tracked_run(
+        run_name=parent_run_name(config, default_run_config(config)), tags=tags
+    ) as parent:  # ends KILLED on Ctrl-C / SIGTERM
         run_id = parent.info.run_id
         mlflow.log_params(flatten(config))
         if augment is None:  # train.augment.* say what was used; this tag says why

@@ -66,14 +66,18 @@ class PipelineSummary:
         out = [f"test accuracy: {self.test_accuracy:.4f} (loss {self.test_loss:.4f})"]
         out += [f"cross-domain accuracy on {name}: {acc:.4f}" for name, acc in self.cross_accuracy.items()]
         graphs = ", CUDA graph" if self.step == "cuda-graph" else ""
-        out.append(f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} "
-                   f"({self.precision}{graphs})")
+        out.append(
+            f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} "
+            f"({self.precision}{graphs})"
+        )
         for key in ("torchscript_path", "program_path"):
             if key in self.exported:
                 out.append(f"exported: {self.exported[key]}")
         if "model_version" in self.exported:
-            out.append(f"registered: {self.exported['model_name']} version {self.exported['model_version']} "
-                       f"(alias {self.exported['alias']})")
+            out.append(
+                f"registered: {self.exported['model_name']} version {self.exported['model_version']} "
+                f"(alias {self.exported['alias']})"
+            )
         out += [
             f"MLflow run: {self.run_id} (experiment {self.experiment_id}, store {self.tracking_uri})",
             f"artifacts: {self.artifact_uri}",
@@ -100,6 +104,8 @@ def publish_summary(summary: PipelineSummary) -> None:
     on_server = summary.tracking_uri.startswith(("http://", "https://"))
     opening = "the tracking server's UI" if on_server else f"serve the UI first: `{summary.ui_command}`"
     create_link_artifact(
-        link=summary.run_url, link_text=f"MLflow run {summary.run_id}", key="mlflow-run",
+        link=summary.run_url,
+        link_text=f"MLflow run {summary.run_id}",
+        key="mlflow-run",
         description=f"The MLflow parent run of this flow run in {summary.tracking_uri} ({opening}).",
     )

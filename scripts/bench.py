@@ -70,7 +70,8 @@ class PreloadedMNIST(datasets.MNIST):
 def seed_loop_epoch(data, device: torch.device, batch_size: int, workers: int) -> float:
     """The seed notes' loop; returns images per second."""
     dataset = PreloadedMNIST(
-        data.images, data.labels,
+        data.images,
+        data.labels,
         transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]),
     )
     loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
@@ -107,8 +108,15 @@ class EngineLoop:
         self.optimizer = build_optimizer(self.model, config.optimizer, device=device, capturable=use_graphs)
         self.model.train()
         self.autotune = cudnn_autotuning_helps(device, config.batch_size)  # as fit() does
-        eager = TrainStep(self.model, self.optimizer, images, labels, augment=augment, amp=config.amp,
-                          label_smoothing=config.label_smoothing)
+        eager = TrainStep(
+            self.model,
+            self.optimizer,
+            images,
+            labels,
+            augment=augment,
+            amp=config.amp,
+            label_smoothing=config.label_smoothing,
+        )
         self.step: TrainStep | CudaGraphStep = eager
         if use_graphs:
             with cudnn_autotuning(self.autotune):
@@ -116,9 +124,15 @@ class EngineLoop:
 
     def __call__(self) -> float:
         with cudnn_autotuning(self.autotune):
-            metrics = train_one_epoch(self.model, self.optimizer, self.images, self.labels,
-                                      batch_size=self.config.batch_size, generator=torch.Generator().manual_seed(0),
-                                      step=self.step)
+            metrics = train_one_epoch(
+                self.model,
+                self.optimizer,
+                self.images,
+                self.labels,
+                batch_size=self.config.batch_size,
+                generator=torch.Generator().manual_seed(0),
+                step=self.step,
+            )
         return metrics["images_per_sec"]
 
 
@@ -162,8 +176,11 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("DIGITFLOW_DATA_DIR", "data"),
-                        help="folder with MNIST/raw/t10k-*.gz (default $DIGITFLOW_DATA_DIR or ./data)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("DIGITFLOW_DATA_DIR", "data"),
+        help="folder with MNIST/raw/t10k-*.gz (default $DIGITFLOW_DATA_DIR or ./data)",
+    )
     parser.add_argument(
         "--cache-dir", default=".cache/digitflow", help="transformed-tensor cache (default .cache/digitflow)"
     )
@@ -171,27 +188,45 @@ def main() -> None:
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N (default auto)"
     )
     parser.add_argument("--seed-batch-size", type=int, default=50, help="the seed notes' batch size (50)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="the engine's batch size (default: the device's default, 64 on the CPU)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the engine's batch size (default: the device's default, 64 on the CPU)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (2)")
     parser.add_argument(
         "--repeats", type=int, default=5, help="interleaved rounds, one epoch of each loop per round (5)"
     )
-    parser.add_argument("--to-accuracy", type=float, default=None,
-                        help="also time the engine, at the device's defaults, to this held-out accuracy")
-    parser.add_argument("--accuracy-seeds", type=int, default=3,
-                        help="seeds (0, 1, ...) timed to --to-accuracy; the median is reported (3)")
-    parser.add_argument("--max-epochs", type=int, default=None,
-                        help="epochs of the --to-accuracy runs (default: the device's default epochs; "
-                        "the learning-rate schedule is laid out over them)")
+    parser.add_argument(
+        "--to-accuracy",
+        type=float,
+        default=None,
+        help="also time the engine, at the device's defaults, to this held-out accuracy",
+    )
+    parser.add_argument(
+        "--accuracy-seeds",
+        type=int,
+        default=3,
+        help="seeds (0, 1, ...) timed to --to-accuracy; the median is reported (3)",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="epochs of the --to-accuracy runs (default: the device's default epochs; "
+        "the learning-rate schedule is laid out over them)",
+    )
     parser.add_argument(
         "--fashion-mnist",
         action="store_true",
         help="also time training epochs on Fashion-MNIST's 60,000 images (FashionMNIST/raw in --data-dir)",
     )
     args = parser.parse_args()
-    if min(args.repeats, args.seed_batch_size, args.accuracy_seeds, args.batch_size or 1, args.max_epochs or 1) < 1 \
-            or args.workers < 0:
+    if (
+        min(args.repeats, args.seed_batch_size, args.accuracy_seeds, args.batch_size or 1, args.max_epochs or 1) < 1
+        or args.workers < 0
+    ):
         parser.error(
             "--repeats, --accuracy-seeds, --max-epochs and the batch sizes must be at least 1, --workers at least 0"
         )
@@ -217,15 +252,20 @@ def main() -> None:
     }
     other = dataclasses.replace(defaults, amp=not defaults.amp)  # the other precision, where it differs
     if training_precision(device, other.amp) != precision:
-        setups[f"engine, batch {batch}, {training_precision(device, other.amp)} (--{'' if other.amp else 'no-'}amp), "
-               f"{step_kind}, default augmentation"] = (other, augment)
+        setups[
+            f"engine, batch {batch}, {training_precision(device, other.amp)} (--{'' if other.amp else 'no-'}amp), "
+            f"{step_kind}, default augmentation"
+        ] = (other, augment)
     if device.type == "cuda":  # large batches: what the card does when launches are not the limit
         for big in (4096, 8000):
             setups[f"engine, batch {big}, {precision}, {step_kind}, no augmentation"] = (
-                dataclasses.replace(defaults, batch_size=big), None)
+                dataclasses.replace(defaults, batch_size=big),
+                None,
+            )
     loops: dict[str, Callable[[], float]] = {
-        f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)":
-            lambda: seed_loop_epoch(data, device, args.seed_batch_size, args.workers),
+        f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)": lambda: (
+            seed_loop_epoch(data, device, args.seed_batch_size, args.workers)
+        ),
     }
     for label, (config, aug) in setups.items():
         loops[label] = EngineLoop(images, labels, config, aug)
@@ -241,8 +281,10 @@ def main() -> None:
     print(f"median of {args.repeats} interleaved rounds (ratio: per round, against that round's seed loop)")
     for label, values in rates.items():
         ratios = [v / s for v, s in zip(values, seed_rates, strict=True)]
-        print(f"{label:72s} {statistics.median(values):11,.0f} images/s   "
-              f"x{statistics.median(ratios):6.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})")
+        print(
+            f"{label:72s} {statistics.median(values):11,.0f} images/s   "
+            f"x{statistics.median(ratios):6.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})"
+        )
 
     if args.fashion_mnist:
         fashion = load_dataset("fashion-mnist:train", args.data_dir, args.cache_dir, offline=True)
@@ -251,9 +293,11 @@ def main() -> None:
         loop()  # warm-up
         fashion_rates = [loop() for _ in range(args.repeats)]
         rate = statistics.median(fashion_rates)
-        print(f"fashion-mnist:train ({len(fy):,} images), engine defaults ({batch}, {precision}, {step_kind}, "
-              f"default augmentation): {rate:,.0f} images/s, {rate / len(fy):.2f} epochs/s "
-              f"(median of {args.repeats} epochs)")
+        print(
+            f"fashion-mnist:train ({len(fy):,} images), engine defaults ({batch}, {precision}, {step_kind}, "
+            f"default augmentation): {rate:,.0f} images/s, {rate / len(fy):.2f} epochs/s "
+            f"(median of {args.repeats} epochs)"
+        )
 
     if args.to_accuracy is not None:
         train = load_dataset("mnist:test[:8000]", args.data_dir, args.cache_dir, offline=True)
@@ -262,8 +306,10 @@ def main() -> None:
         test_xy = (frame_images(test.images.to(device), "mnist-frame"), test.labels.to(device))
         config = dataclasses.replace(defaults, epochs=args.max_epochs or defaults.epochs)
         time_to_accuracy(train_xy, test_xy, args.to_accuracy, config, augment)  # warm-up (kernel selection)
-        runs = [time_to_accuracy(train_xy, test_xy, args.to_accuracy, dataclasses.replace(config, seed=seed), augment)
-                for seed in range(args.accuracy_seeds)]
+        runs = [
+            time_to_accuracy(train_xy, test_xy, args.to_accuracy, dataclasses.replace(config, seed=seed), augment)
+            for seed in range(args.accuracy_seeds)
+        ]
         print(
             f"engine defaults to {args.to_accuracy} held-out accuracy (batch {config.batch_size}, "
             f"lr {config.optimizer.kwargs.get('lr')}, {config.scheduler.name} over {config.epochs} epochs, "
@@ -277,15 +323,16 @@ def describe_time_to_accuracy(runs: list[tuple[float, int, float]], target: floa
     """One line: the median over the seeds that reached ``target``, then every seed's figures."""
     reached = [(seconds, epochs) for seconds, epochs, accuracy in runs if accuracy >= target]
     seeds = ", ".join(
-        f"{seconds:.3f} s/{epochs} ep" if accuracy >= target
-        else f"not reached in {max_epochs} epochs ({accuracy:.4f})"
+        f"{seconds:.3f} s/{epochs} ep" if accuracy >= target else f"not reached in {max_epochs} epochs ({accuracy:.4f})"
         for seconds, epochs, accuracy in runs
     )
     if not reached:
         return f"not reached by any of {len(runs)} seeds; seeds: {seeds}"
-    return (f"median {statistics.median(s for s, _ in reached):.3f} s, "
-            f"{statistics.median(e for _, e in reached):g} epochs ({len(reached)}/{len(runs)} seeds reached it); "
-            f"seeds: {seeds}")
+    return (
+        f"median {statistics.median(s for s, _ in reached):.3f} s, "
+        f"{statistics.median(e for _, e in reached):g} epochs ({len(reached)}/{len(runs)} seeds reached it); "
+        f"seeds: {seeds}"
+    )
 
 
 if __name__ == "__main__":

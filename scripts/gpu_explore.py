@@ -69,9 +69,17 @@ def candidates(base: TrainConfig) -> dict[str, TrainConfig]:
         )
 
     def one_cycle(batch: int, max_lr: float, epochs: int) -> tuple[str, TrainConfig]:
-        return (f"batch {batch}, OneCycle max_lr {max_lr} over {epochs}, smoothing 0.1",
-                dataclasses.replace(base, batch_size=batch, optimizer=sgd(max_lr), epochs=epochs, label_smoothing=0.1,
-                                    scheduler=SchedulerConfig("OneCycleLR", {"max_lr": max_lr})))
+        return (
+            f"batch {batch}, OneCycle max_lr {max_lr} over {epochs}, smoothing 0.1",
+            dataclasses.replace(
+                base,
+                batch_size=batch,
+                optimizer=sgd(max_lr),
+                epochs=epochs,
+                label_smoothing=0.1,
+                scheduler=SchedulerConfig("OneCycleLR", {"max_lr": max_lr}),
+            ),
+        )
 
     runs = [cosine(256, lr, 6, ls) for lr in (0.1, 0.15) for ls in (0.0, 0.1)]
     runs += [cosine(512, lr, ep, 0.1) for lr in (0.1, 0.15, 0.2) for ep in (6, 8)]
@@ -120,8 +128,10 @@ def main() -> None:
     start = time.perf_counter()
     for name, config in candidates(base).items():
         try:
-            runs = [time_to_accuracy(train_xy, test_xy, args.target, dataclasses.replace(config, seed=seed), augment)
-                    for seed in range(args.seeds)]
+            runs = [
+                time_to_accuracy(train_xy, test_xy, args.target, dataclasses.replace(config, seed=seed), augment)
+                for seed in range(args.seeds)
+            ]
             print(f"{name}: {describe_time_to_accuracy(runs, args.target, config.epochs)}", flush=True)
         except Exception as exc:  # noqa: BLE001 - likewise: one failing candidate must not end the call
             print(f"{name}: failed: {type(exc).__name__}: {exc}"[:300], flush=True)

@@ -21,30 +21,43 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Any
 
 from digitflow.augment import build_augment
-from digitflow.config import BATCH_SIZE_BY_OPTIMIZER, OPTIMIZER_DEFAULTS, AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
+from digitflow.config import (
+    BATCH_SIZE_BY_OPTIMIZER,
+    OPTIMIZER_DEFAULTS,
+    AugmentConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+)
 from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
 from digitflow.device import resolve_device
 from digitflow.engine import build_model, evaluate, fit
 from digitflow.errors import DigitflowError, TrainingDivergedError
 
-OLD_AFFINE = dict(degrees=15, translate=0.1, scale_min=0.85, scale_max=1.15, shear=10)  # the first defaults
+OLD_AFFINE: dict[str, Any] = dict(
+    degrees=15, translate=0.1, scale_min=0.85, scale_max=1.15, shear=10
+)  # the first defaults
 SGD_001 = OptimizerConfig(kwargs={"lr": 0.01, "momentum": 0.9})
 CONSTANT = SchedulerConfig(name=None)
 
 SETTINGS = {
     "defaults": TrainConfig(),
     "no-augmentation": TrainConfig(optimizer=SGD_001, scheduler=CONSTANT, augment=AugmentConfig(affine=False)),
-    "old-affine+elastic": TrainConfig(optimizer=SGD_001, scheduler=CONSTANT,
-                                      augment=AugmentConfig(**OLD_AFFINE, elastic=True, elastic_alpha=34)),
+    "old-affine+elastic": TrainConfig(
+        optimizer=SGD_001, scheduler=CONSTANT, augment=AugmentConfig(**OLD_AFFINE, elastic=True, elastic_alpha=34)
+    ),
     "affine-only": TrainConfig(optimizer=SGD_001, scheduler=CONSTANT, augment=AugmentConfig(**OLD_AFFINE)),
     "defaults+elastic10": TrainConfig(augment=AugmentConfig(elastic=True, elastic_alpha=10)),
     "defaults-3-epochs": TrainConfig(epochs=3),
 }
 # The default augmentation of each dataset family (config.AUGMENT_BY_FAMILY), against alternatives.
-TRANSLATE = dict(degrees=0.0, scale_min=1.0, scale_max=1.0, shear=0.0)  # the default's +/-8% shift alone
+TRANSLATE: dict[str, Any] = dict(
+    degrees=0.0, scale_min=1.0, scale_max=1.0, shear=0.0
+)  # the default's +/-8% shift alone
 AUGMENT_SETTINGS = {
     "no-augment": TrainConfig(augment=AugmentConfig(affine=False)),
     "hflip": TrainConfig(augment=AugmentConfig(affine=False, hflip=True)),
@@ -56,13 +69,26 @@ SETTINGS.update(AUGMENT_SETTINGS)
 WOLFE = {"line_search_fn": "strong_wolfe"}
 LBFGS_SETTINGS = {
     "lbfgs-torch-defaults": TrainConfig(optimizer=OptimizerConfig(name="LBFGS", kwargs={})),
-    "lbfgs-defaults": TrainConfig(batch_size=BATCH_SIZE_BY_OPTIMIZER["LBFGS"],
-                                  optimizer=OptimizerConfig(name="LBFGS", kwargs=OPTIMIZER_DEFAULTS["LBFGS"])),
-    "lbfgs-b500-it5": TrainConfig(batch_size=500, optimizer=OptimizerConfig(name="LBFGS", kwargs={**WOLFE, "max_iter": 5})),
-    "lbfgs-b2000-it10": TrainConfig(batch_size=2000, optimizer=OptimizerConfig(name="LBFGS", kwargs={**WOLFE, "max_iter": 10})),
+    "lbfgs-defaults": TrainConfig(
+        batch_size=BATCH_SIZE_BY_OPTIMIZER["LBFGS"],
+        optimizer=OptimizerConfig(name="LBFGS", kwargs=OPTIMIZER_DEFAULTS["LBFGS"]),
+    ),
+    "lbfgs-b500-it5": TrainConfig(
+        batch_size=500, optimizer=OptimizerConfig(name="LBFGS", kwargs={**WOLFE, "max_iter": 5})
+    ),
+    "lbfgs-b2000-it10": TrainConfig(
+        batch_size=2000, optimizer=OptimizerConfig(name="LBFGS", kwargs={**WOLFE, "max_iter": 10})
+    ),
 }
 SETTINGS.update(LBFGS_SETTINGS)
-DOMAIN_GAP = ["defaults", "no-augmentation", "old-affine+elastic", "affine-only", "defaults+elastic10", "defaults-3-epochs"]
+DOMAIN_GAP = [
+    "defaults",
+    "no-augmentation",
+    "old-affine+elastic",
+    "affine-only",
+    "defaults+elastic10",
+    "defaults-3-epochs",
+]
 
 
 def main() -> None:
@@ -71,9 +97,12 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=".cache/digitflow")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (default 0)")
-    parser.add_argument("--only", nargs="+", choices=sorted(SETTINGS), help="run only these settings "
-                        f"(default: {' '.join(DOMAIN_GAP)})")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (default 0)"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(SETTINGS), help=f"run only these settings (default: {' '.join(DOMAIN_GAP)})"
+    )
     parser.add_argument("--train", default="mnist:test[:8000]", help="(default mnist:test[:8000])")
     parser.add_argument("--test", default="mnist:test[8000:]", help="(default mnist:test[8000:])")
     parser.add_argument("--target", nargs="+", default=["usps:test"], help="(default usps:test)")
@@ -96,19 +125,30 @@ def main() -> None:
             config = dataclasses.replace(SETTINGS[name], seed=seed, device=str(device))
             start = time.perf_counter()
             try:
-                model = fit(build_model(num_classes, seed).to(device), *train, config, augment=build_augment(config.augment)).model
+                images, labels = train
+                model = fit(
+                    build_model(num_classes, seed).to(device),
+                    images,
+                    labels,
+                    config,
+                    augment=build_augment(config.augment),
+                ).model
             except TrainingDivergedError as exc:
                 print(f"{name:20s} seed {seed}: {exc}", flush=True)
                 continue
             seconds = time.perf_counter() - start
-            results.append([evaluate(model, *data, num_classes=num_classes).accuracy for data in evals.values()] + [seconds])
+            results.append(
+                [evaluate(model, *data, num_classes=num_classes).accuracy for data in evals.values()] + [seconds]
+            )
         if not results:
             continue
         means = [sum(r[i] for r in results) / len(results) for i in range(len(evals) + 1)]
-        columns = "  ".join(f"{spec} {mean:.4f}" for spec, mean in zip(evals, means))
+        columns = "  ".join(f"{spec} {mean:.4f}" for spec, mean in zip(evals, means, strict=False))
         runs = " ".join("/".join(f"{a:.4f}" for a in r[:-1]) for r in results)
-        print(f"{name:20s} {columns} (worst {min(r[-2] for r in results):.4f})  {means[-1]:5.1f} s/run  {runs}",
-              flush=True)
+        print(
+            f"{name:20s} {columns} (worst {min(r[-2] for r in results):.4f})  {means[-1]:5.1f} s/run  {runs}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

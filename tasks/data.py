@@ -106,10 +106,14 @@ def prepare_dataset(
     """Parse the raw files into cached uint8 tensors (a no-op when the cache has them); log the dataset."""
     prepared = prepare(spec, data_dir, cache_dir, offline=True)
     with child_run(f"prepare {spec}", parent_run_id, tags={"dataset.digest": prepared.digest}):
-        mlflow.log_params({
-            "spec": prepared.spec, "num_samples": prepared.num_samples,
-            "image_size": "x".join(map(str, prepared.image_size)), "digest": prepared.digest,
-        })
+        mlflow.log_params(
+            {
+                "spec": prepared.spec,
+                "num_samples": prepared.num_samples,
+                "image_size": "x".join(map(str, prepared.image_size)),
+                "digest": prepared.digest,
+            }
+        )
         log_dataset_input(load(prepared), context="prepared")
     return prepared
 

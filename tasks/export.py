@@ -16,7 +16,14 @@ from prefect.cache_policies import NO_CACHE
 
 from digitflow.config import RunConfig
 from digitflow.data import PreparedDataset
-from digitflow.export import compare_latency, eager_logits, export_program, export_torchscript, load_export, verify_export
+from digitflow.export import (
+    compare_latency,
+    eager_logits,
+    export_program,
+    export_torchscript,
+    load_export,
+    verify_export,
+)
 from tasks.data import load_prepared, model_inputs
 from tasks.progress import run_logger
 from tasks.tracking import child_run, image_signature, torch_requirement, unwrap
@@ -58,7 +65,9 @@ def export_model(
             check = verify_export(path, images, reference, max_abs_diff=cfg.max_abs_diff)
             metrics[f"export/{name}_max_abs_diff"] = check["max_abs_diff"]
             metrics[f"export/{name}_mismatched_predictions"] = check["mismatched_predictions"]
-            logger.info("%s verified on %d images: max |logit diff| %.2e", path.name, check["num_images"], check["max_abs_diff"])
+            logger.info(
+                "%s verified on %d images: max |logit diff| %.2e", path.name, check["num_images"], check["max_abs_diff"]
+            )
             mlflow.log_artifact(str(path), "export")
         metrics.update(compare_latency(trained.model, torchscript, program, repeats=cfg.latency_repeats))
         mlflow.log_metrics(metrics)
@@ -67,18 +76,33 @@ def export_model(
         signature, example = image_signature(scripted, images)
         with _without_pickle_warning():
             info = Model.log(  # mlflow.pytorch.log_model, on the parent run (log_model only takes the active run)
-                artifact_path=None, name="torchscript-model", flavor=mlflow.pytorch, run_id=parent_run_id,
-                pytorch_model=scripted, serialization_format="pickle",  # the only format MLflow takes for TorchScript
-                signature=signature, input_example=example, pip_requirements=[torch_requirement()],
+                artifact_path=None,
+                name="torchscript-model",
+                flavor=mlflow.pytorch,
+                run_id=parent_run_id,
+                pytorch_model=scripted,
+                serialization_format="pickle",  # the only format MLflow takes for TorchScript
+                signature=signature,
+                input_example=example,
+                pip_requirements=[torch_requirement()],
             )
-        version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, {**test_metrics, **_headline(cross_metrics)})
-        mlflow.MlflowClient().update_model_version(cfg.registered_model_name, version, description=_MODEL_DESCRIPTION.format(
-            mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias))
+        version = _register(
+            info.model_uri, cfg.registered_model_name, cfg.alias, {**test_metrics, **_headline(cross_metrics)}
+        )
+        mlflow.MlflowClient().update_model_version(
+            cfg.registered_model_name,
+            version,
+            description=_MODEL_DESCRIPTION.format(mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias),
+        )
         logger.info("registered %s version %s with alias %s", cfg.registered_model_name, version, cfg.alias)
 
     return {
-        "torchscript_path": str(torchscript), "program_path": str(program),
-        "model_name": cfg.registered_model_name, "model_version": version, "alias": cfg.alias, **metrics,
+        "torchscript_path": str(torchscript),
+        "program_path": str(program),
+        "model_name": cfg.registered_model_name,
+        "model_version": version,
+        "alias": cfg.alias,
+        **metrics,
     }
 
 
@@ -105,8 +129,12 @@ def _without_pickle_warning() -> Iterator[None]:
     logger.addFilter(only_pickle)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="'torch.load' received a zip file that looks like a TorchScript archive")
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated\. Please switch to", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message="'torch.load' received a zip file that looks like a TorchScript archive"
+            )
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.load` is deprecated\. Please switch to", category=FutureWarning
+            )
             yield
     finally:
         logger.removeFilter(only_pickle)

@@ -18,16 +18,28 @@ from digitflow.errors import DigitflowError
 
 # Loggers whose records mention a failed run's exception: the flow and task run loggers (each with
 # Prefect's API handler, which feeds the UI) and the engine that runs a deployment's flow run.
-PREFECT_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine", "prefect.flow_engine", "prefect.task_engine")
+PREFECT_LOGGERS = (
+    "prefect.flow_runs",
+    "prefect.task_runs",
+    "prefect.engine",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+)
 
 _installed: OneLineErrors | None = None
+
+
+def _short_form(error: DigitflowError) -> str:
+    """The error's short form (MissingDataError, DownloadError have one), else its message."""
+    short = getattr(error, "short", None)
+    return short if isinstance(short, str) else str(error)
 
 
 class _Short:
     """Stands in for an exception in a log record's arguments: ``%r`` and ``%s`` give the short form."""
 
     def __init__(self, error: DigitflowError) -> None:
-        self.text = f"{type(error).__name__}: {error.short}"
+        self.text = f"{type(error).__name__}: {_short_form(error)}"
 
     def __repr__(self) -> str:
         return self.text
@@ -65,16 +77,16 @@ class OneLineErrors(logging.Filter):
 
     def _shorten(self, record: logging.LogRecord, error: DigitflowError) -> None:
         in_args = isinstance(record.args, tuple) and any(a is error for a in record.args)
-        message = None if in_args else record.getMessage()
+        message = "" if in_args else record.getMessage()
         full = str(error)
         # as %r / {!r} give it, then the bare message as is and as it appears inside a repr (a state's)
-        spellings = [(repr(error), _Short(error).text)] + [(s, error.short) for s in (full, repr(full)[1:-1])]
+        spellings = [(repr(error), _Short(error).text)] + [(s, _short_form(error)) for s in (full, repr(full)[1:-1])]
         if not in_args and not any(s in message for s, _ in spellings):
             return  # the record does not mention this error
         if self.full_in_log and record.levelno >= logging.ERROR and id(error) not in self._shown_in_full:
             self._shown_in_full.add(id(error))
             return  # this record says it in full
-        if in_args:
+        if in_args and isinstance(record.args, tuple):
             record.args = tuple(_Short(error) if a is error else a for a in record.args)
             return
         for spelling, short in spellings:

@@ -71,9 +71,14 @@ class EpochProgress:
             yield self
             return
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=_log_console(), transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=_log_console(),
+            transient=False,
         )
         console = self._progress.console
         console.push_theme(PROGRESS_THEME)  # Prefect's console theme lacks rich's bar/progress styles
@@ -100,8 +105,12 @@ class EpochProgress:
         training_progress.completed = int(record["epoch"])
         self.logger.info(
             "epoch %d/%d  loss %.4f  accuracy %.4f  %.0f images/s  %.1f s",
-            record["epoch"], self.epochs, record["loss"], record["accuracy"],
-            record["images_per_sec"], record["seconds"],
+            record["epoch"],
+            self.epochs,
+            record["loss"],
+            record["accuracy"],
+            record["images_per_sec"],
+            record["seconds"],
         )
 
 
@@ -111,7 +120,8 @@ def _log_console() -> Console | None:
     Sharing it lets rich print log lines above the live bars instead of through them.
     """
     loggers = [logging.getLogger()] + [
-        logger for name, logger in logging.root.manager.loggerDict.items()
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
         if name.startswith("prefect") and isinstance(logger, logging.Logger)
     ]
     for logger in loggers:

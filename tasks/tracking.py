@@ -178,12 +178,19 @@ def _name_items(config: RunConfig) -> dict[str, str]:
 
 
 def _short_key(key: str) -> str:
-    for prefix, short in (("train.optimizer.kwargs.", ""), ("train.optimizer.param_groups.", ""),
-                          ("train.scheduler.kwargs.", "sched."), ("train.augment.", ""), ("train.", ""),
-                          ("data.targets", "target"), ("data.target_preprocess", "target-preprocess"),
-                          ("data.", ""), ("export.mode", "export")):
+    for prefix, short in (
+        ("train.optimizer.kwargs.", ""),
+        ("train.optimizer.param_groups.", ""),
+        ("train.scheduler.kwargs.", "sched."),
+        ("train.augment.", ""),
+        ("train.", ""),
+        ("data.targets", "target"),
+        ("data.target_preprocess", "target-preprocess"),
+        ("data.", ""),
+        ("export.mode", "export"),
+    ):
         if key.startswith(prefix):
-            key = short + key[len(prefix):]
+            key = short + key[len(prefix) :]
             break
     return key.removesuffix(".name")
 
@@ -245,7 +252,9 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

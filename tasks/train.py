@@ -52,8 +52,14 @@ def train_model(
     images, labels = model_inputs(dataset, config.data.target_preprocess, device)
     model = build_model(dataset.num_classes, cfg.seed).to(device)
     precision = training_precision(device, cfg.amp)
-    logger.info("training LeNet on %s (%d images) on %s (%s) for %d epochs",
-                data.spec, len(labels), device, precision, cfg.epochs)
+    logger.info(
+        "training LeNet on %s (%d images) on %s (%s) for %d epochs",
+        data.spec,
+        len(labels),
+        device,
+        precision,
+        cfg.epochs,
+    )
 
     tags = {"dataset.train.digest": data.digest, "train.precision": precision}
     with child_run("train", parent_run_id, tags=tags):
@@ -69,16 +75,25 @@ def train_model(
 
         with progress.running():
             result = fit(
-                model, images, labels, cfg,
+                model,
+                images,
+                labels,
+                cfg,
                 augment=build_augment(cfg.augment),
-                checkpoint_path=checkpoint, resume=config.resume,
-                on_batch=progress.on_batch, on_epoch=on_epoch,
+                checkpoint_path=checkpoint,
+                resume=config.resume,
+                on_batch=progress.on_batch,
+                on_epoch=on_epoch,
             )
         if config.resume and not result.resumed_from_epoch:
             logger.info("no checkpoint at %s: trained from scratch", checkpoint)
         elif result.resumed_from_epoch >= cfg.epochs:
-            logger.warning("the checkpoint at %s had finished all %d epochs: nothing was trained; "
-                           "the figures below are the checkpoint's", checkpoint, cfg.epochs)
+            logger.warning(
+                "the checkpoint at %s had finished all %d epochs: nothing was trained; "
+                "the figures below are the checkpoint's",
+                checkpoint,
+                cfg.epochs,
+            )
         elif result.resumed_from_epoch:
             logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
@@ -96,8 +111,14 @@ def train_model(
         _log_model(model, images[:2])  # 2 images, so the logged model keeps a dynamic batch size
 
     model.eval()
-    return TrainedModel(model=model, device=str(device), images_per_sec=images_per_sec, seconds=seconds,
-                        precision=precision, step=result.step)
+    return TrainedModel(
+        model=model,
+        device=str(device),
+        images_per_sec=images_per_sec,
+        seconds=seconds,
+        precision=precision,
+        step=result.step,
+    )
 
 
 def _log_epoch(record: dict[str, float]) -> None:

@@ -21,8 +21,17 @@ def run_bench(monkeypatch, *args: str) -> None:
 
 def test_bench_prints_a_row_per_loop(tmp_path, monkeypatch, capsys):
     data_dir = fake_data_dir(tmp_path, monkeypatch)
-    run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
-              "--repeats", "1", "--workers", "0")
+    run_bench(
+        monkeypatch,
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--repeats",
+        "1",
+        "--workers",
+        "0",
+    )
     rows = [line for line in capsys.readouterr().out.splitlines() if "images/s" in line]
     assert rows[0].startswith("seed loop")
     assert re.search(r"x\s*1\.00 ", rows[0])
@@ -40,8 +49,21 @@ def test_bench_refuses_zero_repeats(monkeypatch, capsys):
 def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, capsys):
     # mnist:test[8000:] is the held-out split: the fake test split needs more than 8000 images.
     data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist",), sizes={"test": 8032})
-    run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
-              "--repeats", "1", "--workers", "0", "--to-accuracy", "0.05", "--accuracy-seeds", "2")
+    run_bench(
+        monkeypatch,
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--repeats",
+        "1",
+        "--workers",
+        "0",
+        "--to-accuracy",
+        "0.05",
+        "--accuracy-seeds",
+        "2",
+    )
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine defaults to 0.05"))
     assert "median" in line
     assert "not reached" not in line
@@ -60,8 +82,25 @@ def test_time_to_accuracy_reports_seeds_that_missed_apart():
 
 def test_bench_to_accuracy_honours_the_batch_size(tmp_path, monkeypatch, capsys):
     data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist",), sizes={"test": 8032})
-    run_bench(monkeypatch, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "256",
-              "--repeats", "1", "--workers", "0", "--to-accuracy", "0.05", "--accuracy-seeds", "1", "--max-epochs", "2")
+    run_bench(
+        monkeypatch,
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--batch-size",
+        "256",
+        "--repeats",
+        "1",
+        "--workers",
+        "0",
+        "--to-accuracy",
+        "0.05",
+        "--accuracy-seeds",
+        "1",
+        "--max-epochs",
+        "2",
+    )
     out = capsys.readouterr().out
     assert "engine defaults, batch 256," in out
     assert "(batch 256, lr 0.05, CosineAnnealingLR over 2 epochs" in out
@@ -71,9 +110,31 @@ def test_sweep_runs_settings_on_the_splits_given(tmp_path, monkeypatch, capsys):
     from scripts import sweep
 
     data_dir = fake_data_dir(tmp_path, monkeypatch, names=("fashion-mnist",))
-    monkeypatch.setattr(sys, "argv", ["sweep.py", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
-                                      "--train", "fashion-mnist:train", "--test", "fashion-mnist:test", "--no-target",
-                                      "--only", "no-augment", "hflip", "--seeds", "1", "--first-seed", "3", "--device", "cpu"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "sweep.py",
+            "--data-dir",
+            str(data_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--train",
+            "fashion-mnist:train",
+            "--test",
+            "fashion-mnist:test",
+            "--no-target",
+            "--only",
+            "no-augment",
+            "hflip",
+            "--seeds",
+            "1",
+            "--first-seed",
+            "3",
+            "--device",
+            "cpu",
+        ],
+    )
     monkeypatch.setattr(sweep, "SETTINGS", {k: dataclasses.replace(v, epochs=1) for k, v in sweep.SETTINGS.items()})
     sweep.main()
     lines = capsys.readouterr().out.splitlines()

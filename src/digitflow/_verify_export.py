@@ -65,9 +65,7 @@ def _load(path: str) -> torch.nn.Module:
     # TorchScript is deprecated in torch 2.x and jit.load says so with a FutureWarning on every
     # call; this script exists to load TorchScript, so that one message is noise here.
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
-        )
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
         model: torch.jit.ScriptModule = torch.jit.load(path, map_location="cpu")
     return model.eval()
 

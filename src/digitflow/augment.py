@@ -87,9 +87,7 @@ class BatchAugment:
     def __call__(self, images: Tensor) -> Tensor:
         """Augment ``images`` (N, C, H, W) float in [0, 1]; a new tensor of the same shape."""
         if images.dim() != 4 or not images.is_floating_point():
-            raise ValueError(
-                f"expected float images (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected float images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         out = images
         if (self.config.affine or self.config.elastic) and images.shape[0] > 0:
             grid = self._grid(images)

@@ -37,9 +37,7 @@ def load_checkpoint(path: str | Path, *, model_name: str | None = None) -> dict[
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not a digitflow checkpoint (no model state or format version)")
     if model_name is not None and state.get("model_name") != model_name:
-        raise CheckpointError(
-            f"{path} was written for model {state.get('model_name')!r}, not {model_name!r}"
-        )
+        raise CheckpointError(f"{path} was written for model {state.get('model_name')!r}, not {model_name!r}")
     return state
 
 

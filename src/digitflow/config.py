@@ -64,8 +64,12 @@ class AugmentConfig:
 # affine above, tuned for MNIST -> USPS; KMNIST (handwritten characters) gets it too, unmeasured (no
 # KMNIST files on the development machines). Clothing: none, which in the default 6 epochs on all of
 # Fashion-MNIST beat a horizontal flip, a translation and the mild affine (0.922 vs 0.920, 0.912, 0.903).
-DATASET_FAMILIES: dict[str, str] = {"mnist": "handwriting", "usps": "handwriting", "kmnist": "handwriting",
-                                    "fashion-mnist": "clothing"}
+DATASET_FAMILIES: dict[str, str] = {
+    "mnist": "handwriting",
+    "usps": "handwriting",
+    "kmnist": "handwriting",
+    "fashion-mnist": "clothing",
+}
 AUGMENT_BY_FAMILY: dict[str, AugmentConfig] = {
     "handwriting": AugmentConfig(),
     "clothing": AugmentConfig(affine=False),

@@ -317,8 +317,15 @@ def fit(
             torch.manual_seed(epoch_seed(config.seed, epoch))  # augmentation draws (CPU and CUDA)
             generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # batch order
             metrics = train_one_epoch(
-                model, optimizer, images, labels,
-                batch_size=config.batch_size, generator=generator, epoch=epoch, on_batch=on_batch, step=step,
+                model,
+                optimizer,
+                images,
+                labels,
+                batch_size=config.batch_size,
+                generator=generator,
+                epoch=epoch,
+                on_batch=on_batch,
+                step=step,
             )
             metrics["lr"] = float(optimizer.param_groups[0]["lr"])
             if scheduler is not None:
@@ -329,15 +336,18 @@ def fit(
             record = {"epoch": epoch, **metrics}
             history.append(record)
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, {
-                    "model_name": model_name,
-                    "model": model.state_dict(),
-                    "optimizer": _float_lr(optimizer.state_dict()),
-                    "scheduler": _float_lr(scheduler.state_dict()) if scheduler is not None else None,
-                    "config": resumable_settings(config),
-                    "epoch": epoch,
-                    "history": history,
-                })
+                save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "model_name": model_name,
+                        "model": model.state_dict(),
+                        "optimizer": _float_lr(optimizer.state_dict()),
+                        "scheduler": _float_lr(scheduler.state_dict()) if scheduler is not None else None,
+                        "config": resumable_settings(config),
+                        "epoch": epoch,
+                        "history": history,
+                    },
+                )
             if on_epoch is not None:
                 on_epoch(record)
 
@@ -354,6 +364,7 @@ def fit(
 def _float_lr(state: dict[str, Any]) -> dict[str, Any]:
     """An optimizer or scheduler state dict with plain-float learning rates (CUDA graphs keep them as
     device tensors), so a checkpoint resumes on any device, with or without graphs."""
+
     def plain(value: Any) -> Any:
         return float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
 

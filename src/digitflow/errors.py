@@ -27,7 +27,11 @@ class MissingDataError(DataError):
         super().__init__(f"{problem}; {fix}")
         self.problem, self.fix, self.short = problem, fix, short or problem
 
-    def __reduce__(self):  # pickles (Prefect may persist a failed state's exception) with all three parts
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[MissingDataError], tuple[str, str, str]
+    ]:  # pickles (Prefect may persist a failed state's exception) with all three parts
         return type(self), (self.problem, self.fix, self.short)
 
     def with_fix(self, fix: str) -> MissingDataError:

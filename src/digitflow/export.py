@@ -72,9 +72,7 @@ def _check_example(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     if example.shape[0] < 1:
         raise ConfigError("example input is an empty batch; give at least one image")
     if not example.is_floating_point():
-        raise ConfigError(
-            f"example input has dtype {example.dtype}; {name} takes float images in [0, 1]"
-        )
+        raise ConfigError(f"example input has dtype {example.dtype}; {name} takes float images in [0, 1]")
     return example.detach().to("cpu", torch.float32)
 
 
@@ -101,9 +99,7 @@ def export_torchscript(
     cannot take; ExportError if torch cannot script/trace the model.
     """
     if mode not in EXPORT_MODES:
-        raise ConfigError(
-            f"unknown export mode {mode!r}; valid modes: {', '.join(EXPORT_MODES)}"
-        )
+        raise ConfigError(f"unknown export mode {mode!r}; valid modes: {', '.join(EXPORT_MODES)}")
     path = Path(path)
     _check_suffix(path, TORCHSCRIPT_SUFFIX, "TorchScript")
     example = _check_example(model, example)
@@ -116,15 +112,11 @@ def export_torchscript(
                 with torch.no_grad():
                     compiled = torch.jit.trace(cpu_model, example)
         except Exception as exc:
-            raise ExportError(
-                f"torch.jit.{mode} failed for {type(model).__name__}: {one_line(exc)}"
-            ) from exc
+            raise ExportError(f"torch.jit.{mode} failed for {type(model).__name__}: {one_line(exc)}") from exc
         return atomic_write(path, lambda tmp: torch.jit.save(compiled, str(tmp)))
 
 
-def export_program(
-    model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]
-) -> Path:
+def export_program(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     """Write ``model`` as a torch.export program (``.pt2``) and return its path.
 
     Exported with ``torch.export.export`` from an eval-mode CPU copy, with a dynamic batch
@@ -145,9 +137,7 @@ def export_program(
     try:
         program = torch.export.export(cpu_model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:
-        raise ExportError(
-            f"torch.export failed for {type(model).__name__}: {one_line(exc)}"
-        ) from exc
+        raise ExportError(f"torch.export failed for {type(model).__name__}: {one_line(exc)}") from exc
     return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
 
 
@@ -218,11 +208,7 @@ def verify_export(
     if not images.is_floating_point():
         raise ConfigError(f"verification images must be float in [0, 1], got {images.dtype}")
     n = int(images.shape[0])
-    if (
-        not isinstance(reference_logits, torch.Tensor)
-        or reference_logits.dim() != 2
-        or reference_logits.shape[0] != n
-    ):
+    if not isinstance(reference_logits, torch.Tensor) or reference_logits.dim() != 2 or reference_logits.shape[0] != n:
         got = (
             _shape(reference_logits.shape)
             if isinstance(reference_logits, torch.Tensor)
@@ -236,8 +222,7 @@ def verify_export(
     reference = reference_logits.detach().to("cpu", torch.float32)
     if logits.shape != reference.shape:
         raise ExportError(
-            f"exported model {path} returned logits of shape {_shape(logits.shape)}, "
-            f"expected {_shape(reference.shape)}"
+            f"exported model {path} returned logits of shape {_shape(logits.shape)}, expected {_shape(reference.shape)}"
         )
     logits = logits.to(torch.float32)
     diff = (logits - reference).abs()
@@ -263,13 +248,9 @@ def _run_verifier(path: Path, images: torch.Tensor, timeout_s: float) -> torch.T
         command = [sys.executable, "-I", str(VERIFIER), str(path.resolve())]
         command += [str(inputs), str(outputs)]
         try:
-            done = subprocess.run(
-                command, cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
+            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise ExportError(
-                f"verifying exported model {path} timed out after {timeout_s:g} s"
-            ) from exc
+            raise ExportError(f"verifying exported model {path} timed out after {timeout_s:g} s") from exc
         if done.returncode != 0:
             summary = _summarise(done.stderr, done.returncode)
             raise ExportError(f"exported model {path} failed verification: {summary}")
@@ -277,9 +258,7 @@ def _run_verifier(path: Path, images: torch.Tensor, timeout_s: float) -> torch.T
             logits: torch.Tensor = torch.load(outputs, map_location="cpu", weights_only=True)
             return logits
         except Exception as exc:
-            raise ExportError(
-                f"verifier for {path} wrote no readable logits: {one_line(exc)}"
-            ) from exc
+            raise ExportError(f"verifier for {path} wrote no readable logits: {one_line(exc)}") from exc
 
 
 def _summarise(stderr: str, returncode: int) -> str:

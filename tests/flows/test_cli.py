@@ -32,13 +32,18 @@ def config(*argv: str):
 
 def test_defaults_come_from_the_configs():
     p = params()
-    assert p["optimizer"] == OptimizerConfig.name and p["optimizer_kwargs"] is None  # filled in per device
-    assert p["epochs"] is None and p["batch_size"] is None and p["amp"] is None and p["cuda_graphs"] is None
+    assert p["optimizer"] == OptimizerConfig.name
+    assert p["optimizer_kwargs"] is None  # filled in per device
+    assert p["epochs"] is None
+    assert p["batch_size"] is None
+    assert p["amp"] is None
+    assert p["cuda_graphs"] is None
     assert p["scheduler"] == SchedulerConfig.name
     assert p["test"] is p["target"] is p["augment"] is p["batch_size"] is None  # resolved by build_config
     c = config()
     assert (c.data.train, c.data.test, c.data.targets) == (DataConfig.train, DataConfig.test, DataConfig().targets)
-    assert c.train.augment == AugmentConfig() and c.train.batch_size == TrainConfig.batch_size
+    assert c.train.augment == AugmentConfig()
+    assert c.train.batch_size == TrainConfig.batch_size
 
 
 @pytest.mark.parametrize(
@@ -55,31 +60,46 @@ def test_defaults_come_from_the_configs():
 )
 def test_test_split_and_targets_follow_the_training_dataset(train, test, targets):
     c = config("--train", train)
-    assert c.data.test == test and c.data.targets == targets
+    assert c.data.test == test
+    assert c.data.targets == targets
 
 
 def test_explicit_test_and_targets_win():
     c = config("--train", "fashion-mnist:train", "--test", "fashion-mnist:test[:100]", "--target", "mnist:test")
-    assert c.data.test == "fashion-mnist:test[:100]" and c.data.targets == ("mnist:test",)
+    assert c.data.test == "fashion-mnist:test[:100]"
+    assert c.data.targets == ("mnist:test",)
     assert config("--no-target").data.targets == ()
 
 
-@pytest.mark.parametrize(("train", "family"), [("mnist:train", "handwriting"), ("usps:test[:10]", "handwriting"),
-                                               ("kmnist:train", "handwriting"), ("fashion-mnist:train", "clothing")])
+@pytest.mark.parametrize(
+    ("train", "family"),
+    [
+        ("mnist:train", "handwriting"),
+        ("usps:test[:10]", "handwriting"),
+        ("kmnist:train", "handwriting"),
+        ("fashion-mnist:train", "clothing"),
+    ],
+)
 def test_augmentation_defaults_by_dataset_family(train, family):
     assert config("--train", train).train.augment == AUGMENT_BY_FAMILY[family]
 
 
 def test_explicit_augmentation_wins_over_the_family_default():
     assert config("--train", "fashion-mnist:train", "--augment", "affine").train.augment == AugmentConfig()
-    assert config("--train", "fashion-mnist:train", "--augment", "hflip").train.augment == AugmentConfig(affine=False, hflip=True)
+    assert config("--train", "fashion-mnist:train", "--augment", "hflip").train.augment == AugmentConfig(
+        affine=False, hflip=True
+    )
     none = config("--train", "mnist:train", "--no-augment").train.augment
-    assert not (none.affine or none.elastic or none.hflip or none.extra)
+    assert not (none.affine)
+    assert not (none.elastic)
+    assert not (none.hflip)
+    assert not (none.extra)
 
 
 def test_lbfgs_gets_its_own_defaults_and_opt_overrides_them():
     c = config("--optimizer", "LBFGS")
-    assert c.train.optimizer.kwargs == OPTIMIZER_DEFAULTS["LBFGS"] and c.train.batch_size == BATCH_SIZE_BY_OPTIMIZER["LBFGS"]
+    assert c.train.optimizer.kwargs == OPTIMIZER_DEFAULTS["LBFGS"]
+    assert c.train.batch_size == BATCH_SIZE_BY_OPTIMIZER["LBFGS"]
     assert OPTIMIZER_DEFAULTS["LBFGS"]["line_search_fn"] == "strong_wolfe"
     c = config("--optimizer", "LBFGS", "--opt", "line_search_fn=None", "--lr", "0.1", "--batch-size", "32")
     assert c.train.optimizer.kwargs == {**OPTIMIZER_DEFAULTS["LBFGS"], "line_search_fn": None, "lr": 0.1}
@@ -88,12 +108,33 @@ def test_lbfgs_gets_its_own_defaults_and_opt_overrides_them():
 
 def test_flow_parameters_left_unset_get_the_same_defaults():
     # a deployment or a Python call that gives only some parameters: the same rules as the CLI
-    c = build_config(train="usps:train", test=None, target=None, target_preprocess="mnist-frame", epochs=1,
-                     batch_size=None, optimizer="LBFGS", optimizer_kwargs=None, param_groups=None, scheduler=None,
-                     scheduler_kwargs=None, augment=None, seed=0, device="cpu", amp=False, export_mode="script",
-                     data_dir=None, cache_dir="c", offline=False, resume=False, output_dir="o")
-    assert c.data.test == "usps:test" and c.data.targets == ("mnist:test",)
-    assert c.train.optimizer.kwargs == OPTIMIZER_DEFAULTS["LBFGS"] and c.train.batch_size == BATCH_SIZE_BY_OPTIMIZER["LBFGS"]
+    c = build_config(
+        train="usps:train",
+        test=None,
+        target=None,
+        target_preprocess="mnist-frame",
+        epochs=1,
+        batch_size=None,
+        optimizer="LBFGS",
+        optimizer_kwargs=None,
+        param_groups=None,
+        scheduler=None,
+        scheduler_kwargs=None,
+        augment=None,
+        seed=0,
+        device="cpu",
+        amp=False,
+        export_mode="script",
+        data_dir=None,
+        cache_dir="c",
+        offline=False,
+        resume=False,
+        output_dir="o",
+    )
+    assert c.data.test == "usps:test"
+    assert c.data.targets == ("mnist:test",)
+    assert c.train.optimizer.kwargs == OPTIMIZER_DEFAULTS["LBFGS"]
+    assert c.train.batch_size == BATCH_SIZE_BY_OPTIMIZER["LBFGS"]
     assert c.train.augment == AUGMENT_BY_FAMILY["handwriting"]
 
 
@@ -111,14 +152,16 @@ def test_output_dir_that_cannot_be_created_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         check_output_dir(str(blocker / "out"))
     message = str(excinfo.value)
-    assert "\n" not in message and str(blocker / "out") in message and "--output-dir" in message
+    assert "\n" not in message
+    assert str(blocker / "out") in message
+    assert "--output-dir" in message
     check_output_dir(str(tmp_path / "new" / "out"))  # creatable: created
     assert (tmp_path / "new" / "out").is_dir()
 
 
 @pytest.mark.parametrize("name", ["", "   "])
 def test_empty_experiment_name_is_refused(name):
-    with pytest.raises(ConfigError, match="experiment name is empty.*--experiment"):
+    with pytest.raises(ConfigError, match=r"experiment name is empty.*--experiment"):
         check_experiment(name)
     check_experiment("digitflow")
 
@@ -127,7 +170,10 @@ def test_opt_and_lr_are_passed_as_given():
     # build_config adds them to the optimizer's defaults for the device (tests/unit/test_device_defaults.py)
     assert params("--opt", "weight_decay=1e-4")["optimizer_kwargs"] == {"weight_decay": 1e-4}
     assert params("--lr", "0.1", "--opt", "nesterov=True")["optimizer_kwargs"] == {"lr": 0.1, "nesterov": True}
-    assert config("--opt", "weight_decay=1e-4").train.optimizer.kwargs == {**OptimizerConfig().kwargs, "weight_decay": 1e-4}
+    assert config("--opt", "weight_decay=1e-4").train.optimizer.kwargs == {
+        **OptimizerConfig().kwargs,
+        "weight_decay": 1e-4,
+    }
 
 
 def test_another_optimizer_starts_from_torch_defaults():
@@ -135,33 +181,49 @@ def test_another_optimizer_starts_from_torch_defaults():
     assert params("--optimizer", "Adam")["optimizer_kwargs"] is None
     assert config("--optimizer", "Adam").train.optimizer.kwargs == {}
     assert params("--optimizer", "Adam", "--opt", "betas=(0.9, 0.99)", "--lr", "1e-3")["optimizer_kwargs"] == {
-        "betas": (0.9, 0.99), "lr": 1e-3,
+        "betas": (0.9, 0.99),
+        "lr": 1e-3,
     }
 
 
 def test_amp_and_cuda_graphs_can_be_set_either_way():
-    assert params("--amp")["amp"] is True and params("--no-amp")["amp"] is False
-    assert params("--cuda-graphs")["cuda_graphs"] is True and params("--no-cuda-graphs")["cuda_graphs"] is False
+    assert params("--amp")["amp"] is True
+    assert params("--no-amp")["amp"] is False
+    assert params("--cuda-graphs")["cuda_graphs"] is True
+    assert params("--no-cuda-graphs")["cuda_graphs"] is False
     assert params("--label-smoothing", "0.1")["label_smoothing"] == 0.1
 
 
 def test_param_groups_and_scheduler_options():
-    p = params("--param-group", "classifier:lr=0.001", "--param-group", "classifier:momentum=0.5",
-               "--scheduler", "StepLR", "--sched", "step_size=2")
+    p = params(
+        "--param-group",
+        "classifier:lr=0.001",
+        "--param-group",
+        "classifier:momentum=0.5",
+        "--scheduler",
+        "StepLR",
+        "--sched",
+        "step_size=2",
+    )
     assert p["param_groups"] == {"classifier": {"lr": 0.001, "momentum": 0.5}}
-    assert p["scheduler"] == "StepLR" and p["scheduler_kwargs"] == {"step_size": 2}
+    assert p["scheduler"] == "StepLR"
+    assert p["scheduler_kwargs"] == {"step_size": 2}
 
 
 def test_no_target_and_no_augment():
     p = params("--no-target", "--no-augment")
-    assert p["target"] == [] and p["augment"] == []
+    assert p["target"] == []
+    assert p["augment"] == []
 
 
 def test_help_shows_specs_as_typed(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
     out = re.sub(r"(\w)- (\w)", r"\1-\2", " ".join(capsys.readouterr().out.split()))  # argparse wraps lines
-    assert "usps:test[:50%]" in out and "%%" not in out
+    assert "usps:test[:50%]" in out
+    assert "%%" not in out
     assert "usps:test after mnist; mnist:test after usps; none after fashion-mnist, kmnist" in out
-    assert "affine for mnist, usps, kmnist" in out and "for fashion-mnist" in out
-    assert "1000 for LBFGS" in out and "for LBFGS: line_search_fn=strong_wolfe" in out
+    assert "affine for mnist, usps, kmnist" in out
+    assert "for fashion-mnist" in out
+    assert "1000 for LBFGS" in out
+    assert "for LBFGS: line_search_fn=strong_wolfe" in out

@@ -32,8 +32,10 @@ def test_deployment_entrypoint_and_parameters_are_valid(deployment):
 
 
 def test_deployments_test_and_cross_test_as_their_descriptions_say():
-    resolved = {d["name"]: (default_test(d["parameters"]["train"]), default_targets(d["parameters"]["train"]))
-                for d in DEPLOYMENTS}
+    resolved = {
+        d["name"]: (default_test(d["parameters"]["train"]), default_targets(d["parameters"]["train"]))
+        for d in DEPLOYMENTS
+    }
     assert resolved == {
         "mnist-nightly": ("mnist:test", ["usps:test"]),
         "usps-to-mnist": ("usps:test", ["mnist:test"]),

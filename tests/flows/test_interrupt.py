@@ -60,7 +60,13 @@ class Run:
 
     def __init__(self, args: list[str], env: dict[str, str]):
         self.process = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            args,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -252,8 +258,9 @@ except KeyboardInterrupt:
 
 
 def test_a_signal_during_an_mlflow_call_waits_for_it_to_return(tmp_path):
-    result = subprocess.run([sys.executable, "-c", HOLD_BACK], cwd=REPO, env=env(tmp_path), capture_output=True,
-                            text=True, timeout=40)
+    result = subprocess.run(
+        [sys.executable, "-c", HOLD_BACK], cwd=REPO, env=env(tmp_path), capture_output=True, text=True, timeout=40
+    )
     assert result.stdout.split() == ["written", "interrupted"], result.stdout + result.stderr
     assert result.returncode == 130  # the exit code of an interrupted run, whatever main() returns
 

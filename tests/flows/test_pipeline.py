@@ -25,9 +25,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def tiny_run(tmp_path: Path, data_dir: Path, **overrides):
     params = dict(
-        train="mnist:train", test="mnist:test", target=["usps:test"], epochs=2, batch_size=16,
-        data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"),
-        offline=True, experiment="pipeline-test",
+        train="mnist:train",
+        test="mnist:test",
+        target=["usps:test"],
+        epochs=2,
+        batch_size=16,
+        data_dir=str(data_dir),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "out"),
+        offline=True,
+        experiment="pipeline-test",
     )
     return pipeline(**{**params, **overrides})
 
@@ -47,17 +54,21 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     tags = parent.data.tags
     # Named after what it did; the Prefect flow run's own (random) name is kept as a tag.
     assert parent.info.run_name == "batch_size=16 · LeNet mnist:train epochs=2"
-    assert tags["prefect.flow_run_id"] and tags["git.commit"]
+    assert tags["prefect.flow_run_id"]
+    assert tags["git.commit"]
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as prefect:
         assert tags["prefect.flow_run_name"] == prefect.read_flow_run(tags["prefect.flow_run_id"]).name
     # The Source column says the flow, on the parent and on every child.
-    assert tags["mlflow.source.name"] == "digitflow-pipeline" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.name"] == "digitflow-pipeline"
+    assert tags["mlflow.source.type"] == "LOCAL"
     assert {"dataset.train.digest", "dataset.test.digest", "dataset.target.usps.digest"} <= set(tags)
     params = parent.data.params
-    assert params["train.epochs"] == "2" and params["data.train"] == "mnist:train"
-    assert params["train.optimizer.name"] == "SGD" and params["train.optimizer.kwargs.momentum"] == "0.9"
+    assert params["train.epochs"] == "2"
+    assert params["data.train"] == "mnist:train"
+    assert params["train.optimizer.name"] == "SGD"
+    assert params["train.optimizer.kwargs.momentum"] == "0.9"
     assert {"test/accuracy", "test/loss", "cross/usps/accuracy"} <= set(parent.data.metrics)
 
     children = runs_by_name(summary.run_id)
@@ -68,7 +79,9 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     recommended = description_columns(experiment.tags["mlflow.note.content"])
-    assert recommended["Metrics"] and recommended["Parameters"] and recommended["Tags"]
+    assert recommended["Metrics"]
+    assert recommended["Parameters"]
+    assert recommended["Tags"]
     assert recommended["Metrics"] <= set(parent.data.metrics)
     assert recommended["Parameters"] <= set(parent.data.params)
     assert recommended["Tags"] <= set(tags)
@@ -118,8 +131,14 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_PORT", "5123")
     summary = PipelineSummary(
-        run_id="abc123", experiment_id="7", artifact_uri="file:///x", run_url=run_url("abc123", "7"), tracking_uri=store,
-        test_accuracy=0.5, test_loss=1.0, ui_command=ui_command(),
+        run_id="abc123",
+        experiment_id="7",
+        artifact_uri="file:///x",
+        run_url=run_url("abc123", "7"),
+        tracking_uri=store,
+        test_accuracy=0.5,
+        test_loss=1.0,
+        ui_command=ui_command(),
     )
 
     @flow
@@ -132,10 +151,15 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     link = {a.key: a for a in artifacts}["mlflow-run"]
     # What prefect.artifacts.create_link_artifact stores: "[text](link)", nothing else.
-    assert link.data == "[MLflow run abc123](http://127.0.0.1:5123/#/experiments/7/runs/abc123?workflowType=machine_learning)"
+    assert (
+        link.data
+        == "[MLflow run abc123](http://127.0.0.1:5123/#/experiments/7/runs/abc123?workflowType=machine_learning)"
+    )
     assert f"`MLFLOW_TRACKING_URI={store} MLFLOW_PORT=5123 make ui`" in link.description
 
 
@@ -145,7 +169,9 @@ def test_divergence_fails_flow_and_runs_but_keeps_logged_data(tmp_path, monkeypa
     assert state.is_failed()
     assert "loss became" in state.message
 
-    [parent] = mlflow.search_runs(experiment_names=["pipeline-test"], filter_string="tags.`mlflow.parentRunId` IS NULL", output_format="list")
+    [parent] = mlflow.search_runs(
+        experiment_names=["pipeline-test"], filter_string="tags.`mlflow.parentRunId` IS NULL", output_format="list"
+    )
     assert parent.info.status == "FAILED"
     children = runs_by_name(parent.info.run_id)
     assert children["train"].info.status == "FAILED"
@@ -153,7 +179,9 @@ def test_divergence_fails_flow_and_runs_but_keeps_logged_data(tmp_path, monkeypa
     assert parent.data.params["train.optimizer.kwargs.lr"] == "1000000000000.0"
 
 
-def test_fashion_mnist_defaults_follow_the_dataset_and_need_no_usps_file(tmp_path, monkeypatch, mlflow_store, prefect_server):
+def test_fashion_mnist_defaults_follow_the_dataset_and_need_no_usps_file(
+    tmp_path, monkeypatch, mlflow_store, prefect_server
+):
     import shutil
 
     from digitflow.config import AUGMENT_BY_FAMILY, flatten
@@ -164,8 +192,10 @@ def test_fashion_mnist_defaults_follow_the_dataset_and_need_no_usps_file(tmp_pat
 
     parent = mlflow.MlflowClient().get_run(summary.run_id)
     params, tags = parent.data.params, parent.data.tags
-    assert params["data.test"] == "fashion-mnist:test" and params["data.targets"] == "[]"
-    assert summary.cross_accuracy == {} and "cross-domain" not in " ".join(runs_by_name(summary.run_id))
+    assert params["data.test"] == "fashion-mnist:test"
+    assert params["data.targets"] == "[]"
+    assert summary.cross_accuracy == {}
+    assert "cross-domain" not in " ".join(runs_by_name(summary.run_id))
     # the params record the augmentation used, the default of the clothing family, and a tag says so
     expected = flatten(AUGMENT_BY_FAMILY["clothing"], prefix="train.augment.")
     assert {k: params[k] for k in expected} == {k: str(v) for k, v in expected.items()}
@@ -174,7 +204,11 @@ def test_fashion_mnist_defaults_follow_the_dataset_and_need_no_usps_file(tmp_pat
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "flows", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -182,8 +216,22 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
 def test_help_lists_every_option():
     result = cli("run", "--help")
     assert result.returncode == 0
-    for option in ("--train", "--test", "--target", "--target-preprocess", "--epochs", "--optimizer", "--opt",
-                   "--param-group", "--scheduler", "--augment", "--device", "--offline", "--resume", "--data-dir"):
+    for option in (
+        "--train",
+        "--test",
+        "--target",
+        "--target-preprocess",
+        "--epochs",
+        "--optimizer",
+        "--opt",
+        "--param-group",
+        "--scheduler",
+        "--augment",
+        "--device",
+        "--offline",
+        "--resume",
+        "--data-dir",
+    ):
         assert option in result.stdout
 
 
@@ -200,7 +248,10 @@ def test_help_lists_every_option():
         (["--epochs", "0"], "epochs and batch size must be at least 1"),
         (["--param-group", "foo:lr=0.1"], "parameter group 'foo' matches no parameter"),
         (["--device", "tpu"], "unknown device 'tpu'"),
-        (["--output-dir", "/dev/null/out"], "cannot write to the output dir /dev/null/out (Not a directory); choose another with --output-dir"),
+        (
+            ["--output-dir", "/dev/null/out"],
+            "cannot write to the output dir /dev/null/out (Not a directory); choose another with --output-dir",
+        ),
         (["--experiment", ""], "the MLflow experiment name is empty; name one with --experiment NAME"),
     ],
 )
@@ -216,8 +267,18 @@ def test_bad_input_is_one_line_and_exits_non_zero(args, message):
 def test_missing_data_offline_is_one_line_error(tmp_path):
     missing = tmp_path / "no-such-dir"
     result = cli(
-        "run", "--train", "mnist:test[:8000]", "--test", "mnist:test[8000:]", "--offline", "--epochs", "1",
-        "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+        "run",
+        "--train",
+        "mnist:test[:8000]",
+        "--test",
+        "mnist:test[8000:]",
+        "--offline",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
         env={"DIGITFLOW_DATA_DIR": str(missing), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     assert result.returncode == 2
@@ -226,7 +287,8 @@ def test_missing_data_offline_is_one_line_error(tmp_path):
     assert "temporary server" not in output  # checked before Prefect starts
     errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
     assert len(errors) == 1
-    assert "t10k-images-idx3-ubyte.gz" in errors[0] and str(missing / "MNIST" / "raw") in errors[0]
+    assert "t10k-images-idx3-ubyte.gz" in errors[0]
+    assert str(missing / "MNIST" / "raw") in errors[0]
     assert "--offline" in errors[0]
 
 
@@ -247,12 +309,29 @@ def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
     if not (data / "MNIST").is_dir():
         pytest.skip(f"needs the real MNIST test files in {data}")
     result = cli(
-        "run", "--train", "mnist:test[:500]", "--test", "mnist:test[9500:]", "--no-target", "--offline",
-        "--data-dir", str(data), "--resume", "--checkpoint", str(bad), "--epochs", "1",
-        "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+        "run",
+        "--train",
+        "mnist:test[:500]",
+        "--test",
+        "mnist:test[9500:]",
+        "--no-target",
+        "--offline",
+        "--data-dir",
+        str(data),
+        "--resume",
+        "--checkpoint",
+        str(bad),
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
-    assert len(errors) == 1 and expected in errors[0] and str(bad) in errors[0]
+    assert len(errors) == 1
+    assert expected in errors[0]
+    assert str(bad) in errors[0]
     assert "Traceback" not in result.stdout + result.stderr

@@ -14,8 +14,12 @@ SPLITS = dict(train="mnist:test[:8000]", test="mnist:test[8000:]", offline=True)
 
 def test_two_epochs_reach_098_on_held_out_mnist(tmp_path, shared_data, mlflow_store, prefect_server):
     summary = pipeline(
-        **SPLITS, target=[], epochs=2, data_dir=str(shared_data),
-        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"),
+        **SPLITS,
+        target=[],
+        epochs=2,
+        data_dir=str(shared_data),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "out"),
     )
     assert summary.test_accuracy >= 0.98
     assert mlflow.MlflowClient().get_run(summary.run_id).data.metrics["test/accuracy"] == summary.test_accuracy
@@ -23,8 +27,11 @@ def test_two_epochs_reach_098_on_held_out_mnist(tmp_path, shared_data, mlflow_st
 
 def test_default_settings_reach_090_on_usps_without_target_data(tmp_path, shared_data, mlflow_store, prefect_server):
     summary = pipeline(
-        **SPLITS, target=["usps:test"], data_dir=str(shared_data),
-        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"),
+        **SPLITS,
+        target=["usps:test"],
+        data_dir=str(shared_data),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "out"),
     )
     assert summary.cross_accuracy["usps"] >= 0.90
     assert summary.test_accuracy >= 0.98

@@ -41,7 +41,9 @@ class _Records(logging.Handler):
         self.lines.append(logging.Formatter("%(message)s").format(record))  # message + traceback if any
 
 
-def test_a_failed_download_is_said_short_at_each_retry_and_in_full_once(tmp_path, monkeypatch, mlflow_store, prefect_server):
+def test_a_failed_download_is_said_short_at_each_retry_and_in_full_once(
+    tmp_path, monkeypatch, mlflow_store, prefect_server
+):
     import tasks.data
     import tasks.logs
     from flows.pipeline import pipeline
@@ -55,14 +57,25 @@ def test_a_failed_download_is_said_short_at_each_retry_and_in_full_once(tmp_path
     records = _Records()
     logging.getLogger().addHandler(records)
     try:
-        state = pipeline(train="usps:test", target=[], epochs=1, data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"),
-                         output_dir=str(tmp_path / "out"), experiment="download-log", return_state=True)
+        state = pipeline(
+            train="usps:test",
+            target=[],
+            epochs=1,
+            data_dir=str(data_dir),
+            cache_dir=str(tmp_path / "cache"),
+            output_dir=str(tmp_path / "out"),
+            experiment="download-log",
+            return_state=True,
+        )
     finally:
         logging.getLogger().removeHandler(records)
 
     assert state.is_failed()
     full = "usps:test needs usps.t.bz2, not found in"
-    short = "DownloadError: usps:test needs usps.t.bz2: no mirror could provide it (URLError: <urlopen error unknown url type: fake>)"
+    short = (
+        "DownloadError: usps:test needs usps.t.bz2: no mirror could provide it "
+        "(URLError: <urlopen error unknown url type: fake>)"
+    )
     text = "\n".join(records.lines)
     assert text.count(full) == 1, text
     assert [n for n in (1, 2, 3) if f"{short} - Retry {n}/3 will start" in text] == [1, 2, 3], text
@@ -75,16 +88,30 @@ def test_full_message_left_to_the_caller():
     from digitflow.errors import DownloadError
     from tasks.logs import OneLineErrors
 
-    error = DownloadError("x:test needs f.gz, not found in /d and no mirror could provide it (u: boom)", "fix it",
-                          short="f.gz: no mirror could provide it (boom)")
+    error = DownloadError(
+        "x:test needs f.gz, not found in /d and no mirror could provide it (u: boom)",
+        "fix it",
+        short="f.gz: no mirror could provide it (boom)",
+    )
     quiet = OneLineErrors(full_in_log=False)
     retry = logging.LogRecord("prefect.task_runs", logging.INFO, "", 0, "failed: %r - Retry %s/%s", (error, 1, 3), None)
-    final = logging.LogRecord("prefect.task_runs", logging.ERROR, "", 0, f"failed: {error!r} - Retries are exhausted",
-                              (), (DownloadError, error, None))
-    state = logging.LogRecord("prefect.flow_runs", logging.INFO, "", 0, f"Finished in state Failed({f'DownloadError: {error}'!r})", (), None)
+    final = logging.LogRecord(
+        "prefect.task_runs",
+        logging.ERROR,
+        "",
+        0,
+        f"failed: {error!r} - Retries are exhausted",
+        (),
+        (DownloadError, error, None),
+    )
+    state = logging.LogRecord(
+        "prefect.flow_runs", logging.INFO, "", 0, f"Finished in state Failed({f'DownloadError: {error}'!r})", (), None
+    )
     for record in (retry, final, state):
         assert quiet.filter(record)
     assert retry.getMessage() == "failed: DownloadError: f.gz: no mirror could provide it (boom) - Retry 1/3"
-    assert final.getMessage() == "failed: DownloadError: f.gz: no mirror could provide it (boom) - Retries are exhausted"
+    assert (
+        final.getMessage() == "failed: DownloadError: f.gz: no mirror could provide it (boom) - Retries are exhausted"
+    )
     assert final.exc_info is None
     assert state.getMessage() == "Finished in state Failed('DownloadError: f.gz: no mirror could provide it (boom)')"

@@ -42,7 +42,9 @@ pytestmark = [  # what loading a TorchScript model through MLflow says, every ti
 def register(tmp_path: Path, data_dir: Path, train: str, test: str, epochs: int):
     """Train and export through the tasks under a parent run; returns (parent id, export result, images, labels)."""
     config = RunConfig(
-        data=DataConfig(train=train, test=test, targets=(), data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), offline=True),
+        data=DataConfig(
+            train=train, test=test, targets=(), data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), offline=True
+        ),
         train=TrainConfig(epochs=epochs, batch_size=32, device="cpu"),
         export=ExportConfig(verify_images=16, latency_repeats=1),
         output_dir=str(tmp_path / "out"),
@@ -55,7 +57,9 @@ def register(tmp_path: Path, data_dir: Path, train: str, test: str, epochs: int)
             prepared[spec] = prepare_dataset.fn(spec, files, str(data_dir), config.data.cache_dir, parent.info.run_id)
         trained = train_model.fn(prepared[train], config, str(tmp_path / "ck.pt"), parent.info.run_id)
         exported = export_model.fn(trained, prepared[test], config, {"test/accuracy": 0.5}, [], parent.info.run_id)
-    images, labels = model_inputs(load_prepared(prepared[test], str(data_dir), config.data.cache_dir), "mnist-frame", "cpu")
+    images, labels = model_inputs(
+        load_prepared(prepared[test], str(data_dir), config.data.cache_dir), "mnist-frame", "cpu"
+    )
     return parent.info.run_id, exported, images, labels
 
 
@@ -98,20 +102,42 @@ def test_registered_model_has_a_signature_and_scores_mlflows_json_payload(tmp_pa
 
 @pytest.mark.slow
 def test_mlflow_models_serve_scores_real_mnist_test_images(tmp_path, shared_data, mlflow_store):
-    parent_id, exported, images, labels = register(tmp_path, shared_data, "mnist:test[:2000]", "mnist:test[9800:]", epochs=1)
+    _parent_id, exported, images, labels = register(
+        tmp_path, shared_data, "mnist:test[:2000]", "mnist:test[9800:]", epochs=1
+    )
     port = free_port()
     bin_dir = Path(sys.executable).parent  # the environment's mlflow, and the uvicorn it runs
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            ["mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: uvicorn stops with it
+            [
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                MODEL_URI,
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env={
+                **os.environ,
+                "MLFLOW_TRACKING_URI": mlflow_store,
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: uvicorn stops with it
         )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=payload(images).encode(), headers={"Content-Type": "application/json"},
+            f"http://127.0.0.1:{port}/invocations",
+            data=payload(images).encode(),
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             served = np.asarray(json.load(response)["predictions"], dtype=np.float32)

@@ -60,9 +60,11 @@ def test_in_a_deployment_run_missing_data_says_how_to_fix_the_deployment(tmp_pat
     with pytest.raises(DataError) as excinfo:
         download_dataset.fn("usps:test", str(data_dir), offline=offline)
     message = str(excinfo.value)
-    assert "usps:test needs usps.t.bz2" in message and str(data_dir / "USPS") in message
+    assert "usps:test needs usps.t.bz2" in message
+    assert str(data_dir / "USPS") in message
     assert "set DIGITFLOW_DATA_DIR in the worker's environment, or pass -p data_dir=DIR" in message
-    assert "--offline" not in message and "\n" not in message
+    assert "--offline" not in message
+    assert "\n" not in message
     assert ("network" in message) is not offline
 
 
@@ -73,7 +75,8 @@ def test_a_flow_run_is_a_deployment_run_only_when_a_deployment_started_it(prefec
     def probe() -> bool:
         return in_deployment_run()
 
-    assert probe() is False and in_deployment_run() is False
+    assert probe() is False
+    assert in_deployment_run() is False
 
 
 def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir, mlflow_store):
@@ -89,8 +92,13 @@ def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir
 
     runs = child_runs(pid)
     assert set(runs) == {
-        "prepare mnist:train", "prepare mnist:test", "prepare usps:test",
-        "train", "evaluate", "cross-domain usps:test", "export",
+        "prepare mnist:train",
+        "prepare mnist:test",
+        "prepare usps:test",
+        "train",
+        "evaluate",
+        "cross-domain usps:test",
+        "export",
     }
     train_run = runs["train"]
     client = mlflow.MlflowClient()

@@ -26,7 +26,8 @@ def test_new_experiment_is_a_training_experiment_with_a_description(mlflow_store
     setup_tracking("ui-new")
     tags = experiment_tags("ui-new")
     assert tags[KIND] == "custom_model_development"
-    assert "test/accuracy" in tags[NOTE] and "Columns" in tags[NOTE]
+    assert "test/accuracy" in tags[NOTE]
+    assert "Columns" in tags[NOTE]
 
 
 def test_existing_experiment_gets_the_kind_and_description(mlflow_store):
@@ -56,11 +57,27 @@ def test_a_description_edited_in_the_ui_is_kept_and_ours_is_updated(mlflow_store
 
 def config(**overrides):
     params = dict(
-        train="mnist:test[:8000]", test="mnist:test[8000:]", target=["usps:test"], target_preprocess="mnist-frame",
-        epochs=1, batch_size=64, optimizer="SGD", optimizer_kwargs=None, param_groups=None,
-        scheduler="CosineAnnealingLR", scheduler_kwargs=None, augment=None, seed=0, device="cpu", amp=True,
-        export_mode="script", data_dir="/somewhere/data", cache_dir="/somewhere/cache", offline=True,
-        resume=False, output_dir="/somewhere/out",
+        train="mnist:test[:8000]",
+        test="mnist:test[8000:]",
+        target=["usps:test"],
+        target_preprocess="mnist-frame",
+        epochs=1,
+        batch_size=64,
+        optimizer="SGD",
+        optimizer_kwargs=None,
+        param_groups=None,
+        scheduler="CosineAnnealingLR",
+        scheduler_kwargs=None,
+        augment=None,
+        seed=0,
+        device="cpu",
+        amp=True,
+        export_mode="script",
+        data_dir="/somewhere/data",
+        cache_dir="/somewhere/cache",
+        offline=True,
+        resume=False,
+        output_dir="/somewhere/out",
     )
     return build_config(**{**params, **overrides})
 
@@ -68,11 +85,15 @@ def config(**overrides):
 def test_parent_run_name_says_model_train_spec_and_distinguishing_options():
     plain = parent_run_name(config())
     assert plain == "test=mnist:test[8000:] · LeNet mnist:test[:8000] epochs=1"  # not the default held-out split
-    assert "somewhere" not in plain and "offline" not in plain and "device" not in plain  # how, not what
+    assert "somewhere" not in plain
+    assert "offline" not in plain
+    assert "device" not in plain
     tuned = parent_run_name(config(optimizer_kwargs={"lr": 0.01, "momentum": 0.9}, augment=[], seed=3, target=[]))
     assert {"lr=0.01", "augment=none", "seed=3", "target=none"} <= set(tuned.split())
     assert "momentum=0.9" not in tuned  # the default, so not distinguishing
-    other = parent_run_name(config(optimizer="AdamW", optimizer_kwargs={"lr": 1e-3}, scheduler="none", export_mode="trace"))
+    other = parent_run_name(
+        config(optimizer="AdamW", optimizer_kwargs={"lr": 1e-3}, scheduler="none", export_mode="trace")
+    )
     assert {"optimizer=AdamW", "lr=0.001", "scheduler=none", "export=trace"} <= set(other.split())
     assert tuned.endswith(" · LeNet mnist:test[:8000] epochs=1")
     # The runs list shows about 20 characters of a name: runs that differ must differ there.
@@ -82,13 +103,18 @@ def test_parent_run_name_says_model_train_spec_and_distinguishing_options():
 
 def test_source_names_the_flow_and_child_runs_inherit_it(mlflow_store):
     assert source_tags("digitflow-pipeline", "mnist-nightly") == {
-        "mlflow.source.name": "digitflow-pipeline/mnist-nightly", "mlflow.source.type": "JOB"}
+        "mlflow.source.name": "digitflow-pipeline/mnist-nightly",
+        "mlflow.source.type": "JOB",
+    }
     setup_tracking("ui-source")
-    with mlflow.start_run(tags=source_tags("digitflow-pipeline")) as parent:
-        with child_run("train", parent.info.run_id) as child:
-            pass
+    with (
+        mlflow.start_run(tags=source_tags("digitflow-pipeline")) as parent,
+        child_run("train", parent.info.run_id) as child,
+    ):
+        pass
     tags = mlflow.get_run(child.info.run_id).data.tags
-    assert tags["mlflow.source.name"] == "digitflow-pipeline" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.name"] == "digitflow-pipeline"
+    assert tags["mlflow.source.type"] == "LOCAL"
 
 
 def fake_mlflow(tmp_path: Path) -> Path:
@@ -125,7 +151,7 @@ def test_ui_command_and_link_lead_to_the_store_and_port_of_the_run(tmp_path, mon
     assert url == "http://127.0.0.1:5123/#/experiments/7/runs/abc?workflowType=machine_learning"
     result, args = run_ui_command(ui_command(), tmp_path)
     assert result.returncode == 0, result.stderr
-    served = dict(zip(args[1::2], args[2::2]))
+    served = dict(zip(args[1::2], args[2::2], strict=False))
     assert args[0] == "ui"
     assert served["--backend-store-uri"] == f"sqlite:///{store / 'mlflow.db'}"
     assert served["--default-artifact-root"] == str(store / "artifacts")
@@ -141,9 +167,12 @@ def test_ui_command_for_the_project_store_is_plain_make_ui(tmp_path, monkeypatch
 
 def test_ui_script_refuses_a_missing_store_and_a_tracking_server(tmp_path):
     missing, _ = run_ui_command(f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path / 'nope.db'} make ui", tmp_path)
-    assert missing.returncode == 2 and "no MLflow store at" in missing.stderr
+    assert missing.returncode == 2
+    assert "no MLflow store at" in missing.stderr
     server, args = run_ui_command("MLFLOW_TRACKING_URI=http://tracking.example:5000 make ui", tmp_path)
-    assert server.returncode == 2 and "tracking server" in server.stderr and args == []
+    assert server.returncode == 2
+    assert "tracking server" in server.stderr
+    assert args == []
 
 
 def test_tracking_server_links_to_itself(monkeypatch):

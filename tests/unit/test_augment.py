@@ -40,8 +40,10 @@ def test_nothing_enabled_gives_none():
 def test_shape_dtype_and_range_are_kept(config):
     images = _digits(16)
     out = build_augment(config)(images)
-    assert out.shape == images.shape and out.dtype == images.dtype
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert out.shape == images.shape
+    assert out.dtype == images.dtype
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
     assert not torch.equal(out, images)
 
 
@@ -50,7 +52,9 @@ def test_non_square_and_small_images():
     augment = build_augment(AugmentConfig(elastic=True, elastic_sigma=4.0))
     for shape in [(4, 1, 16, 16), (4, 1, 20, 32), (4, 3, 28, 28)]:
         out = augment(torch.rand(shape))
-        assert out.shape == shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+        assert out.shape == shape
+        assert float(out.min()) >= 0.0
+        assert float(out.max()) <= 1.0
 
 
 def test_every_image_draws_its_own_parameters():
@@ -100,7 +104,8 @@ def test_affine_geometry_scale_about_the_centre():
     out = build_augment(config)(torch.ones(2, 1, 28, 28))
     assert float(out.sum()) == pytest.approx(2 * 14 * 14, rel=0.03)
     assert float(out[:, :, 7:21, 7:21].min()) == pytest.approx(1.0)
-    assert float(out[:, :, :6].max()) == 0.0 and float(out[:, :, :, 22:].max()) == 0.0
+    assert float(out[:, :, :6].max()) == 0.0
+    assert float(out[:, :, :, 22:].max()) == 0.0
 
 
 def test_affine_geometry_translation_is_bounded():
@@ -112,7 +117,8 @@ def test_affine_geometry_translation_is_bounded():
     mass = out.sum(dim=(1, 2, 3))
     com_y = (out.sum(dim=(1, 3)) * idx).sum(1) / mass
     com_x = (out.sum(dim=(1, 2)) * idx).sum(1) / mass
-    assert float((com_y - 14).abs().max()) <= 2.81 and float((com_x - 14).abs().max()) <= 2.81
+    assert float((com_y - 14).abs().max()) <= 2.81
+    assert float((com_x - 14).abs().max()) <= 2.81
     assert float((com_x - 14).abs().max()) > 1.0  # it does move
 
 
@@ -137,7 +143,9 @@ def test_unusable_extra_is_a_config_error(name):
     with pytest.raises(ConfigError) as info:
         build_augment(AugmentConfig(extra=(name,)))
     message = str(info.value)
-    assert repr(name) in message and "RandomErasing" in message and "\n" not in message
+    assert repr(name) in message
+    assert "RandomErasing" in message
+    assert "\n" not in message
 
 
 def test_bad_scale_range_is_a_config_error():
@@ -169,7 +177,8 @@ def test_runs_on_the_images_device_reproducibly():
     torch.manual_seed(0)
     first = augment(images)
     torch.manual_seed(0)
-    assert first.device == images.device and torch.equal(first, augment(images))
+    assert first.device == images.device
+    assert torch.equal(first, augment(images))
 
 
 def test_hflip_mirrors_about_half_the_images_each_exactly():
@@ -178,8 +187,8 @@ def test_hflip_mirrors_about_half_the_images_each_exactly():
     assert augment is not None
     torch.manual_seed(0)
     out = augment(images)
-    mirrored = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, images)])
-    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images)])
+    mirrored = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=False)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images, strict=False)])
     assert bool((mirrored ^ kept).all())  # each image is either itself or its mirror image, untouched otherwise
     assert 150 < int(mirrored.sum()) < 250
     torch.manual_seed(0)
@@ -192,5 +201,6 @@ def test_hflip_after_the_affine_warp():
     warped = build_augment(AFFINE)(images)
     torch.manual_seed(5)
     both = build_augment(dataclasses.replace(AFFINE, hflip=True))(images)
-    flipped = [torch.equal(b, w.flip(-1)) for b, w in zip(both, warped)]
-    assert all(f or torch.equal(b, w) for f, b, w in zip(flipped, both, warped)) and any(flipped)
+    flipped = [torch.equal(b, w.flip(-1)) for b, w in zip(both, warped, strict=False)]
+    assert all(f or torch.equal(b, w) for f, b, w in zip(flipped, both, warped, strict=False))
+    assert any(flipped)

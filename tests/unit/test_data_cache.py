@@ -92,8 +92,10 @@ def test_digest_is_stable_and_depends_on_content_and_slice(dirs, tmp_path):
     a = prepare("usps:test[:10]", data_dir, cache_dir, offline=True)
     assert prepare("usps:test[0:10]", data_dir, tmp_path / "other-cache", offline=True).digest == a.digest
     assert prepare("usps:test[:11]", data_dir, cache_dir, offline=True).digest != a.digest
-    assert prepare("usps:test[:50%]", data_dir, cache_dir, offline=True).digest == \
-        prepare("usps:test[:20]", data_dir, cache_dir, offline=True).digest  # 50% of 40 = 20
+    assert (
+        prepare("usps:test[:50%]", data_dir, cache_dir, offline=True).digest
+        == prepare("usps:test[:20]", data_dir, cache_dir, offline=True).digest
+    )  # 50% of 40 = 20
 
 
 def test_unreadable_cache_file_is_rebuilt(dirs):

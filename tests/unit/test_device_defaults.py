@@ -22,10 +22,27 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 def config(**overrides):
     base = dict(
-        train="mnist:train", test="mnist:test", target=[], target_preprocess="mnist-frame", epochs=None,
-        batch_size=None, optimizer="SGD", optimizer_kwargs=None, param_groups=None, scheduler="CosineAnnealingLR",
-        scheduler_kwargs=None, augment=None, seed=0, device="cpu", amp=None, export_mode="script",
-        data_dir="data", cache_dir=".cache", offline=True, resume=False, output_dir="outputs",
+        train="mnist:train",
+        test="mnist:test",
+        target=[],
+        target_preprocess="mnist-frame",
+        epochs=None,
+        batch_size=None,
+        optimizer="SGD",
+        optimizer_kwargs=None,
+        param_groups=None,
+        scheduler="CosineAnnealingLR",
+        scheduler_kwargs=None,
+        augment=None,
+        seed=0,
+        device="cpu",
+        amp=None,
+        export_mode="script",
+        data_dir="data",
+        cache_dir=".cache",
+        offline=True,
+        resume=False,
+        output_dir="outputs",
     )
     return build_config(**{**base, **overrides})
 

@@ -169,8 +169,14 @@ def test_nan_in_a_later_epoch_names_that_epoch(data):
 
     epochs_done = []
     with pytest.raises(TrainingDivergedError, match=r"in epoch 2, batch 4/4") as info:
-        fit(build_model(10, seed=0), images, labels, config(epochs=3), augment=poison_epoch_two,
-            on_epoch=epochs_done.append)
+        fit(
+            build_model(10, seed=0),
+            images,
+            labels,
+            config(epochs=3),
+            augment=poison_epoch_two,
+            on_epoch=epochs_done.append,
+        )
     assert "\n" not in str(info.value)
     assert [r["epoch"] for r in epochs_done] == [1]
 
@@ -187,8 +193,16 @@ def test_divergence_is_caught_at_the_first_check(data):
     model = build_model(10, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with pytest.raises(TrainingDivergedError, match=rf"epoch 5, batch {CHECK_EVERY}/64"):
-        train_one_epoch(model, opt, images, labels, batch_size=batch_size, augment=poison_first, epoch=5,
-                        on_batch=lambda *args: batches.append(args))
+        train_one_epoch(
+            model,
+            opt,
+            images,
+            labels,
+            batch_size=batch_size,
+            augment=poison_first,
+            epoch=5,
+            on_batch=lambda *args: batches.append(args),
+        )
     assert len(batches) == CHECK_EVERY - 1  # stopped at the first check, not at the end of the epoch
 
 
@@ -294,8 +308,15 @@ def interrupt_after_first_epoch(images, labels, cfg, checkpoint_path):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        fit(build_model(10, seed=0), images, labels, cfg, augment=noisy, checkpoint_path=checkpoint_path,
-            on_epoch=stop_after_first)
+        fit(
+            build_model(10, seed=0),
+            images,
+            labels,
+            cfg,
+            augment=noisy,
+            checkpoint_path=checkpoint_path,
+            on_epoch=stop_after_first,
+        )
 
 
 def test_resume_reaches_the_uninterrupted_result(data, tmp_path):
@@ -342,8 +363,9 @@ def test_interrupted_run_resumes_on_its_schedule(data, tmp_path):
 
 def test_resume_without_checkpoint_starts_fresh(data, tmp_path):
     images, labels = data
-    result = fit(build_model(10, seed=0), images, labels, config(epochs=1), checkpoint_path=tmp_path / "new.pt",
-                 resume=True)
+    result = fit(
+        build_model(10, seed=0), images, labels, config(epochs=1), checkpoint_path=tmp_path / "new.pt", resume=True
+    )
     assert result.resumed_from_epoch == 0
     assert len(result.history) == 1
 
@@ -354,8 +376,15 @@ def test_resume_of_a_finished_run_trains_nothing(data, tmp_path):
     done = fit(build_model(10, seed=0), images, labels, config(epochs=2), checkpoint_path=path)
     again = build_model(10, seed=5)
     batches = []
-    result = fit(again, images, labels, config(epochs=2), checkpoint_path=path, resume=True,
-                 on_batch=lambda *a: batches.append(a))
+    result = fit(
+        again,
+        images,
+        labels,
+        config(epochs=2),
+        checkpoint_path=path,
+        resume=True,
+        on_batch=lambda *a: batches.append(a),
+    )
     assert batches == []
     assert result.resumed_from_epoch == 2
     assert same_weights(again, done.model)
@@ -526,8 +555,14 @@ def test_evaluate_leaves_batchnorm_statistics_alone(data):
 def test_callbacks_are_called_per_batch_and_per_epoch(data):
     images, labels = data  # 128 images, batch 32 -> 4 batches per epoch
     batches, epochs = [], []
-    result = fit(build_model(10, seed=0), images, labels, config(epochs=2), on_batch=lambda *a: batches.append(a),
-                 on_epoch=epochs.append)
+    result = fit(
+        build_model(10, seed=0),
+        images,
+        labels,
+        config(epochs=2),
+        on_batch=lambda *a: batches.append(a),
+        on_epoch=epochs.append,
+    )
 
     assert [(e, b, n) for e, b, n, _ in batches] == [(e, b, 4) for e in (1, 2) for b in (1, 2, 3, 4)]
     # the loss is only reported on check intervals and the last batch of an epoch
@@ -564,8 +599,9 @@ def test_train_one_epoch_visits_every_image_once(data):
         seen.append(x[:, 0, 27, 27].clone())  # a noise pixel: identifies the image
         return x
 
-    stats = train_one_epoch(model, opt, images, labels, batch_size=24, generator=torch.Generator().manual_seed(0),
-                            augment=record)
+    stats = train_one_epoch(
+        model, opt, images, labels, batch_size=24, generator=torch.Generator().manual_seed(0), augment=record
+    )
     visited = torch.cat(seen)
     assert visited.shape[0] == images.shape[0]
     assert torch.equal(visited.sort().values, images[:, 0, 27, 27].sort().values)

@@ -147,12 +147,8 @@ def test_wrong_suffix(model, tmp_path):
 
 
 def test_compare_latency_keys(model, exported):
-    metrics = compare_latency(
-        model, exported["script"], load_export(exported["program"]), repeats=2, warmup=1
-    )
-    assert set(metrics) == {
-        f"export/{name}_ms_b{b}" for name in ("eager", "torchscript", "program") for b in (1, 256)
-    }
+    metrics = compare_latency(model, exported["script"], load_export(exported["program"]), repeats=2, warmup=1)
+    assert set(metrics) == {f"export/{name}_ms_b{b}" for name in ("eager", "torchscript", "program") for b in (1, 256)}
     assert all(math.isfinite(v) and v > 0 for v in metrics.values())
     traced = compare_latency(model, exported["trace"], batch_sizes=(3,), repeats=1, warmup=0)
     assert set(traced) == {"export/eager_ms_b3", "export/torchscript_ms_b3"}

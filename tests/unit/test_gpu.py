@@ -107,8 +107,9 @@ def test_cuda_graph_step_trains_as_the_eager_step_does(optimizer, scheduler, exa
     results = {}
     for graphs in (False, True, False):
         model = build_model(10, seed=0).to(device, memory_format=torch.channels_last)
-        config = TrainConfig(epochs=3, batch_size=64, amp=False, cuda_graphs=graphs, optimizer=optimizer,
-                             scheduler=scheduler)
+        config = TrainConfig(
+            epochs=3, batch_size=64, amp=False, cuda_graphs=graphs, optimizer=optimizer, scheduler=scheduler
+        )
         result = fit(model, images, labels, config)
         assert result.step == ("cuda-graph" if graphs else "eager")
         results.setdefault(graphs, []).append((weights(model), [h["loss"] for h in result.history]))
@@ -175,8 +176,13 @@ def test_cuda_graph_resume_continues_to_the_same_weights(tmp_path):
 def test_cuda_graphs_fall_back_to_eager_for_lbfgs():
     device = torch.device("cuda")
     images, labels = random_data(device, n=128)
-    config = TrainConfig(epochs=1, batch_size=128, cuda_graphs=True, scheduler=SchedulerConfig(None),
-                         optimizer=OptimizerConfig("LBFGS", {"lr": 0.5, "line_search_fn": "strong_wolfe"}))
+    config = TrainConfig(
+        epochs=1,
+        batch_size=128,
+        cuda_graphs=True,
+        scheduler=SchedulerConfig(None),
+        optimizer=OptimizerConfig("LBFGS", {"lr": 0.5, "line_search_fn": "strong_wolfe"}),
+    )
     result = fit(build_model(10, seed=0).to(device), images, labels, config)
     assert result.step.startswith("eager (LBFGS")
 

@@ -35,20 +35,22 @@ def forbidden_imports(source: str, filename: str = "<string>") -> list[str]:
 
 
 def test_checker_catches_forbidden_imports():
-    source = "\n".join([
-        "import os",
-        "import mlflow",
-        "import numpy, mlflow.pytorch as mp",
-        "from prefect import flow",
-        "from tasks.train import train_task",
-        "def f():",
-        "    import flows.cli",
-        "    importlib.import_module('prefect.artifacts')",
-        "try:",
-        "    __import__('mlflow')",
-        "except ImportError:",
-        "    pass",
-    ])
+    source = "\n".join(
+        [
+            "import os",
+            "import mlflow",
+            "import numpy, mlflow.pytorch as mp",
+            "from prefect import flow",
+            "from tasks.train import train_task",
+            "def f():",
+            "    import flows.cli",
+            "    importlib.import_module('prefect.artifacts')",
+            "try:",
+            "    __import__('mlflow')",
+            "except ImportError:",
+            "    pass",
+        ]
+    )
     assert forbidden_imports(source, "x.py") == [
         "x.py:2: mlflow",
         "x.py:3: mlflow.pytorch",
@@ -61,16 +63,18 @@ def test_checker_catches_forbidden_imports():
 
 
 def test_checker_ignores_lookalikes():
-    source = "\n".join([
-        "import mlflowlike",
-        "import prefect_helpers",
-        "from . import tasks",
-        "from .flows import x",
-        "from digitflow import tasks",
-        "from digitflow.data.tasks import y",
-        "x = 'import mlflow'",
-        "# import mlflow",
-    ])
+    source = "\n".join(
+        [
+            "import mlflowlike",
+            "import prefect_helpers",
+            "from . import tasks",
+            "from .flows import x",
+            "from digitflow import tasks",
+            "from digitflow.data.tasks import y",
+            "x = 'import mlflow'",
+            "# import mlflow",
+        ]
+    )
     assert forbidden_imports(source) == []
 
 

@@ -38,7 +38,11 @@ def test_lbfgs_defaults_train_where_torch_defaults_diverge(shared_data, tmp_path
     with pytest.raises(TrainingDivergedError, match="epoch 1"):
         fit(build_model(10, 0), *train, torch_defaults)
 
-    ours = dataclasses.replace(base, epochs=2, batch_size=BATCH_SIZE_BY_OPTIMIZER["LBFGS"],
-                               optimizer=OptimizerConfig(name="LBFGS", kwargs=OPTIMIZER_DEFAULTS["LBFGS"]))
+    ours = dataclasses.replace(
+        base,
+        epochs=2,
+        batch_size=BATCH_SIZE_BY_OPTIMIZER["LBFGS"],
+        optimizer=OptimizerConfig(name="LBFGS", kwargs=OPTIMIZER_DEFAULTS["LBFGS"]),
+    )
     model = fit(build_model(10, 0), *train, ours).model
     assert evaluate(model, *held_out).accuracy >= 0.95

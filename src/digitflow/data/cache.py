@@ -99,15 +99,18 @@ def transform(info: DatasetInfo, paths: list[Path]) -> tuple[torch.Tensor, torch
     if info.format == "idx":
         images, labels = read_idx_images(paths[0]), read_idx_labels(paths[1])
         if len(images) != len(labels):
-            raise DataError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds "
-                            f"{len(labels)} labels; one of them is not from the same split")
+            raise DataError(
+                f"{paths[0]} holds {len(images)} images but {paths[1]} holds "
+                f"{len(labels)} labels; one of them is not from the same split"
+            )
     elif info.format == "usps":
         images, labels = read_usps(paths[0])
     else:  # a registry entry this code does not know how to read: a bug, not a user error
         raise ValueError(f"unknown dataset format {info.format!r} for {info.name}")
     if tuple(images.shape[1:]) != tuple(info.image_size):
-        raise DataError(f"{paths[0]} holds {tuple(images.shape[1:])} images, "
-                        f"expected {tuple(info.image_size)} for {info.name}")
+        raise DataError(
+            f"{paths[0]} holds {tuple(images.shape[1:])} images, expected {tuple(info.image_size)} for {info.name}"
+        )
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
         raise DataError(f"{paths[-1]} holds labels outside 0..{info.num_classes - 1}")
     return images, labels
@@ -158,8 +161,10 @@ def load(prepared: PreparedDataset) -> DigitDataset:
     """The prepared slice as tensors, read from the cache file (no parsing)."""
     data = _read_cache(Path(prepared.cache_path), prepared.raw_digest, mmap=False)
     if data is None:
-        raise DataError(f"cache file {prepared.cache_path} for {prepared.spec} is missing or unreadable; "
-                        "prepare the dataset again to rebuild it")
+        raise DataError(
+            f"cache file {prepared.cache_path} for {prepared.spec} is missing or unreadable; "
+            "prepare the dataset again to rebuild it"
+        )
     images, labels = data["images"], data["labels"]
     if (prepared.start, prepared.stop) != (0, len(labels)):
         # clone: a slice view would keep (and pickle) the whole split's storage.
@@ -218,5 +223,6 @@ def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, raw_dig
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
         reason = getattr(e, "strerror", None) or one_line(e)
-        raise DataError(f"cannot write the dataset cache {path} ({reason}); "
-                        "choose a writable cache dir with free space") from e
+        raise DataError(
+            f"cannot write the dataset cache {path} ({reason}); choose a writable cache dir with free space"
+        ) from e

@@ -121,8 +121,10 @@ def download(file: FileInfo, dest: Path, *, spec: str = "", downloader: Download
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create {dest.parent} to download {file.filename} into ({e.strerror}); "
-                        "choose a writable data dir or place the official file there") from e
+        raise DataError(
+            f"cannot create {dest.parent} to download {file.filename} into ({e.strerror}); "
+            "choose a writable data dir or place the official file there"
+        ) from e
     errors = []
     for url in file.urls:
         # A unique temp name in the same directory: os.replace is then atomic, and two processes

@@ -87,8 +87,9 @@ def read_idx_images(path: Path) -> torch.Tensor:
     """IDX image file -> uint8 tensor (N, H, W)."""
     array = read_idx(path)
     if array.ndim != 3 or array.dtype != np.uint8:
-        raise DataError(f"{path} is not an IDX image file: shape {array.shape}, dtype {array.dtype}; "
-                        "expected uint8 (N, H, W)")
+        raise DataError(
+            f"{path} is not an IDX image file: shape {array.shape}, dtype {array.dtype}; expected uint8 (N, H, W)"
+        )
     return torch.from_numpy(array.copy())
 
 
@@ -142,8 +143,7 @@ def _usps_line(tokens: list[str], path: Path, lineno: int) -> tuple[int, list[st
         raise DataError(f"{where}: label {label} outside 1..10")
     if len(tokens) - 1 != USPS_FEATURES:
         # torchvision requires all 256 features too (it reshapes without looking at indices).
-        raise DataError(f"{where}: {len(tokens) - 1} features, expected {USPS_FEATURES} "
-                        "(truncated or not a USPS file)")
+        raise DataError(f"{where}: {len(tokens) - 1} features, expected {USPS_FEATURES} (truncated or not a USPS file)")
     values = []
     # LIBSVM indices ascend; with all 256 present they must read 1, 2, ..., 256.
     for position, token in enumerate(tokens[1:], start=1):
@@ -152,4 +152,3 @@ def _usps_line(tokens: list[str], path: Path, lineno: int) -> tuple[int, list[st
             raise DataError(f"{where}: malformed feature '{token}', expected {position}:VALUE")
         values.append(value)
     return label - 1, values
-

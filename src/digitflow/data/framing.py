@@ -50,8 +50,7 @@ def _as_float(images_uint8: Tensor) -> Tensor:
     """(N, H, W) uint8 -> (N, 1, H, W) float32 in [0, 1]."""
     if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 3:
         raise ValueError(
-            f"expected uint8 images of shape (N, H, W), got {images_uint8.dtype} "
-            f"{tuple(images_uint8.shape)}"
+            f"expected uint8 images of shape (N, H, W), got {images_uint8.dtype} {tuple(images_uint8.shape)}"
         )
     return images_uint8.unsqueeze(1).to(torch.float32).div_(255.0)
 
@@ -112,9 +111,7 @@ def _first_true(mask: Tensor) -> Tensor:
     return mask.to(torch.uint8).argmax(dim=1)
 
 
-def mnist_frame(
-    images_uint8: Tensor, size: int = MODEL_SIZE, threshold: float = DEFAULT_THRESHOLD
-) -> Tensor:
+def mnist_frame(images_uint8: Tensor, size: int = MODEL_SIZE, threshold: float = DEFAULT_THRESHOLD) -> Tensor:
     """Frame digits as MNIST is framed: bounding box into 20x20, centre of mass at the centre.
 
     Every image is reframed, whatever its size (use :func:`frame_images` for the pass-through of
@@ -229,9 +226,7 @@ def frame_images(images_uint8: Tensor, mode: str, size: int = MODEL_SIZE) -> Ten
     return preprocess(images_uint8, size)
 
 
-def check_model_input(
-    images: Tensor, input_shape: tuple[int, int, int] = (1, MODEL_SIZE, MODEL_SIZE)
-) -> None:
+def check_model_input(images: Tensor, input_shape: tuple[int, int, int] = (1, MODEL_SIZE, MODEL_SIZE)) -> None:
     """Raise :class:`ConfigError` unless ``images`` fit a model that takes ``input_shape``.
 
     Args:
@@ -244,23 +239,17 @@ def check_model_input(
     channels, height, width = input_shape
     if images.dim() not in (3, 4):
         raise ConfigError(
-            f"images have shape {tuple(images.shape)} "
-            f"but the model takes (N, {channels}, {height}, {width})"
+            f"images have shape {tuple(images.shape)} but the model takes (N, {channels}, {height}, {width})"
         )
     if images.dim() == 4 and images.shape[1] != channels:
         raise ConfigError(f"images have {images.shape[1]} channels but the model takes {channels}")
     h, w = images.shape[-2:]
     if (h, w) != (height, width):
         modes = " or ".join(PREPROCESSORS)
-        raise ConfigError(
-            f"images are {h}x{w} but the model takes {height}x{width}; "
-            f"use --target-preprocess {modes}"
-        )
+        raise ConfigError(f"images are {h}x{w} but the model takes {height}x{width}; use --target-preprocess {modes}")
 
 
-def to_model_input(
-    images_uint8: Tensor, input_shape: tuple[int, int, int] = (1, MODEL_SIZE, MODEL_SIZE)
-) -> Tensor:
+def to_model_input(images_uint8: Tensor, input_shape: tuple[int, int, int] = (1, MODEL_SIZE, MODEL_SIZE)) -> Tensor:
     """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1]: the plain path for MNIST-sized data.
 
     Raises:

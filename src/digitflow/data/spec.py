@@ -77,8 +77,7 @@ class DatasetSpec:
             return bound.index(n)
         if not -n <= bound <= n:
             raise DataError(
-                f"index {bound} in spec '{self}' is out of range: split '{self.split}' of "
-                f"{self.name} has {n} samples"
+                f"index {bound} in spec '{self}' is out of range: split '{self.split}' of {self.name} has {n} samples"
             )
         return bound + n if bound < 0 else bound
 
@@ -94,9 +93,7 @@ def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
     name, split = match["name"].lower(), match["split"].lower()
     info = registry.DATASETS.get(name)
     if info is None:
-        raise DataError(
-            f"unknown dataset '{match['name']}' in spec '{raw}'; {_valid_datasets()}; {FORMAT_HINT}"
-        )
+        raise DataError(f"unknown dataset '{match['name']}' in spec '{raw}'; {_valid_datasets()}; {FORMAT_HINT}")
     if split not in info.splits:
         raise DataError(
             f"unknown split '{match['split']}' in spec '{raw}'; valid splits of {name}: "

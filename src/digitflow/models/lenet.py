@@ -21,6 +21,8 @@ class LeNet(nn.Module):
     """Classifier: (N, 1, 28, 28) float (any floating dtype) in [0, 1] -> (N, num_classes) logits."""
 
     input_shape = (1, 28, 28)
+    mean: torch.Tensor  # buffers, () float: the MNIST normalization the model applies itself
+    std: torch.Tensor
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -45,4 +47,5 @@ class LeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.to(self.mean.dtype) - self.mean) / self.std  # float64 in, the model's dtype inside
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
