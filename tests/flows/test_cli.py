@@ -109,27 +109,7 @@ def test_lbfgs_gets_its_own_defaults_and_opt_overrides_them():
 def test_flow_parameters_left_unset_get_the_same_defaults():
     # a deployment or a Python call that gives only some parameters: the same rules as the CLI
     c = build_config(
-        train="usps:train",
-        test=None,
-        target=None,
-        target_preprocess="mnist-frame",
-        epochs=1,
-        batch_size=None,
-        optimizer="LBFGS",
-        optimizer_kwargs=None,
-        param_groups=None,
-        scheduler=None,
-        scheduler_kwargs=None,
-        augment=None,
-        seed=0,
-        device="cpu",
-        amp=False,
-        export_mode="script",
-        data_dir=None,
-        cache_dir="c",
-        offline=False,
-        resume=False,
-        output_dir="o",
+        train="usps:train", epochs=1, optimizer="LBFGS", scheduler=None, amp=False, cache_dir="c", output_dir="o"
     )
     assert c.data.test == "usps:test"
     assert c.data.targets == ("mnist:test",)
