@@ -17,7 +17,8 @@ from digitflow.config import (
     TrainConfig,
 )
 from digitflow.errors import ConfigError
-from flows.cli import build_parser, flow_parameters
+from flows.cli import build_parser
+from flows.cli.run import flow_parameters
 from flows.params import build_config, check_experiment, check_output_dir
 
 

@@ -106,7 +106,7 @@ def test_to_dict_is_weights_only_safe(tmp_path):
 
 @pytest.mark.parametrize("cls", ALL_CONFIGS, ids=lambda c: c.__name__)
 def test_class_attribute_defaults_match_instances(cls):
-    # flows/params.py and flows/cli.py read defaults as class attributes (e.g. ``DataConfig.data_dir``)
+    # flows/params.py and flows/cli/ read defaults as class attributes (e.g. ``DataConfig.data_dir``)
     instance = cls()
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:

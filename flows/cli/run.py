@@ -1,0 +1,221 @@
+"""``digitflow run``: the classifier pipeline (data -> train -> evaluate -> cross-domain test -> export)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from digitflow.config import (
+    AUGMENT_BY_FAMILY,
+    BATCH_SIZE_BY_OPTIMIZER,
+    DATASET_FAMILIES,
+    DEFAULT_TARGETS,
+    OPTIMIZER_DEFAULTS,
+    DataConfig,
+    ExportConfig,
+    OptimizerConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainConfig,
+    train_defaults,
+)
+from digitflow.data import DATASETS, fetch
+from digitflow.data.framing import PREPROCESSORS
+from digitflow.errors import DigitflowError
+from flows.cli.options import (
+    EXIT_BAD_INPUT,
+    add_data_source_options,
+    add_optimizer_options,
+    add_resume_options,
+    add_scheduler_options,
+    add_seed_and_device_options,
+    dataset_spec,
+    optimizer_params,
+    run_flow,
+)
+from flows.params import augment_names, build_config, check_experiment, check_output_dir
+
+NAME = "run"
+EPILOG = """\
+dataset specs: NAME:SPLIT[START:STOP] with NAME in {datasets} and SPLIT train or test;
+  bounds are indices or percentages: mnist:train, mnist:test[:8000], mnist:test[8000:], usps:test[:50%]
+examples:
+  digitflow run --epochs 3
+  DIGITFLOW_DATA_DIR=../shared/data digitflow run --train 'mnist:test[:8000]' --test 'mnist:test[8000:]' --offline
+  digitflow run --optimizer AdamW --opt lr=1e-3 --opt weight_decay=0.01 --scheduler OneCycleLR --sched max_lr=0.01
+  digitflow run --param-group classifier:lr=0.001      # a separate learning rate for the classifier head
+results: MLflow (make ui; the summary prints the exact command and link),
+  Prefect (prefect server start, or artifacts in the run)
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``digitflow run`` and its options (``digitflow run --help`` lists them)."""
+    run = commands.add_parser(
+        NAME,
+        help="train, evaluate, test across domains and export, tracked in MLflow",
+        description="Run the pipeline: data -> train -> evaluate -> cross-domain test -> export. "
+        "Every stage is a Prefect task with its own MLflow child run under one parent run.",
+        epilog=EPILOG.format(datasets=", ".join(sorted(DATASETS))),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = DataConfig()
+    data = run.add_argument_group("data")
+    add_data_source_options(data)
+    data.add_argument(
+        "--test",
+        type=dataset_spec,
+        default=None,
+        metavar="SPEC",
+        help="held-out split (default: the test split of the training dataset, or the rest of it when "
+        "--train is a slice of it open at one end: mnist:test[:8000] -> mnist:test[8000:])",
+    )
+    after: dict[str, list[str]] = {}
+    for name, specs in DEFAULT_TARGETS.items():
+        after.setdefault(" ".join(specs) or "none", []).append(name)
+    targets = "; ".join(f"{specs} after {', '.join(names)}" for specs, names in after.items())
+    data.add_argument(
+        "--target",
+        type=dataset_spec,
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help=f"cross-domain test set(s), each evaluated in its own task (default by training dataset: {targets})",
+    )
+    data.add_argument("--no-target", dest="target", action="store_const", const=[], help="skip cross-domain testing")
+    data.add_argument(
+        "--target-preprocess",
+        choices=sorted(PREPROCESSORS),
+        default=d.target_preprocess,
+        help=f"how images that are not 28x28 (USPS) are framed (default {d.target_preprocess})",
+    )
+
+    t, o, gpu = TrainConfig(), OptimizerConfig(), train_defaults("cuda")
+    train = run.add_argument_group("training (defaults depend on the device: CPU / CUDA)")
+    train.add_argument("--epochs", type=int, default=None, help=f"(default {t.epochs} / {gpu.epochs})")
+    batch_sizes = "".join(f"; {size} for {name}" for name, size in BATCH_SIZE_BY_OPTIMIZER.items())
+    train.add_argument(
+        "--batch-size", type=int, default=None, help=f"(default {t.batch_size} / {gpu.batch_size}{batch_sizes})"
+    )
+    add_seed_and_device_options(train)
+    train.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 autocast for the forward pass, where the device has fast bfloat16 (CPUs with "
+        "AVX512-BF16/AMX, CUDA); --no-amp trains in float32 (default: on / off, float32 being faster "
+        "for LeNet on a GPU)",
+    )
+    train.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help=f"cross-entropy label smoothing (default {t.label_smoothing} / {gpu.label_smoothing})",
+    )
+    train.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay each training step as one CUDA graph (CUDA only; not with LBFGS or torchvision "
+        "extra augmentations; default: on wherever possible on CUDA)",
+    )
+    add_optimizer_options(
+        train,
+        default_optimizer=o.name,
+        opt_defaults="; ".join(
+            f"for {name}: {', '.join(f'{k}={v}' for k, v in kwargs.items())}"
+            for name, kwargs in {o.name: o.kwargs, **OPTIMIZER_DEFAULTS}.items()
+        )
+        + f" (on CUDA, for {o.name}: {', '.join(f'{k}={v}' for k, v in gpu.optimizer.kwargs.items())})",
+        param_group_example="features, classifier, classifier.3",
+    )
+    add_scheduler_options(train, default_scheduler=SchedulerConfig().name)
+    families = "; ".join(
+        f"{' '.join(augment_names(config)) or 'none'} for "
+        + ", ".join(n for n, f in DATASET_FAMILIES.items() if f == family)
+        for family, config in AUGMENT_BY_FAMILY.items()
+    )
+    train.add_argument(
+        "--augment",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="augmentations drawn per image: affine, elastic, hflip, and torchvision.transforms.v2 "
+        f"classes such as RandomErasing (default by training dataset: {families})",
+    )
+    train.add_argument(
+        "--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation"
+    )
+    add_resume_options(train, checkpoint_default="outputs/checkpoints/lenet-<hash of the training options>.pt")
+
+    e, r = ExportConfig(), RunConfig()
+    out = run.add_argument_group("export and tracking")
+    out.add_argument(
+        "--export-mode",
+        choices=["script", "trace"],
+        default=e.mode,
+        help=f"TorchScript: torch.jit.script or trace (default {e.mode})",
+    )
+    out.add_argument(
+        "--output-dir",
+        default=r.output_dir,
+        metavar="DIR",
+        help=f"checkpoints and exported files (default {r.output_dir})",
+    )
+    out.add_argument("--experiment", default="digitflow", help="MLflow experiment name (default digitflow)")
+    return run
+
+
+def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """Parsed options -> keyword arguments of :func:`flows.pipeline.pipeline`."""
+    return dict(
+        train=args.train,
+        test=args.test,
+        target=args.target,
+        target_preprocess=args.target_preprocess,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        # the optimizer's options add to its defaults, which build_config fills in for the device: the
+        # project's for SGD and LBFGS, torch's own for any other optimizer
+        **optimizer_params(args),
+        augment=args.augment,  # None: the default of the training dataset's family
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        label_smoothing=args.label_smoothing,
+        cuda_graphs=args.cuda_graphs,
+        export_mode=args.export_mode,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        offline=args.offline,
+        resume=args.resume,
+        output_dir=args.output_dir,
+        checkpoint=args.checkpoint,
+        experiment=args.experiment,
+    )
+
+
+def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
+    """Check every option, then run :func:`flows.pipeline.pipeline` in this process."""
+    try:
+        params = flow_parameters(args)
+        # Check every option now, not minutes later inside the flow (and without a failed run in MLflow).
+        config = build_config(**{k: v for k, v in params.items() if k != "experiment"})
+        if config.data.offline:  # nothing to download: the files must be there, so say now if one is not
+            for spec in (config.data.train, config.data.test, *config.data.targets):
+                fetch(spec, config.data.data_dir, offline=True)  # verified once; the flow reuses the check
+        check_experiment(args.experiment)
+        check_output_dir(config.output_dir)
+    except DigitflowError as exc:
+        parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
+
+    def start() -> Any:
+        from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid
+
+        return pipeline(**params)
+
+    return run_flow(
+        argv, config.train.epochs, start, finished="digitflow run finished", summary_lines=lambda s: s.lines()
+    )
