@@ -41,10 +41,10 @@ def load_checkpoint(path: str | Path, *, model_name: str | None = None) -> dict[
     return state
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
-    """Load a checkpoint's weights, turning a shape/key mismatch into a one-line CheckpointError."""
+def load_model_state(model: torch.nn.Module, weights: dict[str, Any]) -> None:
+    """Load a state dict into ``model``, turning a shape/key mismatch into a one-line CheckpointError."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path} does not fit {type(model).__name__}: {detail}") from None
+        raise CheckpointError(f"the weights do not fit {type(model).__name__}: {detail}") from None

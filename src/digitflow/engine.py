@@ -1,20 +1,16 @@
-"""Training engine: ``train_one_epoch`` / ``evaluate`` return metrics; ``fit`` adds epochs,
-schedules, checkpoints and resume.
+"""Classifier engine: :class:`TrainStep` (one optimizer step on a batch), ``train_one_epoch`` /
+``evaluate`` returning metrics, and ``fit``, which runs the step in the shared epoch loop
+(:mod:`digitflow.loop`: seeding, checkpoints, resume, NaN stop, progress) on the fastest way the
+device allows (CUDA graphs, channels-last, cuDNN autotuning).
 
 Data lives in tensors already on the device: ``images`` float (N, 1, 28, 28) in [0, 1] and
 ``labels`` int64 (N,). A batch is an index into them, so the loop does no per-sample Python or PIL
 work; augmentation (if any) runs batched on the device too.
-
-Reproducibility: every epoch reseeds the global RNG from ``(seed, epoch)`` and draws its batch order
-from a generator seeded the same way. An epoch's randomness therefore does not depend on what ran
-before it, which is what lets ``--resume`` continue an interrupted run to the same result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,40 +20,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digitflow.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from digitflow.checkpoint import load_model_state
 from digitflow.config import TrainConfig, to_dict
 from digitflow.cuda_graph import CudaGraphStep, graph_unsupported_reason
 from digitflow.device import bf16_autocast_helps, channels_last_helps, cudnn_autotuning, cudnn_autotuning_helps
-from digitflow.errors import CheckpointError, TrainingDivergedError
 from digitflow.layout import contiguous_batch_norm
+from digitflow.loop import BatchCallback, EpochCallback, resume_from, run_epoch, run_epochs
 from digitflow.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from digitflow.models import LeNet
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
-# on_batch(epoch, batch_index, num_batches, loss_or_None): loss is only a float on check intervals,
-# so reporting progress never forces a GPU sync on every batch.
-BatchCallback = Callable[[int, int, int, float | None], None]
-EpochCallback = Callable[[dict[str, Any]], None]
-
-CHECK_EVERY = 20  # batches between finiteness checks of the running loss (one device sync each)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The RNG seed for one epoch: distinct per epoch, independent of earlier epochs."""
-    return seed * 100_003 + epoch
 
 
 class TrainStep:
-    """One optimizer step on the batch ``images[idx]``: augment, forward, loss, backward, update.
+    """One optimizer step on the batch ``images[idx]``: augment, forward, loss, backward, update
+    (a :class:`digitflow.loop.Step`).
 
     The batch's summed loss and number of correct predictions are added to ``loss_sum`` and
     ``correct``, tensors on the device, so the loop never waits for the GPU to read a number.
     Every ``torch.optim`` optimizer works, LBFGS included, because the step goes through a closure
     (which plain optimizers call once and LBFGS as often as it needs). ``amp`` runs the forward pass
     under bfloat16 autocast where that is faster (:func:`bf16_autocast_helps`: CUDA, CPUs with
-    native bfloat16); the weights, the loss and the optimizer stay float32.
+    native bfloat16); the weights, the loss and the optimizer stay float32. ``scheduler`` (optional)
+    is stepped after every epoch.
+
+    Subclasses change what a batch trains on by overriding :meth:`inputs` (adversarial training
+    perturbs the images there) and add figures through :meth:`epoch_metrics`.
     """
 
     def __init__(
@@ -70,8 +60,10 @@ class TrainStep:
         augment: Augment | None = None,
         amp: bool = False,
         label_smoothing: float = 0.0,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
-        self.model, self.optimizer = model, optimizer
+        self.name = type(model).__name__
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.images, self.labels = images, labels  # (N, 1, 28, 28) float, (N,) int64, on the device
         self.augment = augment
         self.label_smoothing = label_smoothing
@@ -84,15 +76,23 @@ class TrainStep:
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
 
+    def train(self) -> None:
+        self.model.train()
+
     def reset(self) -> None:
         """Zero the running sums (start of an epoch)."""
         self.loss_sum.zero_()
         self.correct.zero_()
 
-    def __call__(self, idx: torch.Tensor) -> None:
-        x, y = self.images[idx], self.labels[idx]  # (B, 1, 28, 28), (B,)
+    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch to train on: images ``(B, 1, 28, 28)`` (augmented) and labels ``(B,)``."""
+        x, y = self.images[idx], self.labels[idx]
         if self.augment is not None:
             x = self.augment(x)
+        return x, y
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        x, y = self.inputs(idx)
         first_logits: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
@@ -118,6 +118,33 @@ class TrainStep:
         self.loss_sum += loss.detach() * y.shape[0]
         self.correct += (first_logits[0].argmax(1) == y).sum()
 
+    def epoch_metrics(self, num_examples: int) -> dict[str, float]:
+        """``loss`` (mean per image) and ``accuracy`` of the epoch, from the logits before each update."""
+        return {"loss": float(self.loss_sum) / num_examples, "accuracy": float(self.correct) / num_examples}
+
+    def end_epoch(self, metrics: dict[str, float]) -> None:
+        """Record the epoch's learning rate, then step the scheduler (ReduceLROnPlateau on the epoch's loss)."""
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(metrics["loss"])
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": _float_lr(self.optimizer.state_dict()),
+            "scheduler": _float_lr(self.scheduler.state_dict()) if self.scheduler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_model_state(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
 
 def train_one_epoch(
     model: nn.Module,
@@ -138,42 +165,20 @@ def train_one_epoch(
 
     ``step`` runs one batch (a :class:`TrainStep`, or a CUDA-graph replay of one:
     :mod:`digitflow.cuda_graph`); without it an eager :class:`TrainStep` is built from ``model``,
-    ``optimizer``, ``augment``, ``amp`` and ``label_smoothing``. The host reads the running loss only
-    every ``CHECK_EVERY`` batches and at the end, and raises TrainingDivergedError as soon as it is
-    NaN or infinite.
+    ``optimizer``, ``augment``, ``amp`` and ``label_smoothing``. The loop is
+    :func:`digitflow.loop.run_epoch` (NaN stop every ``CHECK_EVERY`` batches).
     """
-    model.train()
     if step is None:
         step = TrainStep(model, optimizer, images, labels, augment=augment, amp=amp, label_smoothing=label_smoothing)
-    device = images.device
-    n = images.shape[0]
-    order = torch.randperm(n, generator=generator).to(device)
-    num_batches = (n + batch_size - 1) // batch_size
-    step.reset()
-    start = time.perf_counter()
-
-    for b in range(num_batches):
-        step(order[b * batch_size : (b + 1) * batch_size])
-        last = b == num_batches - 1
-        reported = None
-        if last or (b + 1) % CHECK_EVERY == 0:
-            loss_sum = float(step.loss_sum)  # the one host sync of a check interval
-            reported = loss_sum / min(n, (b + 1) * batch_size)
-            if not math.isfinite(loss_sum):
-                raise TrainingDivergedError(
-                    f"training loss became {reported} in epoch {epoch}, batch {b + 1}/{num_batches}; "
-                    "lower the learning rate or pick another optimizer"
-                )
-        if on_batch is not None:
-            on_batch(epoch, b + 1, num_batches, reported)
-
-    seconds = time.perf_counter() - start  # the last check above synchronised with the device
-    return {
-        "loss": float(step.loss_sum) / n,
-        "accuracy": float(step.correct) / n,
-        "seconds": seconds,
-        "images_per_sec": n / seconds,
-    }
+    return run_epoch(
+        step if isinstance(step, TrainStep) else step.step,
+        images.shape[0],
+        batch_size=batch_size,
+        generator=generator,
+        epoch=epoch,
+        on_batch=on_batch,
+        run_batch=step,
+    )
 
 
 @dataclass
@@ -285,78 +290,44 @@ def fit(
         # tracking them. LBFGS flattens gradients with .view(-1), which channels-last forbids.
         model.to(memory_format=torch.channels_last)
     scheduler = build_scheduler(optimizer, config.scheduler, epochs=config.epochs)
-    history: list[dict[str, float]] = []
-    start_epoch = 1
-    model_name = type(model).__name__
-
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, model_name=model_name)
-        if state["config"] != resumable_settings(config):
-            raise CheckpointError(
-                f"{checkpoint_path} was written with other training settings; "
-                "resume with the same options or start without --resume"
-            )
-        load_model_state(model, state, checkpoint_path)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-
-    resumed_from = start_epoch - 1
+    step = TrainStep(
+        model,
+        optimizer,
+        images,
+        labels,
+        augment=augment,
+        amp=config.amp,
+        label_smoothing=config.label_smoothing,
+        scheduler=scheduler,
+    )
+    settings = resumable_settings(config)
+    history = resume_from(step, checkpoint_path, settings) if resume else []
     # cuDNN autotuning where measured to pay (large batches on CUDA); restored on the way out.
     with cudnn_autotuning(cudnn_autotuning_helps(device, config.batch_size)):
-        eager = TrainStep(
-            model, optimizer, images, labels, augment=augment, amp=config.amp, label_smoothing=config.label_smoothing
-        )
-        step: TrainStep | CudaGraphStep = eager
-        if use_graphs and start_epoch <= config.epochs:
+        replay = None
+        if use_graphs and len(history) < config.epochs:  # captured after resuming: graphs keep tensor addresses
             model.train()
-            step = CudaGraphStep(eager, config.batch_size)
-        for epoch in range(start_epoch, config.epochs + 1):
-            torch.manual_seed(epoch_seed(config.seed, epoch))  # augmentation draws (CPU and CUDA)
-            generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # batch order
-            metrics = train_one_epoch(
-                model,
-                optimizer,
-                images,
-                labels,
-                batch_size=config.batch_size,
-                generator=generator,
-                epoch=epoch,
-                on_batch=on_batch,
-                step=step,
-            )
-            metrics["lr"] = float(optimizer.param_groups[0]["lr"])
-            if scheduler is not None:
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(metrics["loss"])
-                else:
-                    scheduler.step()
-            record = {"epoch": epoch, **metrics}
-            history.append(record)
-            if checkpoint_path is not None:
-                save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "model_name": model_name,
-                        "model": model.state_dict(),
-                        "optimizer": _float_lr(optimizer.state_dict()),
-                        "scheduler": _float_lr(scheduler.state_dict()) if scheduler is not None else None,
-                        "config": resumable_settings(config),
-                        "epoch": epoch,
-                        "history": history,
-                    },
-                )
-            if on_epoch is not None:
-                on_epoch(record)
+            replay = CudaGraphStep(step, config.batch_size)
+        result = run_epochs(
+            step,
+            images.shape[0],
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            settings=settings,
+            checkpoint_path=checkpoint_path,
+            history=history,
+            on_batch=on_batch,
+            on_epoch=on_epoch,
+            run_batch=replay,
+        )
 
     model.to(memory_format=torch.contiguous_format)  # hand back standard strides (exporters expect them)
     return FitResult(
         model=model,
-        history=history,
-        checkpoint=Path(checkpoint_path) if checkpoint_path is not None else None,
-        resumed_from_epoch=resumed_from,
+        history=result.history,
+        checkpoint=result.checkpoint,
+        resumed_from_epoch=result.resumed_from_epoch,
         step="cuda-graph" if use_graphs else ("eager" if graph_blocker is None else f"eager ({graph_blocker})"),
     )
 

@@ -12,17 +12,9 @@ from torch import nn
 from digitflow.augment import build_augment
 from digitflow.checkpoint import save_checkpoint
 from digitflow.config import AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
-from digitflow.engine import (
-    CHECK_EVERY,
-    EvalResult,
-    build_model,
-    epoch_seed,
-    evaluate,
-    fit,
-    resumable_settings,
-    train_one_epoch,
-)
+from digitflow.engine import EvalResult, build_model, evaluate, fit, resumable_settings, train_one_epoch
 from digitflow.errors import CheckpointError, TrainingDivergedError
+from digitflow.loop import CHECK_EVERY, epoch_seed
 
 TIMING = ("seconds", "images_per_sec")
 # Tests of the engine's mechanics name the optimizer and schedule they rely on, so that tuning the
@@ -431,6 +423,16 @@ def test_resume_refuses_a_checkpoint_of_another_model(data, tmp_path):
     save_checkpoint(path, {**state, "model_name": "ResNet"})
     with pytest.raises(CheckpointError, match="ResNet"):
         fit(build_model(10, seed=0), images, labels, config(epochs=2), checkpoint_path=path, resume=True)
+
+
+def test_resume_of_weights_that_do_not_fit_names_the_file(data, tmp_path):
+    images, labels = data
+    path = tmp_path / "c.pt"
+    fit(build_model(10, seed=0), images, labels, config(epochs=1), checkpoint_path=path)
+    with pytest.raises(CheckpointError, match="size mismatch") as info:
+        fit(build_model(7, seed=0), images, labels % 7, config(epochs=1), checkpoint_path=path, resume=True)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_checkpoint_written_every_epoch(data, tmp_path):
