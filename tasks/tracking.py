@@ -88,7 +88,7 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE_DIR / 'mlflow.db'}"
 
 
-def setup_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
+def setup_tracking(experiment: str = DEFAULT_EXPERIMENT, description: str = EXPERIMENT_DESCRIPTION) -> str:
     """Point MLflow at the store and make sure ``experiment`` exists; returns its id.
 
     A new experiment on a local SQLite store (the default ``mlflow/mlflow.db`` or any other) keeps its
@@ -109,13 +109,14 @@ def setup_tracking(experiment: str = DEFAULT_EXPERIMENT) -> str:
             (local_store / "artifacts").mkdir(exist_ok=True)
             location = (local_store / "artifacts").as_uri()
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
-    describe_experiment(experiment_id)
+    describe_experiment(experiment_id, description)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
 
-def describe_experiment(experiment_id: str) -> None:
-    """Mark the experiment as model training and give it :data:`EXPERIMENT_DESCRIPTION`, new or old.
+def describe_experiment(experiment_id: str, description: str = EXPERIMENT_DESCRIPTION) -> None:
+    """Mark the experiment as model training and give it ``description`` (the classifier's
+    :data:`EXPERIMENT_DESCRIPTION` by default; the GAN flow has its own), new or old.
 
     The description (the ``mlflow.note.content`` tag) is written when there is none, or when it is
     the one digitflow wrote last (so a newer text replaces it); one edited in the UI stays as it is.
@@ -126,9 +127,9 @@ def describe_experiment(experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     note = tags.get(MLFLOW_RUN_NOTE)
     ours = note is None or not note.strip() or _digest(note) == tags.get(NOTE_DIGEST_TAG)
-    if ours and note != EXPERIMENT_DESCRIPTION:
-        client.set_experiment_tag(experiment_id, MLFLOW_RUN_NOTE, EXPERIMENT_DESCRIPTION)
-        client.set_experiment_tag(experiment_id, NOTE_DIGEST_TAG, _digest(EXPERIMENT_DESCRIPTION))
+    if ours and note != description:
+        client.set_experiment_tag(experiment_id, MLFLOW_RUN_NOTE, description)
+        client.set_experiment_tag(experiment_id, NOTE_DIGEST_TAG, _digest(description))
 
 
 def _digest(text: str) -> str:

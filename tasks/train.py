@@ -37,9 +37,10 @@ class TrainedModel:
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
 def train_model(
-    data: PreparedDataset, config: RunConfig, checkpoint: str, parent_run_id: str | None = None
+    data: PreparedDataset, config: RunConfig, checkpoint: str, parent_run_id: str | None = None, run_name: str = "train"
 ) -> TrainedModel:
-    """Train on ``data`` per ``config.train``; checkpoint every epoch to ``checkpoint``.
+    """Train on ``data`` per ``config.train``; checkpoint every epoch to ``checkpoint``. ``run_name``
+    names the child run (the GAN flow trains its judge in one called ``judge``).
 
     Logs, in a child run: the training config, ``train/loss`` and ``train/accuracy`` per epoch
     (step = epoch), ``train/images_per_sec``, ``train/seconds``, the curves, the final checkpoint and
@@ -62,7 +63,7 @@ def train_model(
     )
 
     tags = {"dataset.train.digest": data.digest, "train.precision": precision}
-    with child_run("train", parent_run_id, tags=tags):
+    with child_run(run_name, parent_run_id, tags=tags):
         mlflow.log_params(flatten(cfg, prefix="train."))
         log_json(to_dict(config), "config.json")
         log_dataset_input(dataset, context="training")

@@ -9,8 +9,9 @@ depends on them fails here instead of in a user's hands.
 Protocol:
     MODEL   a TorchScript ``.pt`` (``torch.jit.load``) or torch.export ``.pt2``
             (``torch.export.load(...).module()``) file.
-    INPUTS  a ``torch.save``-d float tensor (N, 1, 28, 28), loaded with ``weights_only=True``.
-    OUTPUT  where the logits tensor (N, num_classes) is ``torch.save``-d.
+    INPUTS  a ``torch.save``-d float tensor (N, 1, 28, 28) (a classifier's images) or (N, latent)
+            (a generator's noise), loaded with ``weights_only=True``.
+    OUTPUT  where the output tensor (logits (N, num_classes), or images) is ``torch.save``-d.
 
 Exit status 0 on success. On failure it writes exactly one line, starting with ``verify-export:``,
 to stderr and exits with 2 (model file cannot be loaded), 3 (the model failed to run on the inputs)
@@ -82,8 +83,9 @@ def main(argv: list[str]) -> int:
 
     try:
         images = torch.load(inputs_path, map_location="cpu", weights_only=True)
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            raise ValueError("inputs must be a 4-D tensor (N, 1, 28, 28)")
+        # images (N, 1, 28, 28) for a classifier, noise (N, latent) for a GAN's generator
+        if not isinstance(images, torch.Tensor) or images.dim() < 2:
+            raise ValueError("inputs must be a batch tensor: (N, 1, 28, 28) images or (N, latent) noise")
     except Exception as exc:  # noqa: BLE001 - reported as one line
         _fail(4, "cannot read inputs", exc)
     try:

@@ -205,3 +205,80 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+# --- the GAN flow (digitflow gan) -------------------------------------------------------------------------------
+
+GanArch = Literal["mlp", "dcgan"]  # the keys of digitflow.models.gan.build_gan
+
+
+@dataclass(frozen=True)
+class GanTrainConfig:
+    """How to train a GAN. Architecture-dependent defaults are in :data:`GAN_ARCH_DEFAULTS`.
+
+    Both networks get the same optimizer (``optimizer``); the discriminator takes one step on a batch of
+    real images and one of detached generated ones, then the generator one step with labels of one (the
+    non-saturating loss).
+    """
+
+    arch: GanArch = "dcgan"
+    latent_dim: int = 100
+    width: int = 64  # DCGAN channel width w (generator 2w -> w -> 1, discriminator 1 -> w -> 2w); MLP: unused
+    epochs: int = 30
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False  # bfloat16 autocast for the forward passes where the device has fast bfloat16
+    real_label: float = 0.9  # one-sided label smoothing: the discriminator's target for real images
+    ema_decay: float = 0.0  # exponential moving average of the generator's weights (0 = off); samples use it
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="Adam", kwargs={"lr": 2e-4, "betas": [0.5, 0.999]})
+    )
+
+
+# What each architecture trains with when a run does not say: the MLP GAN exactly as the PyTorch study
+# notes have it (Adam 1e-4 with torch's betas, batch 100, no label smoothing), the DCGAN with the DCGAN
+# paper's Adam settings and one-sided label smoothing (the issue's probe). Explicit options always win.
+GAN_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {
+        "epochs": 80,
+        "batch_size": 100,
+        "real_label": 1.0,
+        "ema_decay": 0.0,
+        "optimizer": OptimizerConfig(name="Adam", kwargs={"lr": 1e-4}),
+    },
+    "dcgan": {},  # GanTrainConfig's own defaults
+}
+
+
+def gan_train_defaults(arch: str) -> GanTrainConfig:
+    """The default GAN training settings for ``arch``."""
+    return dataclasses.replace(GanTrainConfig(arch=arch), **GAN_ARCH_DEFAULTS.get(arch, {}))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GanEvalConfig:
+    """How generated digits are judged, every ``every`` epochs and at the end."""
+
+    judge: str | None = None  # an MLflow model URI (models:/digitflow-lenet@candidate, runs:/...); None: train one
+    judge_epochs: int | None = None  # for a judge trained by the flow; None: the classifier's default
+    num_images: int = 2000  # N generated, N held-out real, N training images for the floor
+    feature_layer: Literal["penultimate", "conv"] = "penultimate"  # of the judge (LeNet: 500 or 800 values)
+    every: int = 1  # evaluate every this many epochs (and always after the last)
+    min_class_share: float = 0.02  # a class is covered when at least this share of the samples is predicted as it
+    collapse_coverage: int = 5  # final coverage under this: mode collapse
+    collapse_d_loss: float = 0.05  # discriminator loss within this of its minimum for a whole epoch: collapse
+    grid_images: int = 100  # samples per epoch grid, from one fixed noise batch
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Everything one GAN flow run needs."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(targets=()))
+    train: GanTrainConfig = field(default_factory=GanTrainConfig)
+    evaluation: GanEvalConfig = field(default_factory=GanEvalConfig)
+    export: ExportConfig = field(default_factory=lambda: ExportConfig(registered_model_name="digitflow-gan-generator"))
+    output_dir: str = "outputs"
+    checkpoint: str | None = None  # None: output_dir/checkpoints/gan-<arch>-<settings hash>.pt
+    resume: bool = False

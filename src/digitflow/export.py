@@ -187,6 +187,8 @@ def verify_export(
     reference_logits: torch.Tensor,
     max_abs_diff: float = 1e-5,
     timeout_s: float = 120.0,
+    *,
+    predictions: bool = True,
 ) -> dict[str, float | int]:
     """Check an exported file against the eager model, in a fresh Python that imports only torch.
 
@@ -196,12 +198,18 @@ def verify_export(
     blocked from import. Passes when the largest absolute logit difference is ``<= max_abs_diff``
     and every argmax prediction is the same.
 
+    ``predictions=False`` is for a model that does not classify (the GAN's generator: noise (N, latent)
+    in, images out): ``images`` is then any input batch, ``reference_logits`` the eager outputs of any
+    shape, and only the largest absolute difference counts.
+
     Returns ``{"max_abs_diff": float, "mismatched_predictions": int, "num_images": int}``.
     Raises ExportError (one line, naming the file) if the file is missing, cannot be loaded or run,
     the verifier times out, or the logits disagree; ConfigError for unusable arguments.
     """
     path = Path(path)
     _check_export_suffix(path)
+    if not predictions:
+        return _verify_outputs(path, images, reference_logits, max_abs_diff, timeout_s)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 1:
         got = _shape(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ConfigError(f"verification images must be a float batch (N, 1, 28, 28), got {got}")
@@ -235,6 +243,36 @@ def verify_export(
             f"{mismatched} different predictions"
         )
     return {"max_abs_diff": max_diff, "mismatched_predictions": mismatched, "num_images": n}
+
+
+def _verify_outputs(
+    path: Path, inputs: torch.Tensor, reference: torch.Tensor, max_abs_diff: float, timeout_s: float
+) -> dict[str, float | int]:
+    """:func:`verify_export` for a model that is not a classifier: same outputs for the same inputs."""
+    if (
+        not isinstance(inputs, torch.Tensor)
+        or inputs.dim() < 2
+        or inputs.shape[0] < 1
+        or not inputs.is_floating_point()
+    ):
+        raise ConfigError("verification inputs must be a float batch with at least one row")
+    if not path.is_file():
+        raise ExportError(f"exported model file not found: {path}")
+    outputs = _run_verifier(path, inputs, timeout_s)
+    expected = reference.detach().to("cpu", torch.float32)
+    if outputs.shape != expected.shape:
+        raise ExportError(
+            f"exported model {path} returned outputs of shape {_shape(outputs.shape)}, "
+            f"expected {_shape(expected.shape)}"
+        )
+    diff = (outputs.to(torch.float32) - expected).abs()
+    max_diff = float(diff.max()) if torch.isfinite(diff).all() else float("inf")
+    if not max_diff <= max_abs_diff:
+        raise ExportError(
+            f"exported model {path} disagrees with the eager model on {inputs.shape[0]} inputs: "
+            f"max |diff| {max_diff:.3g} (limit {max_abs_diff:g})"
+        )
+    return {"max_abs_diff": max_diff, "mismatched_predictions": 0, "num_images": int(inputs.shape[0])}
 
 
 def _run_verifier(path: Path, images: torch.Tensor, timeout_s: float) -> torch.Tensor:

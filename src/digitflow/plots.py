@@ -77,3 +77,34 @@ def misclassified_grid(
         ax.set_title(f"pred {classes[int(predictions[i])]}\ntrue {classes[int(labels[i])]}", fontsize=8)
     fig.suptitle(title or f"misclassified ({len(wrong)} shown)")
     return fig
+
+
+def gan_curves(history: Sequence[dict[str, float]]) -> Figure:
+    """A GAN's epochs: discriminator and generator loss, mean D(x) and D(G(z)), and, where the run was
+    judged, FID against its floor and the coverage of classes."""
+    epochs = [h["epoch"] for h in history]
+    judged = [h for h in history if "gan/fid" in h]
+    fig, axes = plt.subplots(1, 3 if judged else 2, figsize=(13 if judged else 9, 3.5), constrained_layout=True)
+    ax_loss, ax_d = axes[0], axes[1]
+    ax_loss.plot(epochs, [h["d_loss"] for h in history], marker="o", label="discriminator")
+    ax_loss.plot(epochs, [h["g_loss"] for h in history], marker="o", label="generator")
+    ax_loss.set_title("loss")
+    ax_d.plot(epochs, [h["d_real"] for h in history], marker="o", label="D(x), real")
+    ax_d.plot(epochs, [h["d_fake"] for h in history], marker="o", label="D(G(z)), generated")
+    ax_d.set_ylim(0, 1)
+    ax_d.set_title("discriminator output")
+    if judged:
+        ax_fid = axes[2]
+        judged_epochs = [h["epoch"] for h in judged]
+        ax_fid.plot(judged_epochs, [h["gan/fid"] for h in judged], marker="o", label="FID")
+        ax_fid.plot(judged_epochs, [h["gan/fid_floor"] for h in judged], linestyle="--", label="floor (real vs real)")
+        ax_fid.plot(
+            judged_epochs, [3 * h["gan/fid_floor"] for h in judged], linestyle=":", color="gray", label="3x floor"
+        )
+        ax_fid.set_yscale("log")
+        ax_fid.set_title("FID (judge's features)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
