@@ -30,7 +30,7 @@ from digitflow.gan import (
     generate,
     image_grid,
 )
-from digitflow.generative_metrics import check_judge
+from digitflow.generative_metrics import as_lenet, check_judge
 from digitflow.plots import gan_curves
 from flows.params import build_config
 from tasks.data import load_prepared, log_dataset_input, model_inputs
@@ -54,9 +54,10 @@ def load_judge(uri: str, num_classes: int) -> torch.nn.Module:
             f"the judge {uri} does not resolve in {mlflow.get_tracking_uri()} ({one_line(exc, limit=160)}); "
             "give a model URI such as models:/digitflow-lenet@candidate, or leave --judge out to train one"
         ) from None
+    judge = as_lenet(judge, what=f"the judge {uri}")
     check_judge(judge, num_classes, what=f"the judge {uri}")
     run_logger().info("judge: %s", uri)
-    return judge.eval()
+    return judge
 
 
 def train_judge(data: PreparedDataset, test: PreparedDataset, config: GanConfig, parent_run_id: str | None):

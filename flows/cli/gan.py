@@ -131,7 +131,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="URI",
         help="the classifier that judges the samples: an MLflow model URI or registered alias, e.g. "
-        "models:/digitflow-lenet@candidate or runs:/RUN_ID/model (default: train a LeNet on the same "
+        "models:/digitflow-lenet@candidate, or a logged model models:/m-ID (default: train a LeNet on the same "
         "training data first, in its own child run)",
     )
     judge.add_argument(

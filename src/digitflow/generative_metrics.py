@@ -27,6 +27,29 @@ FeatureLayer = Literal["penultimate", "conv"]
 FEATURE_LAYERS: tuple[str, ...] = ("penultimate", "conv")
 
 
+def as_lenet(model: nn.Module, what: str = "the judge") -> nn.Module:
+    """An eager LeNet with ``model``'s weights, for a judge loaded in whatever form MLflow gives it back:
+    an eager LeNet, a TorchScript one (the registered model) or a torch.export one (what MLflow 3 logs by
+    default, whose submodules cannot be called on their own, as :func:`judge_outputs` needs). All three
+    keep LeNet's parameter and buffer names. A one-line ConfigError for anything else."""
+    from digitflow.models import LeNet
+
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    head = state.get("classifier.3.weight")
+    if head is None or head.dim() != 2:
+        raise ConfigError(
+            f"{what} is not a digitflow LeNet classifier (no classifier.3 layer among its weights); "
+            "give the URI of a model trained by digitflow run"
+        )
+    lenet = LeNet(num_classes=int(head.shape[0]))
+    try:
+        lenet.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise ConfigError(f"{what} is not a digitflow LeNet classifier ({detail})") from None
+    return lenet.eval()
+
+
 def check_judge(judge: nn.Module, num_classes: int, what: str = "the judge") -> None:
     """A one-line ConfigError unless ``judge`` is a LeNet-like classifier (``mean``, ``std``,
     ``features``, ``classifier``) that predicts ``num_classes`` classes."""
@@ -139,7 +162,7 @@ def histogram_metrics(counts: torch.Tensor) -> dict[str, float]:
     """``entropy`` (nats) of a histogram of class counts (C,)."""
     shares = counts.double() / counts.sum()
     nonzero = shares[shares > 0]
-    return {"entropy": float(-(nonzero * nonzero.log()).sum())}
+    return {"entropy": max(0.0, float(-(nonzero * nonzero.log()).sum()))}  # no -0.0 for one class
 
 
 def coverage(counts: torch.Tensor, min_share: float = 0.02) -> int:

@@ -35,6 +35,7 @@ def test_deployments_test_and_cross_test_as_their_descriptions_say():
     resolved = {
         d["name"]: (default_test(d["parameters"]["train"]), default_targets(d["parameters"]["train"]))
         for d in DEPLOYMENTS
+        if d["entrypoint"].startswith("flows/pipeline.py")  # the classifier's; the GAN flow has no targets
     }
     assert resolved == {
         "mnist-nightly": ("mnist:test", ["usps:test"]),
@@ -52,3 +53,12 @@ def test_a_schedule_and_a_trigger_on_another_deployment():
         for trigger in deployment["triggers"]:
             assert trigger["expect"] == ["prefect.flow-run.Completed"]
             assert trigger["match_related"]["prefect.resource.name"] in by_name
+
+
+def test_the_gan_deployment_is_weekly_and_names_the_gan_flow():
+    gan = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/gan.py:gan_pipeline"]
+    assert [d["name"] for d in gan] == ["gan-weekly"]
+    (schedule,) = gan[0]["schedules"]
+    assert schedule["cron"].split()[2:] == ["*", "*", "0"]  # once a week, on Sundays
+    nightly = {s["cron"] for d in DEPLOYMENTS if d["name"] == "mnist-nightly" for s in d["schedules"]}
+    assert schedule["cron"] not in nightly  # a cron of its own

@@ -11,6 +11,7 @@ import torch
 
 from digitflow.errors import ConfigError
 from digitflow.generative_metrics import (
+    as_lenet,
     check_judge,
     class_metrics,
     coverage,
@@ -49,8 +50,8 @@ def test_fid_of_a_set_with_itself_is_zero():
 
 
 def test_fid_grows_with_a_shift():
-    base = features(500, 8, seed=2)
-    other = features(500, 8, seed=3)
+    both = features(1000, 8, seed=2)
+    base, other = both[:500], both[500:]  # two samples of one distribution
     distances = [
         frechet_distance(feature_statistics(base), feature_statistics(other + shift)) for shift in (0.0, 0.5, 1.0, 2.0)
     ]
@@ -110,6 +111,18 @@ def test_judge_features_are_lenets_penultimate_layer_eager_and_scripted():
     scripted = torch.jit.script(judge)
     feats_scripted, _ = judge_outputs(scripted, images)
     np.testing.assert_allclose(feats_scripted.numpy(), feats.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_judge_in_any_saved_form_becomes_an_eager_lenet(tmp_path):
+    torch.manual_seed(0)
+    lenet = LeNet().eval()
+    images = torch.rand(3, 1, 28, 28)
+    program = torch.export.export(lenet, (images,)).module()  # what MLflow 3 logs a pytorch model as
+    for saved in (lenet, torch.jit.script(lenet), program):
+        judge = as_lenet(saved)
+        torch.testing.assert_close(judge(images), lenet(images))
+    with pytest.raises(ConfigError, match="not a digitflow LeNet classifier"):
+        as_lenet(torch.nn.Linear(784, 10))
 
 
 def test_a_judge_of_another_number_of_classes_or_kind_is_refused():

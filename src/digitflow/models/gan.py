@@ -32,10 +32,11 @@ class MLPGenerator(nn.Module):
             nn.LeakyReLU(0.2),
             nn.Linear(1024, IMAGE_SIZE * IMAGE_SIZE),  # (N, 784)
             nn.Tanh(),
+            nn.Unflatten(1, (1, IMAGE_SIZE, IMAGE_SIZE)),  # (N, 1, 28, 28)
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        images: torch.Tensor = self.net(z).view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)  # (N, 1, 28, 28)
+        images: torch.Tensor = self.net(z)
         return images
 
 
