@@ -31,6 +31,7 @@ from digitflow.gan import (
     image_grid,
 )
 from digitflow.generative_metrics import as_lenet, check_judge
+from digitflow.models import LeNet
 from digitflow.plots import gan_curves
 from flows.params import build_config
 from tasks.data import load_prepared, log_dataset_input, model_inputs
@@ -43,7 +44,7 @@ GAN_METRICS = ("d_loss", "g_loss", "d_real", "d_fake")  # logged as gan/<name> p
 
 
 @task(name="load-judge", cache_policy=NO_CACHE, persist_result=False)
-def load_judge(uri: str, num_classes: int) -> torch.nn.Module:
+def load_judge(uri: str, num_classes: int) -> LeNet:
     """The classifier at MLflow model URI ``uri`` (``models:/digitflow-lenet@candidate``, ``runs:/ID/model``),
     checked to be a LeNet that predicts ``num_classes`` classes; a one-line ConfigError otherwise."""
     try:
@@ -129,7 +130,7 @@ class GanProgress(EpochProgress):
 def train_gan(
     data: PreparedDataset,
     test: PreparedDataset,
-    judge: torch.nn.Module,
+    judge: LeNet,
     config: GanConfig,
     checkpoint: str,
     parent_run_id: str | None = None,

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ from digitflow.generative_metrics import (
 from digitflow.loop import BatchCallback, EpochCallback, resume_from, run_epochs
 from digitflow.models.gan import ARCHITECTURES, SampleDigits, build_gan
 from digitflow.optim import build_optimizer
+
+if TYPE_CHECKING:
+    from digitflow.models import LeNet
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
 
@@ -179,12 +182,13 @@ class GanStep:
     @torch.no_grad()
     def _update_ema(self) -> None:
         assert self.ema is not None
-        ema_params = list(self.ema.parameters())
+        ema_params: list[torch.Tensor] = list(self.ema.parameters())
+        params: list[torch.Tensor] = list(self.generator.parameters())
         # warm-up: early on the average follows closely, so the first epochs' samples are not dragged
         # back to the random initial weights (0.999 alone would need thousands of steps to forget them)
         decay = min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
         self.ema_steps += 1
-        torch._foreach_lerp_(ema_params, list(self.generator.parameters()), 1.0 - decay)
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for ema_buffer, buffer in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
             ema_buffer.copy_(buffer)  # batch-norm statistics: the current ones
 
@@ -366,7 +370,7 @@ class GeneratorJudge:
 
     def __init__(
         self,
-        judge: nn.Module,
+        judge: LeNet,
         reference: torch.Tensor,
         floor_images: torch.Tensor,
         latent_dim: int,

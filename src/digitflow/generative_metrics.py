@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from digitflow.errors import ConfigError
 
+if TYPE_CHECKING:
+    from digitflow.models import LeNet
+
 FeatureLayer = Literal["penultimate", "conv"]
 FEATURE_LAYERS: tuple[str, ...] = ("penultimate", "conv")
 
 
-def as_lenet(model: nn.Module, what: str = "the judge") -> nn.Module:
+def as_lenet(model: nn.Module, what: str = "the judge") -> LeNet:
     """An eager LeNet with ``model``'s weights, for a judge loaded in whatever form MLflow gives it back:
     an eager LeNet, a TorchScript one (the registered model) or a torch.export one (what MLflow 3 logs by
     default, whose submodules cannot be called on their own, as :func:`judge_outputs` needs). All three
@@ -50,7 +53,7 @@ def as_lenet(model: nn.Module, what: str = "the judge") -> nn.Module:
     return lenet.eval()
 
 
-def check_judge(judge: nn.Module, num_classes: int, what: str = "the judge") -> None:
+def check_judge(judge: LeNet, num_classes: int, what: str = "the judge") -> None:
     """A one-line ConfigError unless ``judge`` is a LeNet-like classifier (``mean``, ``std``,
     ``features``, ``classifier``) that predicts ``num_classes`` classes."""
     missing = [name for name in ("mean", "std", "features", "classifier") if not hasattr(judge, name)]
@@ -72,7 +75,7 @@ def check_judge(judge: nn.Module, num_classes: int, what: str = "the judge") -> 
 
 @torch.inference_mode()
 def judge_outputs(
-    judge: nn.Module, images: torch.Tensor, *, layer: FeatureLayer = "penultimate", batch_size: int = 1000
+    judge: LeNet, images: torch.Tensor, *, layer: FeatureLayer = "penultimate", batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The judge's features and class probabilities for ``images`` (N, 1, 28, 28) in [0, 1].
 
@@ -123,7 +126,8 @@ def feature_statistics(features: torch.Tensor) -> FeatureStats:
 def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     """Square root of a symmetric positive semi-definite matrix (eigenvalues below 0 from round-off -> 0)."""
     values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+    root: torch.Tensor = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+    return root
 
 
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:

@@ -135,6 +135,8 @@ class SampleDigits(nn.Module):
     float64 noise from numpy works as it is.
     """
 
+    anchor: torch.Tensor  # () buffer: its dtype is the model's
+
     def __init__(self, generator: nn.Module, latent_dim: int) -> None:
         super().__init__()
         self.generator = generator
@@ -147,7 +149,7 @@ class SampleDigits(nn.Module):
             raise ValueError(
                 "this generator takes noise of shape (N, " + str(self.latent_dim) + "), got " + str(list(z.shape))
             )
-        images = self.generator(z.to(self.anchor.dtype))  # (N, 1, 28, 28) in [-1, 1]
+        images: torch.Tensor = self.generator(z.to(self.anchor.dtype))  # (N, 1, 28, 28) in [-1, 1]
         return (images + 1.0) * 0.5  # (N, 1, 28, 28) in [0, 1]
 
 
