@@ -36,7 +36,7 @@ from digitflow.plots import gan_curves
 from flows.params import build_config
 from tasks.data import load_prepared, log_dataset_input, model_inputs
 from tasks.export import _register, _without_pickle_warning
-from tasks.progress import EpochProgress, run_logger
+from tasks.progress import EpochProgress, run_logger, training_progress
 from tasks.tracking import child_run, log_figure, log_json, torch_requirement, unwrap
 from tasks.train import train_model
 
@@ -104,8 +104,6 @@ class GanProgress(EpochProgress):
 
     def on_epoch(self, record: dict[str, float]) -> None:
         self._task = None
-        from tasks.progress import training_progress
-
         training_progress.completed = int(record["epoch"])
         judged = (
             f"  FID {record['gan/fid']:.1f} ({record['gan/fid_ratio']:.2f}x floor)  coverage "

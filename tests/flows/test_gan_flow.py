@@ -11,8 +11,10 @@ import mlflow
 import pytest
 import torch
 
+from digitflow.errors import ConfigError
 from flows.cli import main
 from flows.gan import gan_pipeline
+from tasks.gan import load_judge
 from tests.fakedata import fake_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,16 +85,12 @@ def test_gan_flow_logs_runs_metrics_samples_and_exports(tmp_path, monkeypatch, m
     assert version.run_id == summary.run_id
     assert "FID" in "\n".join(summary.lines())
 
-    # a second run judged by the first run's judge, named by URI; and a judge that does not resolve
+    # the judge the flow trained, named by its URI, loads as a judge; for other data it is refused in one line
     logged = mlflow.search_logged_models(filter_string="name = 'model'", output_format="list")
-    judge_uri = logged[0].model_uri
-    again = tiny_gan(tmp_path, data_dir, epochs=1, judge=judge_uri)
-    names = {
-        r.info.run_name
-        for r in mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{again.run_id}'", output_format="list")
-    }
-    assert "judge" not in names
-    assert client.get_run(again.run_id).data.tags["gan.judge"] == judge_uri
+    judge = load_judge.fn(logged[0].model_uri, 10)
+    assert judge(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="predicts 10 classes, but the GAN's training data has 26"):
+        load_judge.fn(logged[0].model_uri, 26)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
