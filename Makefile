@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup ## run the pipeline (pass options with ARGS="--epochs 3 ...")
 	$(BIN)/digitflow run $(ARGS)
 
-lint: setup ## ruff (lint + format check) and mypy (strict on src/digitflow, basic on flows, tasks, scripts)
+lint: setup ## ruff (lint + format check) and mypy (strict on src/digitflow, basic on flows, tasks, scripts, tests)
 	@status=0; \
 	$(BIN)/ruff check . || status=1; \
 	$(BIN)/ruff format --check . || status=1; \

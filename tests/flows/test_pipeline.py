@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import mlflow
 import pytest
@@ -59,7 +60,7 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as prefect:
-        assert tags["prefect.flow_run_name"] == prefect.read_flow_run(tags["prefect.flow_run_id"]).name
+        assert tags["prefect.flow_run_name"] == prefect.read_flow_run(UUID(tags["prefect.flow_run_id"])).name
     # The Source column says the flow, on the parent and on every child.
     assert tags["mlflow.source.name"] == "digitflow-pipeline"
     assert tags["mlflow.source.type"] == "LOCAL"
@@ -102,13 +103,17 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[tags["prefect.flow_run_id"]]))
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(tags["prefect.flow_run_id"])])
+            )
         )
-    by_key = {a.key: a for a in artifacts}
-    assert f"{summary.test_accuracy:.4f}" in by_key["digitflow-summary"].data
-    assert summary.run_id in by_key["mlflow-run"].data
+    by_key = {a.key: a.data for a in artifacts}
+    assert isinstance(by_key["digitflow-summary"], str)  # markdown
+    assert isinstance(by_key["mlflow-run"], str)  # a link, as markdown
+    assert f"{summary.test_accuracy:.4f}" in by_key["digitflow-summary"]
+    assert summary.run_id in by_key["mlflow-run"]
 
 
 def description_columns(note: str) -> dict[str, set[str]]:
@@ -142,7 +147,7 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
     )
 
     @flow
-    def publish():
+    def publish() -> str:
         publish_summary(summary)
         return str(runtime_flow_run.id)
 
@@ -152,7 +157,7 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]))
         )
     link = {a.key: a for a in artifacts}["mlflow-run"]
     # What prefect.artifacts.create_link_artifact stores: "[text](link)", nothing else.
@@ -160,6 +165,7 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
         link.data
         == "[MLflow run abc123](http://127.0.0.1:5123/#/experiments/7/runs/abc123?workflowType=machine_learning)"
     )
+    assert link.description is not None
     assert f"`MLFLOW_TRACKING_URI={store} MLFLOW_PORT=5123 make ui`" in link.description
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import mlflow
 import pytest
 
@@ -9,7 +11,14 @@ from flows.pipeline import pipeline
 
 pytestmark = pytest.mark.slow
 
-SPLITS = dict(train="mnist:test[:8000]", test="mnist:test[8000:]", offline=True)
+
+class Splits(TypedDict):  # typed keys, so that `pipeline(**SPLITS, ...)` is checked against its parameters
+    train: str
+    test: str
+    offline: bool
+
+
+SPLITS = Splits(train="mnist:test[:8000]", test="mnist:test[8000:]", offline=True)
 
 
 def test_two_epochs_reach_098_on_held_out_mnist(tmp_path, shared_data, mlflow_store, prefect_server):
