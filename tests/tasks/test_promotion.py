@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -33,11 +34,11 @@ def fake_pipeline_run(test_acc: float, usps_acc: float, *, export_ok: bool = Tru
                 }
             )
     client = mlflow.MlflowClient()
-    try:
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # it exists after the first run
         client.create_registered_model(MODEL)
-    except mlflow.exceptions.MlflowException:
-        pass  # exists
-    client.create_model_version(MODEL, source=f"{parent.info.artifact_uri}/torchscript-model", run_id=parent.info.run_id)
+    client.create_model_version(
+        MODEL, source=f"{parent.info.artifact_uri}/torchscript-model", run_id=parent.info.run_id
+    )
     return parent.info.run_id
 
 
