@@ -141,9 +141,8 @@ def _model_versions(name: str) -> dict[str, tuple[str, str]]:
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
-    return {
-        str(v.run_id): (str(v.version), ",".join(sorted(by_version.get(str(v.version), [])))) for v in versions if v.run_id
-    }
+    named = {str(v.run_id): str(v.version) for v in versions if v.run_id}
+    return {run_id: (version, ",".join(sorted(by_version.get(version, [])))) for run_id, version in named.items()}
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

@@ -62,7 +62,8 @@ def test_evaluate_and_promote_follows_the_nightly_run_and_receives_its_flow_run_
     assert trigger["match_related"] == {"prefect.resource.role": "deployment", "prefect.resource.name": "mnist-nightly"}
     assert trigger["parameters"] == {"flow_run_id": "{{ event.resource.id }}"}
     # what the template renders to for a flow-run event, which the flow takes as it is
-    assert flow_run_uuid("prefect.flow-run.5c8a0b6e-0000-4000-8000-000000000000") == "5c8a0b6e-0000-4000-8000-000000000000"
+    uuid = "5c8a0b6e-0000-4000-8000-000000000000"
+    assert flow_run_uuid(f"prefect.flow-run.{uuid}") == uuid
     # Prefect's own check of the trigger's parameters (templates included) accepts them
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 

@@ -90,7 +90,8 @@ def test_served_nightly_run_is_promoted_by_the_trigger(tmp_path, shared_data):
         )
         with temporary_settings({PREFECT_API_URL: api}):
             nightly = run_deployment("digitflow-pipeline/mnist-nightly", parameters=parameters, timeout=420)
-            assert nightly.state.is_completed(), f"{nightly.state}\n{(state / 'logs' / 'worker.log').read_text()[-4000:]}"
+            worker_log = state / "logs" / "worker.log"
+            assert nightly.state.is_completed(), f"{nightly.state}\n{worker_log.read_text()[-4000:]}"
             promoted = None
             deadline = time.monotonic() + 240
             with get_client(sync_client=True) as client:
@@ -102,9 +103,8 @@ def test_served_nightly_run_is_promoted_by_the_trigger(tmp_path, shared_data):
                         promoted = runs[0]
                         break
                     time.sleep(2)
-            worker_log = (state / "logs" / "worker.log").read_text()[-4000:]
-            assert promoted is not None, f"evaluate-and-promote did not run\n{worker_log}"
-            assert promoted.state.is_completed(), f"{promoted.state}\n{worker_log}"
+            assert promoted is not None, f"evaluate-and-promote did not run\n{worker_log.read_text()[-4000:]}"
+            assert promoted.state.is_completed(), f"{promoted.state}\n{worker_log.read_text()[-4000:]}"
             assert promoted.parameters["flow_run_id"] == f"prefect.flow-run.{nightly.id}"
 
         client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
