@@ -112,8 +112,8 @@ def start(
         if run_quiet(["prefect", "work-pool", "inspect", POOL], client_env, setup_log) != 0:
             created = run_quiet(["prefect", "work-pool", "create", POOL, "--type", "process"], client_env, setup_log)
             check(created, f"could not create the work pool {POOL}", setup_log)
-        names = [arg for name in deploy for arg in ("--name", name)] if deploy else ["--all"]
-        deployed = run_quiet(["prefect", "--no-prompt", "deploy", *names], client_env, logs / "deploy.log")
+        selection = [arg for name in deploy for arg in ("--name", name)] if deploy else ["--all"]
+        deployed = run_quiet(["prefect", "--no-prompt", "deploy", *selection], client_env, logs / "deploy.log")
         check(deployed, "prefect deploy failed", logs / "deploy.log")
         worker_env = {**client_env, "MLFLOW_TRACKING_URI": mlflow_url}
         if env.get("DIGITFLOW_DATA_DIR"):  # the flow runs move into the checkout: make a relative folder absolute
