@@ -6,10 +6,11 @@ that calls one ``digitflow`` function and logs to MLflow under this flow run's p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
 from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
@@ -26,7 +27,17 @@ from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
 from tasks.logs import quiet_expected_errors
-from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, parent_run_name, setup_tracking, source_tags, tracked_run
+from tasks.tracking import (
+    CHECKPOINT_TAG,
+    DEFAULT_EXPERIMENT,
+    RESUMES_TAG,
+    continue_interrupted_runs,
+    git_commit,
+    parent_run_name,
+    setup_tracking,
+    source_tags,
+    tracked_run,
+)
 from tasks.train import train_model
 
 
@@ -121,8 +132,13 @@ def pipeline(
         mlflow.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
         mlflow.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
 
-        # 2. train, 3. evaluate on the held-out split, 4. cross-domain targets
-        trained = train_model(train_data, config, str(checkpoint_path(config, train_data.digest)), run_id)
+        # 2. train (a --resume run first closes the interrupted run it continues), 3. evaluate on the
+        # held-out split, 4. cross-domain targets
+        checkpoint = str(checkpoint_path(config, train_data.digest))
+        mlflow.set_tag(CHECKPOINT_TAG, str(Path(checkpoint).resolve()))  # how a --resume run finds this one
+        if config.resume:
+            say_what_it_continues(continue_interrupted_runs(str(Path(checkpoint).resolve()), run_id))
+        trained = train_model(train_data, config, checkpoint, run_id)
         test_metrics = evaluate_model(trained, test_data, data, run_id)
         cross_metrics = [cross_domain_test(trained, t, data, run_id) for t in target_data]
 
@@ -132,6 +148,17 @@ def pipeline(
         summary = PipelineSummary.collect(parent, experiment_id, trained, test_metrics, cross_metrics, exported)
     publish_summary(summary)
     return summary
+
+
+def say_what_it_continues(continued: str | None) -> None:
+    """One log line: which MLflow run a --resume run continues."""
+    logger = get_run_logger()
+    if continued is None:
+        logger.info("--resume: no interrupted run with this checkpoint in the experiment")
+    else:
+        logger.info(
+            "--resume: continues MLflow run %s (tag %s); its runs left RUNNING now end KILLED", continued, RESUMES_TAG
+        )
 
 
 if __name__ == "__main__":

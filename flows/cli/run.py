@@ -25,6 +25,7 @@ from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import DigitflowError
 from flows.cli.options import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED,
     add_data_source_options,
     add_optimizer_options,
     add_resume_options,
@@ -210,6 +211,11 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         check_output_dir(config.output_dir)
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
+    from tasks.tracking import server_problem, tracking_uri  # MLflow: only once the options are valid
+
+    problem = server_problem(tracking_uri())  # a tracking server that does not answer: say so before training
+    if problem:
+        parser.exit(EXIT_FAILED, f"digitflow: error: {problem}\n")
 
     def start() -> Any:
         from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid

@@ -165,6 +165,22 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class PromotionConfig:
+    """When a pipeline run's registered model takes the ``champion`` alias (digitflow.promotion).
+
+    ``figures`` are metric-name patterns (``fnmatch``: ``cross/*/accuracy`` is every cross-domain
+    target's accuracy). A figure is better or worse only by more than ``margin`` (absolute, in the
+    metric's units): the candidate is promoted when none is worse and at least one is better, so
+    retraining the same model, whose figures move by noise alone, leaves the champion where it is.
+    """
+
+    figures: tuple[str, ...] = ("test/accuracy", "cross/*/accuracy")
+    margin: float = 0.001  # a tenth of a percentage point of accuracy
+    registered_model_name: str = ExportConfig.registered_model_name
+    champion_alias: str = "champion"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one pipeline run needs."""
 
