@@ -6,13 +6,23 @@ that calls one ``digitflow`` function and logs to MLflow under this flow run's p
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import mlflow
 from prefect import flow
 from prefect.runtime import deployment, flow_run
 
-from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
+from digitflow.config import (
+    AdaptConfig,
+    DataConfig,
+    ExportConfig,
+    OptimizerConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainConfig,
+    flatten,
+)
 from flows.params import (
     augment_family,
     build_config,
@@ -57,6 +67,9 @@ def pipeline(
     output_dir: str = RunConfig.output_dir,
     checkpoint: str | None = RunConfig.checkpoint,
     experiment: str = DEFAULT_EXPERIMENT,
+    adapt: Literal["dann"] | None = None,
+    adapt_target: str | None = None,
+    adapt_options: dict[str, Any] | None = None,
 ) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
 
@@ -68,6 +81,10 @@ def pipeline(
     given ``optimizer_kwargs`` add to the defaults. ``data_dir`` defaults to ``$DIGITFLOW_DATA_DIR`` of
     the process that runs the flow (for a deployment: the worker's environment), else ``./data``;
     ``offline`` never downloads. ``scheduler=None`` trains at a constant learning rate.
+
+    ``adapt="dann"`` adapts the model to the unlabeled images of ``adapt_target`` (DANN; settings in
+    ``adapt_options``, see ``digitflow.config.AdaptConfig``) and trains the source-only model beside
+    it, so every cross-domain figure has its baseline (``cross/<key>/source_only_accuracy``).
     """
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     config = build_config(
@@ -95,6 +112,9 @@ def pipeline(
         resume=resume,
         output_dir=output_dir,
         checkpoint=checkpoint,
+        adapt=adapt,
+        adapt_target=adapt_target,
+        adapt_options=adapt_options,
     )
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
@@ -121,10 +141,25 @@ def pipeline(
         mlflow.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
         mlflow.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
 
+        # 1b. domain adaptation: the unlabeled target images, and the source-only baseline trained beside it
+        adapt_data, baseline = None, None
+        if config.adapt.method is not None and config.adapt.target is not None:
+            adapt_data = prepare_data(config.adapt.target, data.data_dir, data.cache_dir, data.offline, run_id)
+            mlflow.set_tag("dataset.adapt_target.digest", adapt_data.digest)
+            source_only = dataclasses.replace(config, adapt=AdaptConfig())
+            baseline = train_model.with_options(task_run_name="train source-only")(
+                train_data,
+                source_only,
+                str(checkpoint_path(source_only, train_data.digest)),
+                run_id,
+                run_name="train source-only",
+            )
+
         # 2. train, 3. evaluate on the held-out split, 4. cross-domain targets
-        trained = train_model(train_data, config, str(checkpoint_path(config, train_data.digest)), run_id)
+        ckpt = str(checkpoint_path(config, train_data.digest))
+        trained = train_model(train_data, config, ckpt, run_id, adapt_data=adapt_data)
         test_metrics = evaluate_model(trained, test_data, data, run_id)
-        cross_metrics = [cross_domain_test(trained, t, data, run_id) for t in target_data]
+        cross_metrics = [cross_domain_test(trained, t, data, run_id, baseline=baseline) for t in target_data]
 
         # 5. export (TorchScript + torch.export), verify, register
         exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)
