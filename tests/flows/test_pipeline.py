@@ -231,6 +231,9 @@ def test_help_lists_every_option():
         "--offline",
         "--resume",
         "--data-dir",
+        "--adapt",
+        "--adapt-target",
+        "--adapt-opt",
     ):
         assert option in result.stdout
 
@@ -253,6 +256,9 @@ def test_help_lists_every_option():
             "cannot write to the output dir /dev/null/out (Not a directory); choose another with --output-dir",
         ),
         (["--experiment", ""], "the MLflow experiment name is empty; name one with --experiment NAME"),
+        (["--adapt-target", "usps:test[:1000]"], "--adapt-target needs --adapt METHOD (dann)"),
+        (["--adapt", "dann"], "--adapt dann needs --adapt-target SPEC"),
+        (["--adapt", "dann", "--adapt-target", "fashion-mnist:test"], "adapt between datasets of the same classes"),
     ],
 )
 def test_bad_input_is_one_line_and_exits_non_zero(args, message):
@@ -337,7 +343,9 @@ def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_dann_adapts_through_the_flow_with_its_baseline_and_metrics(tmp_path, monkeypatch, mlflow_store, prefect_server):
+def test_dann_adapts_through_the_flow_with_its_baseline_and_metrics(
+    tmp_path, monkeypatch, mlflow_store, prefect_server
+):
     data_dir = fake_data_dir(tmp_path, monkeypatch)
     summary = tiny_run(
         tmp_path,
