@@ -360,6 +360,7 @@ def test_dann_adapts_through_the_flow_with_its_baseline_and_metrics(
     assert parent.info.status == "FINISHED"
     metrics = parent.data.metrics
     assert {"cross/usps_test_20/accuracy", "cross/usps_test_20/source_only_accuracy"} <= set(metrics)
+    assert parent.info.run_name.startswith("adapt=dann(usps:test[:20]) ")
     assert parent.data.params["adapt.method"] == "dann"
     assert parent.data.params["adapt.target"] == "usps:test[:20]"
     assert parent.data.params["adapt.domain_hidden"] == "16"
