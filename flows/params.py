@@ -284,6 +284,16 @@ def _check_adapt_values(config: AdaptConfig) -> None:
         raise ConfigError(f"--adapt-opt pseudo_label_threshold must be in [0, 1], got {config.pseudo_label_threshold}")
 
 
+def source_only_config(config: RunConfig) -> RunConfig:
+    """The baseline of an adapted run: the same run without adaptation. A ``--checkpoint FILE`` given
+    for the run becomes ``FILE``'s ``.source-only`` sibling for it, so the two never share a file."""
+    checkpoint = config.checkpoint
+    if checkpoint:
+        path = Path(checkpoint)
+        checkpoint = str(path.with_name(f"{path.stem}.source-only{path.suffix}"))
+    return dataclasses.replace(config, adapt=AdaptConfig(), checkpoint=checkpoint)
+
+
 def _frames(image_size: tuple[int, int], preprocess: str) -> bool:
     """Whether ``preprocess`` turns images of ``image_size`` into the model's input (a dry run on a blank image)."""
     try:

@@ -6,7 +6,6 @@ that calls one ``digitflow`` function and logs to MLflow under this flow run's p
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
 import mlflow
@@ -14,7 +13,6 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 
 from digitflow.config import (
-    AdaptConfig,
     DataConfig,
     ExportConfig,
     OptimizerConfig,
@@ -30,6 +28,7 @@ from flows.params import (
     check_output_dir,
     checkpoint_path,
     default_run_config,
+    source_only_config,
 )
 from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
@@ -146,7 +145,7 @@ def pipeline(
         if config.adapt.method is not None and config.adapt.target is not None:
             adapt_data = prepare_data(config.adapt.target, data.data_dir, data.cache_dir, data.offline, run_id)
             mlflow.set_tag("dataset.adapt_target.digest", adapt_data.digest)
-            source_only = dataclasses.replace(config, adapt=AdaptConfig())
+            source_only = source_only_config(config)
             baseline = train_model.with_options(task_run_name="train source-only")(
                 train_data,
                 source_only,

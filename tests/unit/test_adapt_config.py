@@ -9,7 +9,7 @@ import pytest
 from digitflow.config import AdaptConfig, flatten
 from digitflow.data import registry
 from digitflow.errors import ConfigError
-from flows.params import build_config, checkpoint_path
+from flows.params import build_config, checkpoint_path, source_only_config
 
 ADAPT = {"train": "mnist:test[:8000]", "device": "cpu", "adapt": "dann", "adapt_target": "usps:test[:1000]"}
 
@@ -28,6 +28,10 @@ def test_an_adapted_run_checkpoints_apart_from_its_source_only_baseline(tmp_path
     plain = dataclasses.replace(adapted, adapt=AdaptConfig())
     assert checkpoint_path(adapted, "d").name.startswith("lenet-dann-")
     assert checkpoint_path(plain, "d") != checkpoint_path(adapted, "d")
+    assert source_only_config(adapted) == plain
+    named = build_config(**ADAPT, checkpoint=str(tmp_path / "run.pt"))
+    assert checkpoint_path(source_only_config(named), "d") == tmp_path / "run.source-only.pt"
+    assert checkpoint_path(named, "d") == tmp_path / "run.pt"
 
 
 @pytest.mark.parametrize(
