@@ -19,7 +19,7 @@ ADAPT = AdaptConfig(method="dann", target="usps:test[:20]", domain_hidden=16)
 
 def adapted_weights(data_dir, cache_dir) -> tuple[str, dict[str, torch.Tensor]]:
     config = DataConfig(data_dir=str(data_dir), cache_dir=str(cache_dir), offline=True)
-    target = prepare(ADAPT.target, config.data_dir, config.cache_dir, offline=True)
+    target = prepare("usps:test[:20]", config.data_dir, config.cache_dir, offline=True)
     images = adaptation_images(target, config, "cpu")
     g = torch.Generator().manual_seed(0)
     source, labels = torch.rand(24, 1, 28, 28, generator=g), torch.arange(24) % 10

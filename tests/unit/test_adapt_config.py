@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,12 @@ from digitflow.data import registry
 from digitflow.errors import ConfigError
 from flows.params import build_config, checkpoint_path, source_only_config
 
-ADAPT = {"train": "mnist:test[:8000]", "device": "cpu", "adapt": "dann", "adapt_target": "usps:test[:1000]"}
+ADAPT: dict[str, Any] = {
+    "train": "mnist:test[:8000]",
+    "device": "cpu",
+    "adapt": "dann",
+    "adapt_target": "usps:test[:1000]",
+}
 
 
 def test_adaptation_is_recorded_in_the_config_and_its_params():
@@ -46,7 +52,7 @@ def test_an_adapted_run_checkpoints_apart_from_its_source_only_baseline(tmp_path
         ({"adapt_options": {"domain_weight": "x"}}, "wrong type"),
     ],
 )
-def test_bad_adaptation_input_is_a_one_line_config_error(kwargs, message):
+def test_bad_adaptation_input_is_a_one_line_config_error(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         build_config(**{**ADAPT, **kwargs})
     assert message in str(excinfo.value)

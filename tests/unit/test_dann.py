@@ -63,9 +63,9 @@ def test_every_dann_batch_holds_both_domains(target_batch_norm):
     step(idx)
 
     images = torch.cat(seen) * model.std + model.mean  # what went into the network, un-normalised
-    source_idx, target_idx = step.last_batch or (None, None)
+    assert step.last_batch is not None
+    source_idx, target_idx = step.last_batch
     assert torch.equal(source_idx, idx)
-    assert target_idx is not None
     assert target_idx.shape == idx.shape
     torch.testing.assert_close(images[: len(idx)], source[idx])
     torch.testing.assert_close(images[len(idx) :], target[target_idx])
