@@ -280,6 +280,8 @@ def _check_adapt_values(config: AdaptConfig) -> None:
         raise ConfigError(
             "--adapt-opt domain_hidden must be at least 1, domain_weight and pseudo_label_weight at least 0"
         )
+    if not 0 <= config.teacher_ema < 1:
+        raise ConfigError(f"--adapt-opt teacher_ema must be in [0, 1), got {config.teacher_ema}")
     if not 0 <= config.pseudo_label_threshold <= 1:
         raise ConfigError(f"--adapt-opt pseudo_label_threshold must be in [0, 1], got {config.pseudo_label_threshold}")
 

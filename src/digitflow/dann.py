@@ -139,10 +139,17 @@ class DannStep:
         self.domain_correct = torch.zeros((), device=device, dtype=torch.long)
         self.pseudo_count = torch.zeros((), device=device, dtype=torch.long)
         self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (source idx, target idx), for tests
+        # Mean teacher (Tarvainen and Valpola 2017): pseudo-labels from an exponential moving average of
+        # the model's weights, steadier than the model's own predictions; None: the model labels itself.
+        self.teacher: nn.Module | None = None
+        if self.adapt.teacher_ema > 0 and self.adapt.pseudo_label_weight > 0:
+            self.teacher = copy.deepcopy(model).requires_grad_(False)
 
     def train(self) -> None:
         self.model.train()
         self.domain_head.train()
+        if self.teacher is not None:
+            self.teacher.train()  # batch statistics: the teacher normalises a target batch by its own
 
     def reset(self) -> None:
         for total in (self.loss_sum, self.correct, self.domain_loss_sum, self.domain_correct, self.pseudo_count):
@@ -171,7 +178,7 @@ class DannStep:
         xt = self.augment(xt_clean) if self.augment is not None and self.adapt.target_augment else xt_clean
         lam = self.lambda_now()
         pseudo = self.adapt.pseudo_label_weight > 0
-        target_views = torch.cat([xt, xt_clean]) if pseudo else xt
+        target_views = torch.cat([xt, xt_clean]) if pseudo and self.teacher is None else xt
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._context(xs):
@@ -190,7 +197,8 @@ class DannStep:
             if pseudo:
                 logits_t = self.model.classifier(ft_all).float()  # type: ignore[operator]
                 with torch.no_grad():
-                    confidence, guess = logits_t[batch:].softmax(1).max(1)
+                    teacher_logits = logits_t[batch:] if self.teacher is None else self.teacher(xt_clean).float()
+                    confidence, guess = teacher_logits.softmax(1).max(1)
                     keep = confidence >= self.adapt.pseudo_label_threshold
                 per_image = F.cross_entropy(logits_t[:batch], guess, reduction="none")
                 pseudo_loss = (per_image * keep).sum() / batch
@@ -200,11 +208,21 @@ class DannStep:
         loss.backward()
         self.optimizer.step()
         self.steps_done += 1
+        if self.teacher is not None:
+            self._update_teacher(self.teacher)
 
         self.loss_sum += loss.detach() * batch
         self.correct += (logits_s.detach().argmax(1) == ys).sum()
         self.domain_loss_sum += domain_loss.detach() * 2 * batch
         self.domain_correct += ((domain_logits.detach() > 0).float() == domain_truth).sum()
+
+    @torch.no_grad()
+    def _update_teacher(self, teacher: nn.Module) -> None:
+        """teacher <- ema * teacher + (1 - ema) * model, weights; batch-norm statistics copied."""
+        for t, s in zip(teacher.parameters(), self.model.parameters(), strict=True):
+            t.lerp_(s, 1.0 - self.adapt.teacher_ema)
+        for tb, sb in zip(teacher.buffers(), self.model.buffers(), strict=True):
+            tb.copy_(sb)
 
     def epoch_metrics(self, num_examples: int) -> dict[str, float]:
         """``loss`` (all terms), source ``accuracy``, ``domain_loss`` and ``domain_accuracy`` (over the
@@ -234,6 +252,7 @@ class DannStep:
             "optimizer": _float_lr(self.optimizer.state_dict()),
             "scheduler": _float_lr(self.scheduler.state_dict()) if self.scheduler is not None else None,
             "steps_done": self.steps_done,
+            **({"teacher": self.teacher.state_dict()} if self.teacher is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -243,6 +262,8 @@ class DannStep:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.steps_done = int(state["steps_done"])
+        if self.teacher is not None:
+            load_model_state(self.teacher, state["teacher"])
 
 
 @torch.no_grad()

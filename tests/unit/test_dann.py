@@ -117,9 +117,11 @@ def test_adabn_uses_the_target_statistics_and_keeps_the_weights():
     assert not model.training
 
 
-def test_resume_continues_dann_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("teacher_ema", [0.0, 0.9])
+def test_resume_continues_dann_to_the_same_weights(tmp_path, teacher_ema):
     source, labels, target = tiny_domains()
-    full = fit_dann(build_model(10, seed=0), source, labels, target, TINY, ADAPT)
+    adapt = dataclasses.replace(ADAPT, teacher_ema=teacher_ema, pseudo_label_threshold=0.0)
+    full = fit_dann(build_model(10, seed=0), source, labels, target, TINY, adapt)
 
     path = tmp_path / "dann.pt"
     one = dataclasses.replace(TINY, epochs=2)
@@ -132,8 +134,8 @@ def test_resume_continues_dann_to_the_same_weights(tmp_path):
             raise StopError
 
     with pytest.raises(StopError):
-        fit_dann(build_model(10, seed=0), source, labels, target, one, ADAPT, checkpoint_path=path, on_epoch=stop)
-    resumed = fit_dann(build_model(10, seed=0), source, labels, target, one, ADAPT, checkpoint_path=path, resume=True)
+        fit_dann(build_model(10, seed=0), source, labels, target, one, adapt, checkpoint_path=path, on_epoch=stop)
+    resumed = fit_dann(build_model(10, seed=0), source, labels, target, one, adapt, checkpoint_path=path, resume=True)
     assert resumed.resumed_from_epoch == 1
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
