@@ -170,7 +170,7 @@ class AdaptConfig:
     domain_weight: float = 0.3  # the gradient reversal weight lambda reaches (1 cost MNIST accuracy: README)
     gamma: float = 10.0  # steepness of the lambda ramp (Ganin's 10)
     target_augment: bool = True  # augment target images like the source ones
-    pseudo_label_threshold: float = 0.9  # target predictions at least this confident become labels
+    pseudo_label_threshold: float = 0.8  # target predictions at least this confident become labels
     pseudo_label_weight: float = 1.0  # weight of the pseudo-label loss (ramped like lambda); 0: off
     teacher_ema: float = 0.0  # >0: pseudo-labels from a mean teacher with this weight decay; 0: the model's own
     target_batch_norm: bool = True  # AdaBN: the model evaluated on the target domain uses its statistics
