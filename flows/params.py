@@ -224,6 +224,8 @@ def build_config(
         config = dataclasses.replace(
             config, adapt=adapt_config(train, target_preprocess, adapt, adapt_target, adapt_options)
         )
+        if optimizer == "LBFGS":  # DannStep takes one plain optimizer step per batch, no closure
+            raise ConfigError("--adapt does not work with --optimizer LBFGS; choose another optimizer")
     return config
 
 
