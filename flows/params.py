@@ -255,8 +255,8 @@ def adapt_config(
     source_info, target_info = DATASETS[parse_spec(train).name], DATASETS[parse_spec(target).name]
     if target_info.num_classes != source_info.num_classes or target_info.classes != source_info.classes:
         raise ConfigError(
-            f"adaptation target {target} has {target_info.num_classes} classes ({target_info.classes[0]}, ...) "
-            f"but {train} has {source_info.num_classes} ({source_info.classes[0]}, ...); "
+            f"the classes of adaptation target {target} ({target_info.num_classes}: {target_info.classes[0]}, ...) "
+            f"are not those of {train} ({source_info.num_classes}: {source_info.classes[0]}, ...); "
             "adapt between datasets of the same classes"
         )
     height, width = target_info.image_size
