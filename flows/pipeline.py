@@ -13,7 +13,15 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
+from digitflow.config import (
+    DataConfig,
+    ExportConfig,
+    OptimizerConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainConfig,
+    flatten,
+)
 from flows.params import (
     augment_family,
     build_config,
@@ -21,6 +29,7 @@ from flows.params import (
     check_output_dir,
     checkpoint_path,
     default_run_config,
+    source_only_config,
 )
 from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
@@ -68,6 +77,9 @@ def pipeline(
     output_dir: str = RunConfig.output_dir,
     checkpoint: str | None = RunConfig.checkpoint,
     experiment: str = DEFAULT_EXPERIMENT,
+    adapt: Literal["dann"] | None = None,
+    adapt_target: str | None = None,
+    adapt_options: dict[str, Any] | None = None,
 ) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
 
@@ -79,6 +91,10 @@ def pipeline(
     given ``optimizer_kwargs`` add to the defaults. ``data_dir`` defaults to ``$DIGITFLOW_DATA_DIR`` of
     the process that runs the flow (for a deployment: the worker's environment), else ``./data``;
     ``offline`` never downloads. ``scheduler=None`` trains at a constant learning rate.
+
+    ``adapt="dann"`` adapts the model to the unlabeled images of ``adapt_target`` (DANN; settings in
+    ``adapt_options``, see ``digitflow.config.AdaptConfig``) and trains the source-only model beside
+    it, so every cross-domain figure has its baseline (``cross/<key>/source_only_accuracy``).
     """
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     config = build_config(
@@ -106,6 +122,9 @@ def pipeline(
         resume=resume,
         output_dir=output_dir,
         checkpoint=checkpoint,
+        adapt=adapt,
+        adapt_target=adapt_target,
+        adapt_options=adapt_options,
     )
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
@@ -132,15 +151,29 @@ def pipeline(
         mlflow.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
         mlflow.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
 
+        # 1b. domain adaptation: the unlabeled target images, and the source-only baseline trained beside it
+        adapt_data, baseline = None, None
+        if config.adapt.method is not None and config.adapt.target is not None:
+            adapt_data = prepare_data(config.adapt.target, data.data_dir, data.cache_dir, data.offline, run_id)
+            mlflow.set_tag("dataset.adapt_target.digest", adapt_data.digest)
+            source_only = source_only_config(config)
+            baseline = train_model.with_options(task_run_name="train source-only")(
+                train_data,
+                source_only,
+                str(checkpoint_path(source_only, train_data.digest)),
+                run_id,
+                run_name="train source-only",
+            )
+
         # 2. train (a --resume run first closes the interrupted run it continues), 3. evaluate on the
         # held-out split, 4. cross-domain targets
         checkpoint = str(checkpoint_path(config, train_data.digest))
         mlflow.set_tag(CHECKPOINT_TAG, str(Path(checkpoint).resolve()))  # how a --resume run finds this one
         if config.resume:
             say_what_it_continues(continue_interrupted_runs(str(Path(checkpoint).resolve()), run_id))
-        trained = train_model(train_data, config, checkpoint, run_id)
+        trained = train_model(train_data, config, checkpoint, run_id, adapt_data=adapt_data)
         test_metrics = evaluate_model(trained, test_data, data, run_id)
-        cross_metrics = [cross_domain_test(trained, t, data, run_id) for t in target_data]
+        cross_metrics = [cross_domain_test(trained, t, data, run_id, baseline=baseline) for t in target_data]
 
         # 5. export (TorchScript + torch.export), verify, register
         exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)

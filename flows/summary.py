@@ -24,6 +24,7 @@ class PipelineSummary:
     test_accuracy: float
     test_loss: float
     cross_accuracy: dict[str, float] = field(default_factory=dict)
+    source_only_accuracy: dict[str, float] = field(default_factory=dict)  # runs with --adapt: the baseline
     train_seconds: float = 0.0
     images_per_sec: float = 0.0
     device: str = "cpu"
@@ -43,6 +44,12 @@ class PipelineSummary:
             for key, value in metrics.items()
             if key.endswith("/accuracy") and "/class_" not in key
         }
+        source_only = {
+            key.split("/")[1]: value
+            for metrics in cross_metrics
+            for key, value in metrics.items()
+            if key.endswith("/source_only_accuracy")
+        }
         return cls(
             run_id=parent.info.run_id,
             experiment_id=experiment_id,
@@ -52,6 +59,7 @@ class PipelineSummary:
             test_accuracy=test_metrics["test/accuracy"],
             test_loss=test_metrics["test/loss"],
             cross_accuracy=cross,
+            source_only_accuracy=source_only,
             train_seconds=trained.seconds,
             images_per_sec=trained.images_per_sec,
             device=trained.device,
@@ -64,7 +72,11 @@ class PipelineSummary:
     def lines(self) -> list[str]:
         """The summary as short 'label: value' lines, for the terminal and the markdown artifact."""
         out = [f"test accuracy: {self.test_accuracy:.4f} (loss {self.test_loss:.4f})"]
-        out += [f"cross-domain accuracy on {name}: {acc:.4f}" for name, acc in self.cross_accuracy.items()]
+        out += [
+            f"cross-domain accuracy on {name}: {acc:.4f}"
+            + (f" (source-only {self.source_only_accuracy[name]:.4f})" if name in self.source_only_accuracy else "")
+            for name, acc in self.cross_accuracy.items()
+        ]
         graphs = ", CUDA graph" if self.step == "cuda-graph" else ""
         out.append(
             f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} "

@@ -226,6 +226,8 @@ def parent_run_name(config: RunConfig, defaults: RunConfig | None = None) -> str
     changed = [f"{key}={value}" for key, value in ours.items() if key != "epochs" and usual.get(key) != value]
     if config.train.optimizer.name != RunConfig().train.optimizer.name and "optimizer" not in "".join(changed):
         changed.insert(0, f"optimizer={config.train.optimizer.name}")
+    if config.adapt.method is not None:  # domain adaptation first: it changes the most
+        changed.insert(0, f"adapt={config.adapt.method}({config.adapt.target})")
     what = f"{LeNet.__name__} {config.data.train} epochs={config.train.epochs}"
     name = " ".join(changed) + " · " + what if changed else what
     return name if len(name) <= _NAME_MAX else name[: _NAME_MAX - 1] + "…"

@@ -152,6 +152,30 @@ def train_defaults(device_type: str) -> TrainConfig:
     return TrainConfig()
 
 
+AdaptMethod = Literal["dann"]  # domain adaptation methods (digitflow.dann)
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Unsupervised domain adaptation to unlabeled target images (``--adapt dann --adapt-target SPEC``).
+
+    DANN (Ganin and Lempitsky 2015): a domain classifier on LeNet's features behind a gradient
+    reversal layer whose weight ramps up as ``domain_weight * (2 / (1 + exp(-gamma * p)) - 1)``,
+    ``p`` the fraction of training steps done. Only the target's images are read, never its labels.
+    """
+
+    method: AdaptMethod | None = None  # None: no adaptation (source-only training)
+    target: str | None = None  # dataset spec of the unlabeled target images, e.g. usps:test[:1000]
+    domain_hidden: int = 500  # width of the domain classifier's two hidden layers
+    domain_weight: float = 0.3  # the gradient reversal weight lambda reaches (1 cost MNIST accuracy: README)
+    gamma: float = 10.0  # steepness of the lambda ramp (Ganin's 10)
+    target_augment: bool = True  # augment target images like the source ones
+    pseudo_label_threshold: float = 0.8  # target predictions at least this confident become labels
+    pseudo_label_weight: float = 1.0  # weight of the pseudo-label loss (ramped like lambda); 0: off
+    teacher_ema: float = 0.0  # >0: pseudo-labels from a mean teacher with this weight decay; 0: the model's own
+    target_batch_norm: bool = True  # AdaBN: the model evaluated on the target domain uses its statistics
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """TorchScript / torch.export export, verification and registration."""
@@ -187,6 +211,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     output_dir: str = "outputs"  # checkpoints and exported files, one folder per run
     checkpoint: str | None = None  # None: output_dir/checkpoints/lenet-<settings hash>.pt
     resume: bool = False

@@ -237,6 +237,9 @@ def test_help_lists_every_option():
         "--offline",
         "--resume",
         "--data-dir",
+        "--adapt",
+        "--adapt-target",
+        "--adapt-opt",
     ):
         assert option in result.stdout
 
@@ -259,6 +262,9 @@ def test_help_lists_every_option():
             "cannot write to the output dir /dev/null/out (Not a directory); choose another with --output-dir",
         ),
         (["--experiment", ""], "the MLflow experiment name is empty; name one with --experiment NAME"),
+        (["--adapt-target", "usps:test[:1000]"], "--adapt-target needs --adapt METHOD (dann)"),
+        (["--adapt", "dann"], "--adapt dann needs --adapt-target SPEC"),
+        (["--adapt", "dann", "--adapt-target", "fashion-mnist:test"], "adapt between datasets of the same classes"),
     ],
 )
 def test_bad_input_is_one_line_and_exits_non_zero(args, message):
@@ -341,3 +347,35 @@ def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
     assert expected in errors[0]
     assert str(bad) in errors[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_dann_adapts_through_the_flow_with_its_baseline_and_metrics(
+    tmp_path, monkeypatch, mlflow_store, prefect_server
+):
+    data_dir = fake_data_dir(tmp_path, monkeypatch)
+    summary = tiny_run(
+        tmp_path,
+        data_dir,
+        target=["usps:test[20:]"],
+        adapt="dann",
+        adapt_target="usps:test[:20]",
+        adapt_options={"domain_hidden": 16},
+    )
+    client = mlflow.MlflowClient()
+    parent = client.get_run(summary.run_id)
+    assert parent.info.status == "FINISHED"
+    metrics = parent.data.metrics
+    assert {"cross/usps_test_20/accuracy", "cross/usps_test_20/source_only_accuracy"} <= set(metrics)
+    assert parent.info.run_name.startswith("adapt=dann(usps:test[:20]) ")
+    assert parent.data.params["adapt.method"] == "dann"
+    assert parent.data.params["adapt.target"] == "usps:test[:20]"
+    assert parent.data.params["adapt.domain_hidden"] == "16"
+    assert parent.data.tags["dataset.adapt_target.digest"]
+    children = runs_by_name(summary.run_id)
+    assert {"train", "train source-only", "cross-domain usps:test[20:]"} <= set(children)
+    train = children["train"]
+    for name in ("adapt/domain_loss", "adapt/domain_accuracy", "adapt/lambda"):
+        assert [m.step for m in client.get_metric_history(train.info.run_id, name)] == [1, 2], name
+    assert "adapt/domain_loss" not in children["train source-only"].data.metrics
+    assert summary.source_only_accuracy["usps_test_20"] == metrics["cross/usps_test_20/source_only_accuracy"]
+    assert "(source-only " in "\n".join(summary.lines())

@@ -12,6 +12,7 @@ from digitflow.config import (
     DATASET_FAMILIES,
     DEFAULT_TARGETS,
     OPTIMIZER_DEFAULTS,
+    AdaptConfig,
     AugmentConfig,
     DataConfig,
     ExportConfig,
@@ -24,7 +25,16 @@ from digitflow.config import (
 )
 from digitflow.data import DATASETS, parse_spec
 
-ALL_CONFIGS = [DataConfig, AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig, ExportConfig, RunConfig]
+ALL_CONFIGS = [
+    DataConfig,
+    AugmentConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+    ExportConfig,
+    AdaptConfig,
+    RunConfig,
+]
 
 
 def _custom() -> RunConfig:
