@@ -124,8 +124,9 @@ class RobustnessCurve:
     after FGSM (when run) and after PGD: the worst case per image over the points tried in the
     epsilon ball, as robustness evaluations report it, so PGD is never weaker than FGSM.
     ``pgd_alone`` is PGD's own accuracy (on a model without gradient masking the same or close: the
-    difference says how often the one-step attack found what PGD missed). ``examples`` are the first images, clean (row 0,
-    epsilon 0) and attacked at each epsilon (the strongest attack run), with the model's predictions.
+    difference says how often the one-step attack found what PGD missed). ``example_*`` are the first
+    images, clean (row 0, epsilon 0) and attacked at each epsilon (by the strongest attack run), with
+    the model's predictions.
     """
 
     epsilons: list[float]

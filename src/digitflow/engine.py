@@ -99,10 +99,10 @@ class TrainStep:
         with (
             torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)
             if self.use_amp
-            else contextlib.nullcontext()
+            else contextlib.nullcontext(),
+            contiguous_batch_norm(self.model) if self.fix_batch_norm_layout else contextlib.nullcontext(),
         ):
-            with contiguous_batch_norm(self.model) if self.fix_batch_norm_layout else contextlib.nullcontext():
-                logits: torch.Tensor = self.model(x)
+            logits: torch.Tensor = self.model(x)
         return logits
 
     def __call__(self, idx: torch.Tensor) -> None:
