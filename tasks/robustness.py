@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import mlflow
+from mlflow.entities import Metric
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -58,11 +61,14 @@ def robustness_test(
             seed=seed,
             batch_size=eval_batch_size(images.device),
         )
-        for name, value, step in curve.metrics():
-            mlflow.log_metric(name, value, step=step)
-        if curve.pgd_alone:
-            for eps, value in zip(curve.epsilons, curve.pgd_alone, strict=True):
-                mlflow.log_metric("robust/pgd/accuracy_alone", value, step=eps_step(eps))
+        curves = curve.metrics() + [
+            ("robust/pgd/accuracy_alone", value, eps_step(eps))
+            for eps, value in zip(curve.epsilons, curve.pgd_alone, strict=True)
+        ]
+        now = int(time.time() * 1000)
+        mlflow.MlflowClient().log_batch(
+            mlflow.active_run().info.run_id, metrics=[Metric(name, value, now, step) for name, value, step in curves]
+        )
         pgd = f"PGD-{robustness.pgd_steps}"
         accuracy = {pgd if a == "pgd" else a: v for a, v in curve.accuracy.items()}
         log_figure(

@@ -12,6 +12,7 @@ from digitflow.config import (
     DATASET_FAMILIES,
     DEFAULT_TARGETS,
     OPTIMIZER_DEFAULTS,
+    AdversarialTrainingConfig,
     AugmentConfig,
     DataConfig,
     ExportConfig,
@@ -68,11 +69,12 @@ def test_flatten_gives_dotted_keys_down_to_optimizer_kwargs():
 def test_flatten_covers_every_leaf_field():
     flat = flatten(RunConfig())
     expected = set()
-    for section in ("data", "train", "export"):
+    for section in ("data", "train", "export", "robustness"):
         for f in dataclasses.fields(getattr(RunConfig(), section)):
-            if f.name not in ("optimizer", "scheduler", "augment"):
+            if f.name not in ("optimizer", "scheduler", "augment", "adversarial"):
                 expected.add(f"{section}.{f.name}")
     expected |= {f"train.augment.{f.name}" for f in dataclasses.fields(AugmentConfig)}
+    expected |= {f"train.adversarial.{f.name}" for f in dataclasses.fields(AdversarialTrainingConfig)}
     expected |= {"train.optimizer.name", "train.optimizer.kwargs.lr", "train.optimizer.kwargs.momentum"}
     expected |= {"train.scheduler.name", "train.scheduler.kwargs", "output_dir", "resume"}
     assert expected <= set(flat)
