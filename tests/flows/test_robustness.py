@@ -17,7 +17,16 @@ from tests.flows.test_pipeline import cli, runs_by_name, tiny_run
 
 def test_adversarial_training_and_robustness_end_to_end(tmp_path, monkeypatch, mlflow_store, prefect_server):
     data_dir = fake_data_dir(tmp_path, monkeypatch)
-    summary = tiny_run(tmp_path, data_dir, adv_train="fgsm-rs", adv_eps=0.2, adv_ramp_epochs=1, target=[])
+    summary = tiny_run(
+        tmp_path,
+        data_dir,
+        adv_train="fgsm-rs",
+        adv_eps=0.2,
+        adv_ramp_epochs=1,
+        target=[],
+        epsilons=None,  # the default robustness evaluation
+        pgd_steps=None,
+    )
 
     client = mlflow.MlflowClient()
     parent = client.get_run(summary.run_id)
