@@ -47,7 +47,7 @@ def robustness_test(
     images, labels = model_inputs(dataset, config.target_preprocess, trained.device)
     if robustness.num_images is not None:
         images, labels = images[: robustness.num_images], labels[: robustness.num_images]
-    with child_run("robustness", parent_run_id, tags={"dataset.test.digest": data.digest}):
+    with child_run("robustness", parent_run_id, tags={"dataset.test.digest": data.digest}) as run:
         mlflow.log_params({"spec": data.spec, "num_images": len(labels)})
         curve = robustness_curve(
             trained.model,
@@ -67,7 +67,7 @@ def robustness_test(
         ]
         now = int(time.time() * 1000)
         mlflow.MlflowClient().log_batch(
-            mlflow.active_run().info.run_id, metrics=[Metric(name, value, now, step) for name, value, step in curves]
+            run.info.run_id, metrics=[Metric(name, value, now, step) for name, value, step in curves]
         )
         pgd = f"PGD-{robustness.pgd_steps}"
         accuracy = {pgd if a == "pgd" else a: v for a, v in curve.accuracy.items()}
