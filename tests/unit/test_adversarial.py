@@ -43,11 +43,10 @@ def config(mode: str | None = "fgsm-rs", epochs: int = 2, **adversarial) -> Trai
 
 
 def test_attack_schedules():
-    assert attack_schedule(AdversarialTrainingConfig(mode="fgsm-rs"), 0.2) == (1, pytest.approx(0.25))
-    assert attack_schedule(AdversarialTrainingConfig(mode="pgd", steps=5), 0.2) == (5, pytest.approx(0.1))
-    assert attack_schedule(AdversarialTrainingConfig(mode="pgd", steps=5, relative_step=0.5), 0.2) == (
-        5,
-        pytest.approx(0.1),
+    assert attack_schedule(AdversarialTrainingConfig(mode="fgsm-rs"), 0.2) == pytest.approx((1, 0.25))
+    assert attack_schedule(AdversarialTrainingConfig(mode="pgd", steps=5), 0.2) == pytest.approx((5, 0.1))
+    assert attack_schedule(AdversarialTrainingConfig(mode="pgd", steps=5, relative_step=0.5), 0.2) == pytest.approx(
+        (5, 0.1)
     )
 
 
@@ -60,7 +59,7 @@ def test_batches_are_attacked_within_epsilon_and_batch_norm_stats_see_one_pass(d
         build_optimizer(model, SGD),
         images,
         labels,
-        adversarial=AdversarialTrainingConfig(mode=mode, eps=0.2, steps=3),  # type: ignore[arg-type]
+        adversarial=AdversarialTrainingConfig(mode=mode, eps=0.2, steps=3),
     )
     idx = torch.arange(32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -73,7 +72,10 @@ def test_batches_are_attacked_within_epsilon_and_batch_norm_stats_see_one_pass(d
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     step(idx)  # the optimizer step: one forward pass, one update of the running statistics
-    assert int(model.features[2].num_batches_tracked) == 1
+    batch_norm = model.features[2]
+    assert isinstance(batch_norm, torch.nn.BatchNorm2d)
+    assert batch_norm.num_batches_tracked is not None
+    assert int(batch_norm.num_batches_tracked) == 1
 
 
 def test_fit_trains_on_adversarial_batches_with_the_epsilon_ramp(data):

@@ -115,7 +115,7 @@ def test_attacks_leave_mode_weights_statistics_and_gradients_as_they_were(traine
     assert model.training == (mode == "train")
     after = state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights, running stats, counters
-    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
+    assert all(p.grad is not None and torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
     robustness_curve(model, images, labels, (0.0, 0.1), pgd_steps=2)
     assert model.training == (mode == "train")  # attacked in eval mode, handed back as it came
     assert all(torch.equal(before[k], v) for k, v in state(model).items())
@@ -127,7 +127,10 @@ def test_buffers_kept_undoes_batch_norm_updates_in_training_mode(data):
     before = state(model)
     with buffers_kept(model):
         model(images)
-        assert not torch.equal(model.features[2].running_mean, before["features.2.running_mean"])
+        batch_norm = model.features[2]
+        assert isinstance(batch_norm, nn.BatchNorm2d)
+        assert batch_norm.running_mean is not None
+        assert not torch.equal(batch_norm.running_mean, before["features.2.running_mean"])
     assert all(torch.equal(before[k], v) for k, v in state(model).items())
 
 
@@ -139,6 +142,9 @@ def test_robustness_curve_figures(trained, data):
     assert curve.at("pgd", 0.1) == curve.accuracy["pgd"][2]
     names = {(name, step) for name, _, step in curve.metrics()}
     assert names == {(f"robust/{a}/accuracy", s) for a in ("fgsm", "pgd") for s in (0, 5, 10, 20, 30)}
+    assert curve.example_images is not None
+    assert curve.example_predictions is not None
+    assert curve.example_labels is not None
     assert curve.example_images.shape == (len(EPSILONS), 6, 1, 28, 28)
     assert torch.equal(curve.example_images[0], images[:6])  # row 0: the clean images
     assert curve.example_predictions.shape == (len(EPSILONS), 6)
