@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from digitflow.attacks import ATTACKS
 from digitflow.augment import build_augment
 from digitflow.config import (
     AUGMENT_BY_FAMILY,
@@ -20,11 +21,13 @@ from digitflow.config import (
     DEFAULT_TARGETS,
     OPTIMIZER_DEFAULTS,
     AdaptConfig,
+    AdversarialTrainingConfig,
     AugmentConfig,
     DataConfig,
     ExportConfig,
     ExportMode,
     OptimizerConfig,
+    RobustnessConfig,
     RunConfig,
     SchedulerConfig,
     TargetPreprocess,
@@ -152,6 +155,14 @@ def build_config(
     adapt: str | None = AdaptConfig.method,
     adapt_target: str | None = AdaptConfig.target,
     adapt_options: dict[str, Any] | None = None,
+    attack: list[str] | None = None,
+    epsilons: list[float] | None = None,
+    pgd_steps: int | None = None,
+    attack_images: int | None = None,
+    adv_train: str | None = None,
+    adv_eps: float | None = None,
+    adv_steps: int | None = None,
+    adv_ramp_epochs: float | None = None,
 ) -> RunConfig:
     """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input.
 
@@ -190,6 +201,8 @@ def build_config(
             hflip="hflip" in augment,
             extra=tuple(a for a in augment if a not in GEOMETRIC_AUGMENTS),
         )
+    robustness = robustness_config(attack, epsilons, pgd_steps, attack_images)
+    adversarial = adversarial_training_config(adv_train, adv_eps, adv_steps, adv_ramp_epochs)
     config = RunConfig(
         data=DataConfig(
             train=train,
@@ -213,8 +226,10 @@ def build_config(
                 name=None if scheduler in (None, "", "none") else scheduler, kwargs=dict(scheduler_kwargs or {})
             ),
             augment=augment_config,
+            adversarial=adversarial,
         ),
         export=ExportConfig(mode=export_mode),
+        robustness=robustness,
         output_dir=output_dir,
         checkpoint=checkpoint,
         resume=resume,
@@ -226,6 +241,8 @@ def build_config(
         )
         if optimizer == "LBFGS":  # DannStep takes one plain optimizer step per batch, no closure
             raise ConfigError("--adapt does not work with --optimizer LBFGS; choose another optimizer")
+        if adversarial.mode is not None:  # DannStep trains on clean images; one of the two would be ignored
+            raise ConfigError("--adapt and --adv-train cannot be combined yet; choose one of them")
     return config
 
 
@@ -307,6 +324,72 @@ def _frames(image_size: tuple[int, int], preprocess: str) -> bool:
     return tuple(framed.shape) == (1, 1, MODEL_SIZE, MODEL_SIZE)
 
 
+# --- robustness evaluation and adversarial training (issue 10) ----------------------------------
+
+
+def check_epsilon(eps: float, what: str) -> None:
+    """A ConfigError unless ``eps`` is an L-infinity radius on the pixel scale, in [0, 1]."""
+    if not 0 <= eps <= 1:
+        raise ConfigError(f"{what} must be in [0, 1] (pixel scale), got {eps:g}")
+
+
+def robustness_config(
+    attack: list[str] | None, epsilons: list[float] | None, pgd_steps: int | None, num_images: int | None
+) -> RobustnessConfig:
+    """The robustness evaluation's config: ``attack`` None = both attacks, ``[]`` or ``["none"]`` = none;
+    None elsewhere = the default. Epsilons in [0, 1], at least one PGD step and one image."""
+    defaults = RobustnessConfig()
+    attacks = defaults.attacks if attack is None else tuple(dict.fromkeys(a for a in attack if a != "none"))
+    for name in attacks:
+        if name not in ATTACKS:
+            raise ConfigError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}, none")
+    if attack is not None and "none" in attack and attacks:
+        raise ConfigError(f"--attack none cannot be combined with {', '.join(attacks)}")
+    epsilons = list(defaults.epsilons if epsilons is None else epsilons)
+    for eps in epsilons:
+        check_epsilon(eps, "an attack epsilon (--epsilons)")
+    if attacks and not epsilons:
+        raise ConfigError("--epsilons needs at least one epsilon")
+    pgd_steps = defaults.pgd_steps if pgd_steps is None else pgd_steps
+    if pgd_steps < 1:
+        raise ConfigError(f"PGD needs at least 1 step (--pgd-steps), got {pgd_steps}")
+    if num_images is not None and num_images < 1:
+        raise ConfigError(f"--attack-images must be at least 1, got {num_images}")
+    return RobustnessConfig(
+        attacks=attacks, epsilons=tuple(sorted(set(epsilons))), pgd_steps=pgd_steps, num_images=num_images
+    )
+
+
+def adversarial_training_config(
+    mode: str | None, eps: float | None, steps: int | None, ramp_epochs: float | None
+) -> AdversarialTrainingConfig:
+    """Adversarial training's config: ``mode`` None trains on clean images, and then no other
+    adversarial option may be given."""
+    defaults = AdversarialTrainingConfig()
+    if mode in (None, "none"):
+        given = [
+            o
+            for o, v in (("--adv-eps", eps), ("--adv-steps", steps), ("--adv-ramp-epochs", ramp_epochs))
+            if v is not None
+        ]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} need --adv-train fgsm-rs or pgd")
+        return defaults
+    if mode not in ("fgsm-rs", "pgd"):
+        raise ConfigError(f"unknown adversarial training {mode!r}; valid: fgsm-rs, pgd")
+    eps = defaults.eps if eps is None else eps
+    check_epsilon(eps, "the adversarial training epsilon (--adv-eps)")
+    if steps is not None and mode == "fgsm-rs":
+        raise ConfigError("--adv-steps is for --adv-train pgd; fgsm-rs takes one step")
+    steps = defaults.steps if steps is None else steps
+    if steps < 1:
+        raise ConfigError(f"PGD needs at least 1 step (--adv-steps), got {steps}")
+    ramp_epochs = defaults.ramp_epochs if ramp_epochs is None else ramp_epochs
+    if ramp_epochs < 0:
+        raise ConfigError(f"--adv-ramp-epochs cannot be negative, got {ramp_epochs:g}")
+    return AdversarialTrainingConfig(mode=mode, eps=eps, steps=steps, ramp_epochs=ramp_epochs)  # type: ignore[arg-type]
+
+
 def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
     """Build device, augmentation, optimizer and scheduler once on a throwaway LeNet: their errors
     (unknown names, bad keyword arguments, a missing CUDA) surface before the run starts. CUDA graphs
@@ -316,7 +399,7 @@ def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
     optimizer = build_optimizer(LeNet(), train.optimizer)
     build_scheduler(optimizer, train.scheduler, epochs=train.epochs)
     if cuda_graphs_asked:
-        reason = graph_unsupported_reason(device, train.optimizer.name, augment)
+        reason = graph_unsupported_reason(device, train.optimizer.name, augment, adversarial=train.adversarial.mode)
         if reason is not None:
             raise ConfigError(f"--cuda-graphs cannot be used here: {reason}")
 

@@ -1,4 +1,4 @@
-"""The digitflow pipeline: data -> train -> evaluate -> cross-domain test -> export.
+"""The digitflow pipeline: data -> train -> evaluate -> cross-domain test -> robustness -> export.
 
 Read top to bottom, :func:`pipeline` is the table of contents; each step is a task in ``tasks/``
 that calls one ``digitflow`` function and logs to MLflow under this flow run's parent run.
@@ -36,6 +36,7 @@ from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
 from tasks.logs import quiet_expected_errors
+from tasks.robustness import robustness_test
 from tasks.tracking import (
     CHECKPOINT_TAG,
     DEFAULT_EXPERIMENT,
@@ -80,6 +81,14 @@ def pipeline(
     adapt: Literal["dann"] | None = None,
     adapt_target: str | None = None,
     adapt_options: dict[str, Any] | None = None,
+    attack: list[str] | None = None,
+    epsilons: list[float] | None = None,
+    pgd_steps: int | None = None,
+    attack_images: int | None = None,
+    adv_train: Literal["fgsm-rs", "pgd"] | None = None,
+    adv_eps: float | None = None,
+    adv_steps: int | None = None,
+    adv_ramp_epochs: float | None = None,
 ) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
 
@@ -95,6 +104,11 @@ def pipeline(
     ``adapt="dann"`` adapts the model to the unlabeled images of ``adapt_target`` (DANN; settings in
     ``adapt_options``, see ``digitflow.config.AdaptConfig``) and trains the source-only model beside
     it, so every cross-domain figure has its baseline (``cross/<key>/source_only_accuracy``).
+    Robustness (``digitflow.config.RobustnessConfig``; None = its default): ``attack`` the attacks run
+    on the held-out split after evaluation (``[]`` or ``["none"]``: none), at ``epsilons`` with
+    ``pgd_steps``, on the first ``attack_images`` images. Adversarial training
+    (``AdversarialTrainingConfig``): ``adv_train`` "fgsm-rs" or "pgd" at ``adv_eps``, ``adv_steps``
+    PGD steps, epsilon ramped over ``adv_ramp_epochs``.
     """
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     config = build_config(
@@ -125,6 +139,14 @@ def pipeline(
         adapt=adapt,
         adapt_target=adapt_target,
         adapt_options=adapt_options,
+        attack=attack,
+        epsilons=epsilons,
+        pgd_steps=pgd_steps,
+        attack_images=attack_images,
+        adv_train=adv_train,
+        adv_eps=adv_eps,
+        adv_steps=adv_steps,
+        adv_ramp_epochs=adv_ramp_epochs,
     )
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
@@ -174,11 +196,19 @@ def pipeline(
         trained = train_model(train_data, config, checkpoint, run_id, adapt_data=adapt_data)
         test_metrics = evaluate_model(trained, test_data, data, run_id)
         cross_metrics = [cross_domain_test(trained, t, data, run_id, baseline=baseline) for t in target_data]
+        # 4b. robustness: the held-out split under FGSM and PGD attacks (--attack none: skipped)
+        robust_metrics = (
+            robustness_test(trained, test_data, data, config.robustness, config.train.seed, run_id)
+            if config.robustness.attacks
+            else {}
+        )
 
         # 5. export (TorchScript + torch.export), verify, register
         exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)
 
-        summary = PipelineSummary.collect(parent, experiment_id, trained, test_metrics, cross_metrics, exported)
+        summary = PipelineSummary.collect(
+            parent, experiment_id, trained, test_metrics, cross_metrics, exported, robust_metrics=robust_metrics
+        )
     publish_summary(summary)
     return summary
 

@@ -252,6 +252,10 @@ def _name_items(config: RunConfig) -> dict[str, str]:
 
 def _short_key(key: str) -> str:
     for prefix, short in (
+        ("train.adversarial.mode", "adv-train"),  # the CLI's names: adv-eps, adv-steps, adv-ramp-epochs
+        ("train.adversarial.ramp_epochs", "adv-ramp-epochs"),
+        ("train.adversarial.relative_step", "adv-relative-step"),
+        ("train.adversarial.", "adv-"),
         ("train.optimizer.kwargs.", ""),
         ("train.optimizer.param_groups.", ""),
         ("train.scheduler.kwargs.", "sched."),

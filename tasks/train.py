@@ -171,10 +171,10 @@ def train_model(
 
 def _log_epoch(record: dict[str, float]) -> None:
     """One epoch's figures as ``train/*`` metrics, step = epoch."""
-    mlflow.log_metrics(
-        {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]},
-        step=int(record["epoch"]),
-    )
+    metrics = {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]}
+    if "adv_eps" in record:  # adversarial training: loss and accuracy are on the attacked batches
+        metrics["train/adv_eps"] = record["adv_eps"]
+    mlflow.log_metrics(metrics, step=int(record["epoch"]))
     adapt = {f"adapt/{key}": record[key] for key in ADAPT_METRICS if key in record}
     if adapt:
         mlflow.log_metrics(adapt, step=int(record["epoch"]))

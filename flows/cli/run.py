@@ -28,11 +28,14 @@ from digitflow.errors import DigitflowError
 from flows.cli.options import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
+    add_adversarial_training_options,
     add_data_source_options,
     add_optimizer_options,
     add_resume_options,
+    add_robustness_options,
     add_scheduler_options,
     add_seed_and_device_options,
+    adversarial_params,
     dataset_spec,
     key_values,
     optimizer_params,
@@ -50,6 +53,7 @@ examples:
   digitflow run --optimizer AdamW --opt lr=1e-3 --opt weight_decay=0.01 --scheduler OneCycleLR --sched max_lr=0.01
   digitflow run --param-group classifier:lr=0.001      # a separate learning rate for the classifier head
   digitflow run --train 'mnist:test[:8000]' --adapt dann --adapt-target 'usps:test[:1000]' --target 'usps:test[1000:]'
+  digitflow run --adv-train pgd --adv-eps 0.1 --attack pgd --epsilons 0 0.1 0.2 0.3   # adversarial training
 results: MLflow (make ui; the summary prints the exact command and link),
   Prefect (prefect server start, or artifacts in the run)
 """
@@ -155,6 +159,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_resume_options(train, checkpoint_default="outputs/checkpoints/lenet-<hash of the training options>.pt")
     add_adapt_options(run)
+    add_adversarial_training_options(train)
+    add_robustness_options(run.add_argument_group("robustness (attacks on the held-out split after training)"))
 
     e, r = ExportConfig(), RunConfig()
     out = run.add_argument_group("export and tracking")
@@ -230,6 +236,7 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint=args.checkpoint,
         experiment=args.experiment,
         **adapt_params(args),
+        **adversarial_params(args),  # robustness evaluation and adversarial training
     )
 
 

@@ -112,6 +112,27 @@ class SchedulerConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+AdversarialMode = Literal["fgsm-rs", "pgd"]  # how adversarial training perturbs a batch (digitflow.adversarial)
+
+
+@dataclass(frozen=True)
+class AdversarialTrainingConfig:
+    """Adversarial training: each batch is replaced by its adversarial images (L-infinity, pixel space).
+
+    ``mode`` None trains on clean images. "fgsm-rs": FGSM from a uniform random start in the epsilon
+    ball, one step of ``1.25 * eps`` (Wong et al. 2020); "pgd": ``steps`` steps of ``2.5 * eps /
+    steps`` from a random start (Madry et al. 2018). ``relative_step`` (step size / epsilon) None
+    takes those. Epsilon grows linearly from 0 over the first ``ramp_epochs`` epochs (0: the full
+    epsilon from the first batch); the step size follows it.
+    """
+
+    mode: AdversarialMode | None = None
+    eps: float = 0.1
+    steps: int = 7  # PGD steps per batch; FGSM-RS takes one
+    relative_step: float | None = None
+    ramp_epochs: float = 0.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: epochs, batches, seed, device, optimizer, schedule, augmentation."""
@@ -126,6 +147,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    adversarial: AdversarialTrainingConfig = field(default_factory=AdversarialTrainingConfig)
 
 
 # What a CUDA device trains with by default where it differs from TrainConfig's CPU defaults. On a GPU
@@ -205,6 +227,21 @@ class PromotionConfig:
 
 
 @dataclass(frozen=True)
+class RobustnessConfig:
+    """The robustness evaluation after training: the held-out images under FGSM and PGD attacks
+    (L-infinity, pixel space [0, 1]; :mod:`digitflow.attacks`) at each epsilon. ``attacks`` empty:
+    no evaluation. The parent run gets PGD's accuracy at ``headline_eps`` (``robust/pgd/accuracy_eps10``)."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    epsilons: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+    pgd_steps: int = 20
+    pgd_step_size: float | None = None  # None: 2.5 * eps / pgd_steps
+    random_start: bool = True
+    num_images: int | None = None  # the first N held-out images; None: all of them
+    headline_eps: float = 0.1
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one pipeline run needs."""
 
@@ -212,6 +249,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     output_dir: str = "outputs"  # checkpoints and exported files, one folder per run
     checkpoint: str | None = None  # None: output_dir/checkpoints/lenet-<settings hash>.pt
     resume: bool = False

@@ -36,6 +36,8 @@ def tiny_run(tmp_path: Path, data_dir: Path, **overrides):
         output_dir=str(tmp_path / "out"),
         offline=True,
         experiment="pipeline-test",
+        epsilons=[0.0, 0.1],  # a cheap robustness task (tests/flows/test_robustness.py runs the default one)
+        pgd_steps=2,
     )
     return pipeline(**{**params, **overrides})
 

@@ -51,6 +51,7 @@ def test_an_adapted_run_checkpoints_apart_from_its_source_only_baseline(tmp_path
         ({"adapt_options": {"pseudo_label_threshold": 2.0}}, "pseudo_label_threshold must be in [0, 1]"),
         ({"adapt_options": {"domain_weight": "x"}}, "wrong type"),
         ({"optimizer": "LBFGS"}, "--adapt does not work with --optimizer LBFGS"),
+        ({"adv_train": "fgsm-rs"}, "--adapt and --adv-train cannot be combined"),
     ],
 )
 def test_bad_adaptation_input_is_a_one_line_config_error(kwargs: dict[str, Any], message: str) -> None:
