@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run lint test test-fast ui bench lock clean
+.PHONY: help setup run lint test test-fast ui serve stop bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup ## run the pipeline (pass options with ARGS="--epochs 3 ...")
 	$(BIN)/digitflow run $(ARGS)
 
-lint: setup ## ruff (lint + format check) and mypy (strict on src/digitflow, basic on flows, tasks, scripts)
+lint: setup ## ruff (lint + format check) and mypy (strict on src/digitflow, basic on flows, tasks, scripts, tests)
 	@status=0; \
 	$(BIN)/ruff check . || status=1; \
 	$(BIN)/ruff format --check . || status=1; \
@@ -39,6 +39,12 @@ test-fast: setup ## unit, task and flow tests on tiny data only
 
 ui: setup ## MLflow UI on the store runs log to (MLFLOW_TRACKING_URI, else mlflow/mlflow.db), http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH mlflow/ui.sh
+
+serve: setup ## Prefect server :4200, MLflow server :5000, work pool, deployments, worker (scripts/serve.py)
+	$(BIN)/python scripts/serve.py start
+
+stop: ## end the processes make serve started (by pid file)
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/serve.py stop; else echo "serve: nothing was running"; fi
 
 bench: setup ## seed-notes loop vs. this engine, images per second (ARGS="--data-dir DIR")
 	$(BIN)/python scripts/bench.py $(ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -9,6 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from digitflow.attacks import ATTACKS
 from digitflow.augment import build_augment
 from digitflow.config import (
     AUGMENT_BY_FAMILY,
@@ -16,20 +20,24 @@ from digitflow.config import (
     DATASET_FAMILIES,
     DEFAULT_TARGETS,
     OPTIMIZER_DEFAULTS,
+    AdaptConfig,
+    AdversarialTrainingConfig,
     AugmentConfig,
     DataConfig,
     ExportConfig,
     ExportMode,
     OptimizerConfig,
+    RobustnessConfig,
     RunConfig,
     SchedulerConfig,
     TargetPreprocess,
     TrainConfig,
+    to_dict,
     train_defaults,
 )
 from digitflow.cuda_graph import graph_unsupported_reason
-from digitflow.data import DatasetSpec, parse_spec
-from digitflow.data.framing import get_preprocessor
+from digitflow.data import DATASETS, DatasetSpec, parse_spec
+from digitflow.data.framing import MODEL_SIZE, frame_images, get_preprocessor
 from digitflow.device import resolve_device
 from digitflow.engine import resumable_settings
 from digitflow.errors import ConfigError
@@ -144,6 +152,17 @@ def build_config(
     checkpoint: str | None = None,
     label_smoothing: float | None = None,
     cuda_graphs: bool | None = None,
+    adapt: str | None = AdaptConfig.method,
+    adapt_target: str | None = AdaptConfig.target,
+    adapt_options: dict[str, Any] | None = None,
+    attack: list[str] | None = None,
+    epsilons: list[float] | None = None,
+    pgd_steps: int | None = None,
+    attack_images: int | None = None,
+    adv_train: str | None = None,
+    adv_eps: float | None = None,
+    adv_steps: int | None = None,
+    adv_ramp_epochs: float | None = None,
 ) -> RunConfig:
     """Validate and assemble the run's config; raises a one-line ConfigError/DataError on bad input.
 
@@ -182,6 +201,8 @@ def build_config(
             hflip="hflip" in augment,
             extra=tuple(a for a in augment if a not in GEOMETRIC_AUGMENTS),
         )
+    robustness = robustness_config(attack, epsilons, pgd_steps, attack_images)
+    adversarial = adversarial_training_config(adv_train, adv_eps, adv_steps, adv_ramp_epochs)
     config = RunConfig(
         data=DataConfig(
             train=train,
@@ -205,14 +226,168 @@ def build_config(
                 name=None if scheduler in (None, "", "none") else scheduler, kwargs=dict(scheduler_kwargs or {})
             ),
             augment=augment_config,
+            adversarial=adversarial,
         ),
         export=ExportConfig(mode=export_mode),
+        robustness=robustness,
         output_dir=output_dir,
         checkpoint=checkpoint,
         resume=resume,
     )
     _dry_build(config.train, cuda_graphs_asked=cuda_graphs is True)
+    if adapt is not None or adapt_target is not None or adapt_options:
+        config = dataclasses.replace(
+            config, adapt=adapt_config(train, target_preprocess, adapt, adapt_target, adapt_options)
+        )
+        if optimizer == "LBFGS":  # DannStep takes one plain optimizer step per batch, no closure
+            raise ConfigError("--adapt does not work with --optimizer LBFGS; choose another optimizer")
+        if adversarial.mode is not None:  # DannStep trains on clean images; one of the two would be ignored
+            raise ConfigError("--adapt and --adv-train cannot be combined yet; choose one of them")
     return config
+
+
+# --- domain adaptation (--adapt dann --adapt-target SPEC): checked here, before any data or training ---
+
+ADAPT_METHODS = ("dann",)
+
+
+def adapt_config(
+    train: str,
+    target_preprocess: str,
+    method: str | None,
+    target: str | None,
+    options: dict[str, Any] | None = None,
+) -> AdaptConfig:
+    """The run's :class:`AdaptConfig`; a one-line ConfigError for an option without ``--adapt``, an
+    unknown method or option, or a target whose classes or image size do not fit the training data."""
+    if method is None:
+        given = "--adapt-target" if target is not None else "--adapt-opt"
+        raise ConfigError(f"{given} needs --adapt METHOD ({', '.join(ADAPT_METHODS)})")
+    if method not in ADAPT_METHODS:
+        raise ConfigError(f"unknown adaptation method {method!r}; valid methods: {', '.join(ADAPT_METHODS)}")
+    if target is None:
+        raise ConfigError(
+            f"--adapt {method} needs --adapt-target SPEC: the unlabeled target images, e.g. usps:test[:1000]"
+        )
+    source_info, target_info = DATASETS[parse_spec(train).name], DATASETS[parse_spec(target).name]
+    if target_info.num_classes != source_info.num_classes or target_info.classes != source_info.classes:
+        raise ConfigError(
+            f"the classes of adaptation target {target} ({target_info.num_classes}: {target_info.classes[0]}, ...) "
+            f"are not those of {train} ({source_info.num_classes}: {source_info.classes[0]}, ...); "
+            "adapt between datasets of the same classes"
+        )
+    height, width = target_info.image_size
+    if not _frames(target_info.image_size, target_preprocess):
+        raise ConfigError(
+            f"adaptation target {target} has {height}x{width} images, which {target_preprocess} framing cannot "
+            f"bring to the model's {MODEL_SIZE}x{MODEL_SIZE}"
+        )
+    fields = {f.name for f in dataclasses.fields(AdaptConfig)} - {"method", "target"}
+    unknown = sorted(set(options or {}) - fields)
+    if unknown:
+        raise ConfigError(f"unknown --adapt-opt {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    config = AdaptConfig(method="dann", target=target, **(options or {}))
+    try:
+        _check_adapt_values(config)
+    except TypeError:
+        raise ConfigError(f"--adapt-opt: a value has the wrong type ({options})") from None
+    return config
+
+
+def _check_adapt_values(config: AdaptConfig) -> None:
+    if config.domain_hidden < 1 or config.domain_weight < 0 or config.pseudo_label_weight < 0:
+        raise ConfigError(
+            "--adapt-opt domain_hidden must be at least 1, domain_weight and pseudo_label_weight at least 0"
+        )
+    if not 0 <= config.teacher_ema < 1:
+        raise ConfigError(f"--adapt-opt teacher_ema must be in [0, 1), got {config.teacher_ema}")
+    if not 0 <= config.pseudo_label_threshold <= 1:
+        raise ConfigError(f"--adapt-opt pseudo_label_threshold must be in [0, 1], got {config.pseudo_label_threshold}")
+
+
+def source_only_config(config: RunConfig) -> RunConfig:
+    """The baseline of an adapted run: the same run without adaptation. A ``--checkpoint FILE`` given
+    for the run becomes ``FILE``'s ``.source-only`` sibling for it, so the two never share a file."""
+    checkpoint = config.checkpoint
+    if checkpoint:
+        path = Path(checkpoint)
+        checkpoint = str(path.with_name(f"{path.stem}.source-only{path.suffix}"))
+    return dataclasses.replace(config, adapt=AdaptConfig(), checkpoint=checkpoint)
+
+
+def _frames(image_size: tuple[int, int], preprocess: str) -> bool:
+    """Whether ``preprocess`` turns images of ``image_size`` into the model's input (a dry run on a blank image)."""
+    try:
+        framed = frame_images(torch.zeros(1, *image_size, dtype=torch.uint8), preprocess)
+    except (ValueError, RuntimeError, IndexError, ConfigError):
+        return False
+    return tuple(framed.shape) == (1, 1, MODEL_SIZE, MODEL_SIZE)
+
+
+# --- robustness evaluation and adversarial training (issue 10) ----------------------------------
+
+
+def check_epsilon(eps: float, what: str) -> None:
+    """A ConfigError unless ``eps`` is an L-infinity radius on the pixel scale, in [0, 1]."""
+    if not 0 <= eps <= 1:
+        raise ConfigError(f"{what} must be in [0, 1] (pixel scale), got {eps:g}")
+
+
+def robustness_config(
+    attack: list[str] | None, epsilons: list[float] | None, pgd_steps: int | None, num_images: int | None
+) -> RobustnessConfig:
+    """The robustness evaluation's config: ``attack`` None = both attacks, ``[]`` or ``["none"]`` = none;
+    None elsewhere = the default. Epsilons in [0, 1], at least one PGD step and one image."""
+    defaults = RobustnessConfig()
+    attacks = defaults.attacks if attack is None else tuple(dict.fromkeys(a for a in attack if a != "none"))
+    for name in attacks:
+        if name not in ATTACKS:
+            raise ConfigError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}, none")
+    if attack is not None and "none" in attack and attacks:
+        raise ConfigError(f"--attack none cannot be combined with {', '.join(attacks)}")
+    epsilons = list(defaults.epsilons if epsilons is None else epsilons)
+    for eps in epsilons:
+        check_epsilon(eps, "an attack epsilon (--epsilons)")
+    if attacks and not epsilons:
+        raise ConfigError("--epsilons needs at least one epsilon")
+    pgd_steps = defaults.pgd_steps if pgd_steps is None else pgd_steps
+    if pgd_steps < 1:
+        raise ConfigError(f"PGD needs at least 1 step (--pgd-steps), got {pgd_steps}")
+    if num_images is not None and num_images < 1:
+        raise ConfigError(f"--attack-images must be at least 1, got {num_images}")
+    return RobustnessConfig(
+        attacks=attacks, epsilons=tuple(sorted(set(epsilons))), pgd_steps=pgd_steps, num_images=num_images
+    )
+
+
+def adversarial_training_config(
+    mode: str | None, eps: float | None, steps: int | None, ramp_epochs: float | None
+) -> AdversarialTrainingConfig:
+    """Adversarial training's config: ``mode`` None trains on clean images, and then no other
+    adversarial option may be given."""
+    defaults = AdversarialTrainingConfig()
+    if mode in (None, "none"):
+        given = [
+            o
+            for o, v in (("--adv-eps", eps), ("--adv-steps", steps), ("--adv-ramp-epochs", ramp_epochs))
+            if v is not None
+        ]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} need --adv-train fgsm-rs or pgd")
+        return defaults
+    if mode not in ("fgsm-rs", "pgd"):
+        raise ConfigError(f"unknown adversarial training {mode!r}; valid: fgsm-rs, pgd")
+    eps = defaults.eps if eps is None else eps
+    check_epsilon(eps, "the adversarial training epsilon (--adv-eps)")
+    if steps is not None and mode == "fgsm-rs":
+        raise ConfigError("--adv-steps is for --adv-train pgd; fgsm-rs takes one step")
+    steps = defaults.steps if steps is None else steps
+    if steps < 1:
+        raise ConfigError(f"PGD needs at least 1 step (--adv-steps), got {steps}")
+    ramp_epochs = defaults.ramp_epochs if ramp_epochs is None else ramp_epochs
+    if ramp_epochs < 0:
+        raise ConfigError(f"--adv-ramp-epochs cannot be negative, got {ramp_epochs:g}")
+    return AdversarialTrainingConfig(mode=mode, eps=eps, steps=steps, ramp_epochs=ramp_epochs)  # type: ignore[arg-type]
 
 
 def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
@@ -224,7 +399,7 @@ def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
     optimizer = build_optimizer(LeNet(), train.optimizer)
     build_scheduler(optimizer, train.scheduler, epochs=train.epochs)
     if cuda_graphs_asked:
-        reason = graph_unsupported_reason(device, train.optimizer.name, augment)
+        reason = graph_unsupported_reason(device, train.optimizer.name, augment, adversarial=train.adversarial.mode)
         if reason is not None:
             raise ConfigError(f"--cuda-graphs cannot be used here: {reason}")
 
@@ -250,5 +425,8 @@ def checkpoint_path(config: RunConfig, train_digest: str) -> Path:
     if config.checkpoint:
         return Path(config.checkpoint)
     settings = resumable_settings(config.train)
+    name = "lenet"
+    if config.adapt.method is not None:  # an adapted run resumes only from its own kind of checkpoint
+        settings, name = {**settings, "adapt": to_dict(config.adapt)}, f"lenet-{config.adapt.method}"
     key = hashlib.sha256(json.dumps([settings, train_digest], sort_keys=True).encode()).hexdigest()[:16]
-    return Path(config.output_dir) / "checkpoints" / f"lenet-{key}.pt"
+    return Path(config.output_dir) / "checkpoints" / f"{name}-{key}.pt"

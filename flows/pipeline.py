@@ -1,4 +1,4 @@
-"""The digitflow pipeline: data -> train -> evaluate -> cross-domain test -> export.
+"""The digitflow pipeline: data -> train -> evaluate -> cross-domain test -> robustness -> export.
 
 Read top to bottom, :func:`pipeline` is the table of contents; each step is a task in ``tasks/``
 that calls one ``digitflow`` function and logs to MLflow under this flow run's parent run.
@@ -6,13 +6,22 @@ that calls one ``digitflow`` function and logs to MLflow under this flow run's p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainConfig, flatten
+from digitflow.config import (
+    DataConfig,
+    ExportConfig,
+    OptimizerConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainConfig,
+    flatten,
+)
 from flows.params import (
     augment_family,
     build_config,
@@ -20,13 +29,25 @@ from flows.params import (
     check_output_dir,
     checkpoint_path,
     default_run_config,
+    source_only_config,
 )
 from flows.summary import PipelineSummary, publish_summary
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
 from tasks.logs import quiet_expected_errors
-from tasks.tracking import DEFAULT_EXPERIMENT, git_commit, parent_run_name, setup_tracking, source_tags, tracked_run
+from tasks.robustness import robustness_test
+from tasks.tracking import (
+    CHECKPOINT_TAG,
+    DEFAULT_EXPERIMENT,
+    RESUMES_TAG,
+    continue_interrupted_runs,
+    git_commit,
+    parent_run_name,
+    setup_tracking,
+    source_tags,
+    tracked_run,
+)
 from tasks.train import train_model
 
 
@@ -57,6 +78,17 @@ def pipeline(
     output_dir: str = RunConfig.output_dir,
     checkpoint: str | None = RunConfig.checkpoint,
     experiment: str = DEFAULT_EXPERIMENT,
+    adapt: Literal["dann"] | None = None,
+    adapt_target: str | None = None,
+    adapt_options: dict[str, Any] | None = None,
+    attack: list[str] | None = None,
+    epsilons: list[float] | None = None,
+    pgd_steps: int | None = None,
+    attack_images: int | None = None,
+    adv_train: Literal["fgsm-rs", "pgd"] | None = None,
+    adv_eps: float | None = None,
+    adv_steps: int | None = None,
+    adv_ramp_epochs: float | None = None,
 ) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
 
@@ -68,6 +100,15 @@ def pipeline(
     given ``optimizer_kwargs`` add to the defaults. ``data_dir`` defaults to ``$DIGITFLOW_DATA_DIR`` of
     the process that runs the flow (for a deployment: the worker's environment), else ``./data``;
     ``offline`` never downloads. ``scheduler=None`` trains at a constant learning rate.
+
+    ``adapt="dann"`` adapts the model to the unlabeled images of ``adapt_target`` (DANN; settings in
+    ``adapt_options``, see ``digitflow.config.AdaptConfig``) and trains the source-only model beside
+    it, so every cross-domain figure has its baseline (``cross/<key>/source_only_accuracy``).
+    Robustness (``digitflow.config.RobustnessConfig``; None = its default): ``attack`` the attacks run
+    on the held-out split after evaluation (``[]`` or ``["none"]``: none), at ``epsilons`` with
+    ``pgd_steps``, on the first ``attack_images`` images. Adversarial training
+    (``AdversarialTrainingConfig``): ``adv_train`` "fgsm-rs" or "pgd" at ``adv_eps``, ``adv_steps``
+    PGD steps, epsilon ramped over ``adv_ramp_epochs``.
     """
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     config = build_config(
@@ -95,6 +136,17 @@ def pipeline(
         resume=resume,
         output_dir=output_dir,
         checkpoint=checkpoint,
+        adapt=adapt,
+        adapt_target=adapt_target,
+        adapt_options=adapt_options,
+        attack=attack,
+        epsilons=epsilons,
+        pgd_steps=pgd_steps,
+        attack_images=attack_images,
+        adv_train=adv_train,
+        adv_eps=adv_eps,
+        adv_steps=adv_steps,
+        adv_ramp_epochs=adv_ramp_epochs,
     )
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
@@ -121,17 +173,55 @@ def pipeline(
         mlflow.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
         mlflow.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
 
-        # 2. train, 3. evaluate on the held-out split, 4. cross-domain targets
-        trained = train_model(train_data, config, str(checkpoint_path(config, train_data.digest)), run_id)
+        # 1b. domain adaptation: the unlabeled target images, and the source-only baseline trained beside it
+        adapt_data, baseline = None, None
+        if config.adapt.method is not None and config.adapt.target is not None:
+            adapt_data = prepare_data(config.adapt.target, data.data_dir, data.cache_dir, data.offline, run_id)
+            mlflow.set_tag("dataset.adapt_target.digest", adapt_data.digest)
+            source_only = source_only_config(config)
+            baseline = train_model.with_options(task_run_name="train source-only")(
+                train_data,
+                source_only,
+                str(checkpoint_path(source_only, train_data.digest)),
+                run_id,
+                run_name="train source-only",
+            )
+
+        # 2. train (a --resume run first closes the interrupted run it continues), 3. evaluate on the
+        # held-out split, 4. cross-domain targets
+        checkpoint = str(checkpoint_path(config, train_data.digest))
+        mlflow.set_tag(CHECKPOINT_TAG, str(Path(checkpoint).resolve()))  # how a --resume run finds this one
+        if config.resume:
+            say_what_it_continues(continue_interrupted_runs(str(Path(checkpoint).resolve()), run_id))
+        trained = train_model(train_data, config, checkpoint, run_id, adapt_data=adapt_data)
         test_metrics = evaluate_model(trained, test_data, data, run_id)
-        cross_metrics = [cross_domain_test(trained, t, data, run_id) for t in target_data]
+        cross_metrics = [cross_domain_test(trained, t, data, run_id, baseline=baseline) for t in target_data]
+        # 4b. robustness: the held-out split under FGSM and PGD attacks (--attack none: skipped)
+        robust_metrics = (
+            robustness_test(trained, test_data, data, config.robustness, config.train.seed, run_id)
+            if config.robustness.attacks
+            else {}
+        )
 
         # 5. export (TorchScript + torch.export), verify, register
         exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)
 
-        summary = PipelineSummary.collect(parent, experiment_id, trained, test_metrics, cross_metrics, exported)
+        summary = PipelineSummary.collect(
+            parent, experiment_id, trained, test_metrics, cross_metrics, exported, robust_metrics=robust_metrics
+        )
     publish_summary(summary)
     return summary
+
+
+def say_what_it_continues(continued: str | None) -> None:
+    """One log line: which MLflow run a --resume run continues."""
+    logger = get_run_logger()
+    if continued is None:
+        logger.info("--resume: no interrupted run with this checkpoint in the experiment")
+    else:
+        logger.info(
+            "--resume: continues MLflow run %s (tag %s); its runs left RUNNING now end KILLED", continued, RESUMES_TAG
+        )
 
 
 if __name__ == "__main__":

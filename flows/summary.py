@@ -24,17 +24,26 @@ class PipelineSummary:
     test_accuracy: float
     test_loss: float
     cross_accuracy: dict[str, float] = field(default_factory=dict)
+    source_only_accuracy: dict[str, float] = field(default_factory=dict)  # runs with --adapt: the baseline
     train_seconds: float = 0.0
     images_per_sec: float = 0.0
     device: str = "cpu"
     precision: str = "float32"
     step: str = "eager"
     exported: dict[str, Any] = field(default_factory=dict)
+    robust_accuracy: dict[str, float] = field(default_factory=dict)  # "robust/<attack>/accuracy_eps<step>"
     ui_command: str = "make ui"  # see tasks.tracking.ui_command
 
     @classmethod
     def collect(
-        cls, parent: mlflow.ActiveRun, experiment_id: str, trained, test_metrics, cross_metrics, exported
+        cls,
+        parent: mlflow.ActiveRun,
+        experiment_id: str,
+        trained,
+        test_metrics,
+        cross_metrics,
+        exported,
+        robust_metrics: dict[str, float] | None = None,
     ) -> PipelineSummary:
         """Gather the summary from the task results of one flow run."""
         cross = {
@@ -42,6 +51,12 @@ class PipelineSummary:
             for metrics in cross_metrics
             for key, value in metrics.items()
             if key.endswith("/accuracy") and "/class_" not in key
+        }
+        source_only = {
+            key.split("/")[1]: value
+            for metrics in cross_metrics
+            for key, value in metrics.items()
+            if key.endswith("/source_only_accuracy")
         }
         return cls(
             run_id=parent.info.run_id,
@@ -52,19 +67,26 @@ class PipelineSummary:
             test_accuracy=test_metrics["test/accuracy"],
             test_loss=test_metrics["test/loss"],
             cross_accuracy=cross,
+            source_only_accuracy=source_only,
             train_seconds=trained.seconds,
             images_per_sec=trained.images_per_sec,
             device=trained.device,
             precision=trained.precision,
             step=trained.step,
             exported=dict(exported or {}),
+            robust_accuracy=dict(robust_metrics or {}),
             ui_command=ui_command(),
         )
 
     def lines(self) -> list[str]:
         """The summary as short 'label: value' lines, for the terminal and the markdown artifact."""
         out = [f"test accuracy: {self.test_accuracy:.4f} (loss {self.test_loss:.4f})"]
-        out += [f"cross-domain accuracy on {name}: {acc:.4f}" for name, acc in self.cross_accuracy.items()]
+        out += [
+            f"cross-domain accuracy on {name}: {acc:.4f}"
+            + (f" (source-only {self.source_only_accuracy[name]:.4f})" if name in self.source_only_accuracy else "")
+            for name, acc in self.cross_accuracy.items()
+        ]
+        out += self.robustness_lines()
         graphs = ", CUDA graph" if self.step == "cuda-graph" else ""
         out.append(
             f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} "
@@ -84,6 +106,21 @@ class PipelineSummary:
             f"open the UI: {self.ui_command}, then {self.run_url}",
         ]
         return out
+
+    def robustness_lines(self) -> list[str]:
+        """One line per attack: ``accuracy under PGD: 0.9900 / 0.9500 / 0.6000 at eps 0 / 0.1 / 0.3``."""
+        by_attack: dict[str, dict[int, float]] = {}
+        for key, value in self.robust_accuracy.items():  # robust/pgd/accuracy_eps10
+            _, attack, rest = key.split("/")
+            by_attack.setdefault(attack, {})[int(rest.removeprefix("accuracy_eps"))] = value
+        lines = []
+        for attack, values in by_attack.items():
+            steps = sorted(values)
+            lines.append(
+                f"accuracy under {attack.upper()}: {' / '.join(f'{values[s]:.4f}' for s in steps)} "
+                f"at eps {' / '.join(f'{s / 100:g}' for s in steps)}"
+            )
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
+from digitflow.config import DataConfig
 from digitflow.data import DigitDataset, PreparedDataset, fetch, files_digest, load, prepare
 from digitflow.data.cache import CACHE_VERSION
 from digitflow.data.files import urllib_download
@@ -131,6 +132,13 @@ def model_inputs(
     """Images as the model takes them, float (N, 1, 28, 28) in [0, 1], and labels, both on ``device``."""
     images = frame_images(dataset.images.to(device), preprocess)
     return images, dataset.labels.to(device)
+
+
+def adaptation_images(prepared: PreparedDataset, config: DataConfig, device: torch.device | str) -> torch.Tensor:
+    """The unlabeled target images of domain adaptation, framed like every target (``model_inputs``);
+    their labels are never read."""
+    dataset = load_prepared(prepared, config.data_dir, config.cache_dir)
+    return frame_images(dataset.images.to(device), config.target_preprocess)
 
 
 def log_dataset_input(dataset: DigitDataset, context: str) -> None:

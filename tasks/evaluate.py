@@ -36,23 +36,41 @@ def evaluate_model(
 
 @task(name="cross-domain", task_run_name="cross-domain {data.spec}", cache_policy=NO_CACHE, persist_result=False)
 def cross_domain_test(
-    trained: TrainedModel, data: PreparedDataset, config: DataConfig, parent_run_id: str | None = None
+    trained: TrainedModel,
+    data: PreparedDataset,
+    config: DataConfig,
+    parent_run_id: str | None = None,
+    baseline: TrainedModel | None = None,
 ) -> dict[str, float]:
     """Evaluate on another domain's images, preprocessed with ``config.target_preprocess``.
 
     Metrics ``cross/<dataset>/accuracy``, ``cross/<dataset>/loss`` and per-class accuracy; artifacts: the
-    confusion matrix and a grid of misclassified target images with predicted and true labels.
+    confusion matrix and a grid of misclassified target images with predicted and true labels. A
+    domain-adapted model is evaluated with its target's batch-norm statistics on that target's images
+    (``TrainedModel.model_for``); ``baseline`` (the source-only model of an adapted run) is evaluated on
+    the same images: ``cross/<dataset>/source_only_accuracy`` and ``/source_only_loss``.
     """
     key = target_key(data.spec)
     prefix = f"cross/{key}"
     with child_run(f"cross-domain {data.spec}", parent_run_id, tags={f"dataset.target.{key}.digest": data.digest}):
         mlflow.log_params({"target": data.spec, "target_preprocess": config.target_preprocess})
         result = _evaluate_and_log(trained, data, config, prefix=prefix, artifact_dir=f"cross/{key}", grid=True)
-    _log_to_parent(parent_run_id, {f"{prefix}/accuracy": result.accuracy, f"{prefix}/loss": result.loss})
+        headline = {f"{prefix}/accuracy": result.accuracy, f"{prefix}/loss": result.loss}
+        if baseline is not None:
+            dataset = load_prepared(data, config.data_dir, config.cache_dir)
+            images, labels = model_inputs(dataset, config.target_preprocess, baseline.device)
+            base = evaluate(baseline.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
+            headline.update({f"{prefix}/source_only_accuracy": base.accuracy, f"{prefix}/source_only_loss": base.loss})
+            mlflow.log_metrics(headline)
+    _log_to_parent(parent_run_id, headline)
     run_logger().info(
-        "cross-domain accuracy %.4f on %s (%s preprocessing)", result.accuracy, data.spec, config.target_preprocess
+        "cross-domain accuracy %.4f on %s (%s preprocessing)%s",
+        result.accuracy,
+        data.spec,
+        config.target_preprocess,
+        f"; source-only {headline[f'{prefix}/source_only_accuracy']:.4f}" if baseline is not None else "",
     )
-    return result.metrics(prefix)
+    return {**result.metrics(prefix), **headline}
 
 
 def target_key(spec: str) -> str:
@@ -69,7 +87,7 @@ def _evaluate_and_log(
 ) -> EvalResult:
     dataset = load_prepared(data, config.data_dir, config.cache_dir)
     images, labels = model_inputs(dataset, config.target_preprocess, trained.device)
-    result = evaluate(trained.model, images, labels, num_classes=dataset.num_classes)
+    result = evaluate(trained.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
     log_dataset_input(dataset, context="evaluation")
     mlflow.log_metrics(result.metrics(prefix))
     classes = list(dataset.classes)

@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ import mlflow
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 from prefect.exceptions import TerminationSignal
 
 from digitflow.config import RunConfig, flatten
+from digitflow.errors import DigitflowError
 from digitflow.models import LeNet
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -88,30 +91,98 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE_DIR / 'mlflow.db'}"
 
 
+class TrackingError(DigitflowError):
+    """The tracking store cannot be used (a server that does not answer, say): one line, no traceback."""
+
+
 def setup_tracking(experiment: str = DEFAULT_EXPERIMENT, description: str = EXPERIMENT_DESCRIPTION) -> str:
     """Point MLflow at the store and make sure ``experiment`` exists; returns its id.
 
     A new experiment on a local SQLite store (the default ``mlflow/mlflow.db`` or any other) keeps its
     artifacts in an ``artifacts`` folder beside the database, so the two sit side by side; a tracking
     server decides that itself.
+
+    Safe when several runs start at once on a store that does not exist yet: on SQLite the schema and
+    the experiment are created by one of them, under a file lock beside the database, while the others
+    wait (MLflow creates a new store's schema on first use, and three processes doing that at once
+    failed in alembic and SQLAlchemy). A tracking server that does not answer is a one-line
+    :class:`TrackingError`, before anything is logged.
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    local_store = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
-    if local_store is not None:
-        local_store.mkdir(parents=True, exist_ok=True)
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
+    local_store = sqlite_folder(uri)
+    if local_store is None:
+        problem = server_problem(uri)
+        if problem:
+            raise TrackingError(problem)
+        experiment_id = _experiment_id(experiment, location=None)
     else:
-        location = None
-        if local_store is not None:  # artifacts beside the database, never in the cwd
-            (local_store / "artifacts").mkdir(exist_ok=True)
-            location = (local_store / "artifacts").as_uri()
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        local_store.mkdir(parents=True, exist_ok=True)
+        with store_lock(local_store):
+            _open_stores()
+            location = None
+            if mlflow.get_experiment_by_name(experiment) is None:  # artifacts beside the database, never in the cwd
+                (local_store / "artifacts").mkdir(exist_ok=True)
+                location = (local_store / "artifacts").as_uri()
+            experiment_id = _experiment_id(experiment, location)
     describe_experiment(experiment_id, description)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def sqlite_folder(uri: str) -> Path | None:
+    """The folder of a ``sqlite:///`` store (None for any other store)."""
+    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(folder: Path, name: str = "store", timeout_s: float = 300) -> Iterator[None]:
+    """An exclusive lock on a local store, across processes (a file ``.digitflow-<name>.lock`` in its
+    folder): creating the schema, and promotions, which read and then move an alias."""
+    from filelock import FileLock
+
+    with FileLock(folder / f".digitflow-{name}.lock", timeout=timeout_s):
+        yield
+
+
+def _open_stores() -> None:
+    """Open the tracking and model-registry stores once, which creates (or upgrades) a SQLite
+    store's schema; MLflow keeps them open for the rest of the process."""
+    client = mlflow.MlflowClient()
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
+
+
+def _experiment_id(name: str, location: str | None) -> str:
+    """The id of experiment ``name``, created (with artifact ``location``) if it does not exist; a run
+    that starts at the same moment on a tracking server and creates it first is not an error."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(mlflow.create_experiment(name, artifact_location=location))
+    except MlflowException:
+        found = mlflow.get_experiment_by_name(name)  # created in between by another run: use it
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def server_problem(uri: str, timeout_s: float = 5.0) -> str | None:
+    """One line saying why the tracking server at ``uri`` cannot be used, or None when it answers
+    (its ``/health`` endpoint). Checked before a run starts, so it fails before any training."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            response.read()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return (
+            f"the MLflow tracking server at {uri} cannot be reached ({reason}); start it (make serve) "
+            "or point MLFLOW_TRACKING_URI at one that runs"
+        )
+    return None
 
 
 def describe_experiment(experiment_id: str, description: str = EXPERIMENT_DESCRIPTION) -> None:
@@ -156,6 +227,8 @@ def parent_run_name(config: RunConfig, defaults: RunConfig | None = None) -> str
     changed = [f"{key}={value}" for key, value in ours.items() if key != "epochs" and usual.get(key) != value]
     if config.train.optimizer.name != RunConfig().train.optimizer.name and "optimizer" not in "".join(changed):
         changed.insert(0, f"optimizer={config.train.optimizer.name}")
+    if config.adapt.method is not None:  # domain adaptation first: it changes the most
+        changed.insert(0, f"adapt={config.adapt.method}({config.adapt.target})")
     what = f"{LeNet.__name__} {config.data.train} epochs={config.train.epochs}"
     name = " ".join(changed) + " · " + what if changed else what
     return name if len(name) <= _NAME_MAX else name[: _NAME_MAX - 1] + "…"
@@ -180,6 +253,10 @@ def _name_items(config: RunConfig) -> dict[str, str]:
 
 def _short_key(key: str) -> str:
     for prefix, short in (
+        ("train.adversarial.mode", "adv-train"),  # the CLI's names: adv-eps, adv-steps, adv-ramp-epochs
+        ("train.adversarial.ramp_epochs", "adv-ramp-epochs"),
+        ("train.adversarial.relative_step", "adv-relative-step"),
+        ("train.adversarial.", "adv-"),
         ("train.optimizer.kwargs.", ""),
         ("train.optimizer.param_groups.", ""),
         ("train.scheduler.kwargs.", "sched."),
@@ -243,6 +320,47 @@ def child_run(name: str, parent_run_id: str | None, tags: dict[str, str] | None 
         tags = {**source, **(tags or {})}
     with tracked_run(run_name=name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
         yield run
+
+
+CHECKPOINT_TAG = "digitflow.checkpoint"  # on a parent run: the checkpoint file it trains into
+RESUMES_TAG = "digitflow.resumes"  # on a parent run started with --resume: the run it continues
+
+
+def continue_interrupted_runs(checkpoint: str, run_id: str) -> str | None:
+    """Before a ``--resume`` run trains: find the run it continues and close what was left open.
+
+    The run continued is the latest earlier parent run in this experiment that trained into the same
+    ``checkpoint`` and did not finish (KILLED by Ctrl-C, FAILED, or still RUNNING because its process
+    was killed with ``kill -9``, which nothing can catch). Every such run still RUNNING, with its
+    RUNNING child runs, is ended KILLED and tagged with the run that took over. Tags ``run_id`` with
+    the run it continues and returns that run's id (None when there is none).
+    """
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    earlier = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{CHECKPOINT_TAG}` = {_literal(checkpoint)} and tags.`mlflow.parentRunId` IS NULL",
+        order_by=["attributes.start_time DESC"],
+    )
+    unfinished = [r for r in earlier if r.info.run_id != run_id and r.info.status != "FINISHED"]
+    for run in unfinished:
+        if run.info.status != "RUNNING":
+            continue
+        children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+        for stale in [*children, run]:
+            if stale.info.status == "RUNNING":
+                client.set_tag(stale.info.run_id, "digitflow.ended_by", f"resumed by run {run_id}")
+                client.set_terminated(stale.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+    if not unfinished:
+        return None
+    continued = unfinished[0].info.run_id
+    client.set_tag(run_id, RESUMES_TAG, continued)
+    return continued
+
+
+def _literal(value: str) -> str:
+    """A string in MLflow's filter syntax, which has no escapes: in double quotes if it holds a single one."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
 
 
 def git_commit() -> str:

@@ -14,11 +14,12 @@ from prefect.cache_policies import NO_CACHE
 
 from digitflow.augment import build_augment
 from digitflow.config import RunConfig, flatten, to_dict
-from digitflow.data import PreparedDataset
+from digitflow.dann import DannResult, fit_dann
+from digitflow.data import PreparedDataset, parse_spec
 from digitflow.device import resolve_device, training_precision
-from digitflow.engine import build_model, fit
+from digitflow.engine import FitResult, build_model, fit
 from digitflow.plots import training_curves
-from tasks.data import load_prepared, log_dataset_input, model_inputs
+from tasks.data import adaptation_images, load_prepared, log_dataset_input, model_inputs
 from tasks.progress import EpochProgress, run_logger
 from tasks.tracking import child_run, log_figure, log_json, torch_requirement
 
@@ -33,11 +34,26 @@ class TrainedModel:
     seconds: float
     precision: str = "float32"  # or "bfloat16 autocast"
     step: str = "eager"  # or "cuda-graph" (digitflow.cuda_graph); with the reason if graphs were not possible
+    # Domain adaptation (--adapt): the dataset adapted to, and the model with that domain's batch-norm
+    # statistics (digitflow.dann, AdaBN), which the cross-domain stage evaluates on that dataset's images.
+    adapted_to: str | None = None
+    target_model: torch.nn.Module | None = None
+
+    def model_for(self, spec: str) -> torch.nn.Module:
+        """The model to evaluate on ``spec``'s images: the target-statistics one for the dataset adapted to."""
+        if self.target_model is not None and parse_spec(spec).name == self.adapted_to:
+            return self.target_model
+        return self.model
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
 def train_model(
-    data: PreparedDataset, config: RunConfig, checkpoint: str, parent_run_id: str | None = None, run_name: str = "train"
+    data: PreparedDataset,
+    config: RunConfig,
+    checkpoint: str,
+    parent_run_id: str | None = None,
+    adapt_data: PreparedDataset | None = None,
+    run_name: str = "train",
 ) -> TrainedModel:
     """Train on ``data`` per ``config.train``; checkpoint every epoch to ``checkpoint``. ``run_name``
     names the child run (the GAN flow trains its judge in one called ``judge``).
@@ -45,6 +61,11 @@ def train_model(
     Logs, in a child run: the training config, ``train/loss`` and ``train/accuracy`` per epoch
     (step = epoch), ``train/images_per_sec``, ``train/seconds``, the curves, the final checkpoint and
     the model (``mlflow.pytorch.log_model`` with signature and input example).
+
+    With ``config.adapt.method`` (DANN) and ``adapt_data``, the images of ``adapt_data`` (never its
+    labels) are the unlabeled target: ``adapt/domain_loss``, ``adapt/domain_accuracy``,
+    ``adapt/lambda`` and ``adapt/pseudo_labeled`` are logged per epoch too, and the model with the
+    target's batch-norm statistics is logged as ``model-target``.
     """
     logger = run_logger()
     cfg = config.train
@@ -62,9 +83,12 @@ def train_model(
         cfg.epochs,
     )
 
+    adapting = config.adapt.method is not None and adapt_data is not None
     tags = {"dataset.train.digest": data.digest, "train.precision": precision}
     with child_run(run_name, parent_run_id, tags=tags):
         mlflow.log_params(flatten(cfg, prefix="train."))
+        if adapting:
+            mlflow.log_params(flatten(config.adapt, prefix="adapt."))
         log_json(to_dict(config), "config.json")
         log_dataset_input(dataset, context="training")
 
@@ -74,18 +98,38 @@ def train_model(
             progress.on_epoch(record)
             _log_epoch(record)
 
+        target_model = None
         with progress.running():
-            result = fit(
-                model,
-                images,
-                labels,
-                cfg,
-                augment=build_augment(cfg.augment),
-                checkpoint_path=checkpoint,
-                resume=config.resume,
-                on_batch=progress.on_batch,
-                on_epoch=on_epoch,
-            )
+            if adapting:
+                assert adapt_data is not None
+                adapted = fit_dann(
+                    model,
+                    images,
+                    labels,
+                    adaptation_images(adapt_data, config.data, device),  # images only: no target label
+                    cfg,
+                    config.adapt,
+                    augment=build_augment(cfg.augment),
+                    checkpoint_path=checkpoint,
+                    resume=config.resume,
+                    on_batch=progress.on_batch,
+                    on_epoch=on_epoch,
+                )
+                result: FitResult | DannResult = adapted
+                target_model = adapted.target_model
+            else:
+                result = fit(
+                    model,
+                    images,
+                    labels,
+                    cfg,
+                    augment=build_augment(cfg.augment),
+                    checkpoint_path=checkpoint,
+                    resume=config.resume,
+                    on_batch=progress.on_batch,
+                    on_epoch=on_epoch,
+                )
+        step = result.step if isinstance(result, FitResult) else "eager (DANN)"
         if config.resume and not result.resumed_from_epoch:
             logger.info("no checkpoint at %s: trained from scratch", checkpoint)
         elif result.resumed_from_epoch >= cfg.epochs:
@@ -98,9 +142,9 @@ def train_model(
         elif result.resumed_from_epoch:
             logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
-        mlflow.set_tag("train.step", result.step)
-        if result.step.startswith("eager ("):
-            logger.info("CUDA graphs not used: %s", result.step.removeprefix("eager (").removesuffix(")"))
+        mlflow.set_tag("train.step", step)
+        if step.startswith("eager (") and not adapting:
+            logger.info("CUDA graphs not used: %s", step.removeprefix("eager (").removesuffix(")"))
         for record in result.history[: result.resumed_from_epoch]:  # the checkpoint's epochs: complete curves
             _log_epoch(record)
 
@@ -110,6 +154,8 @@ def train_model(
         log_figure(training_curves(result.history), "plots/training_curves.png")
         mlflow.log_artifact(checkpoint, "checkpoint")
         _log_model(model, images[:2])  # 2 images, so the logged model keeps a dynamic batch size
+        if target_model is not None and target_model is not model:
+            _log_model(target_model, images[:2], name="model-target")
 
     model.eval()
     return TrainedModel(
@@ -118,19 +164,27 @@ def train_model(
         images_per_sec=images_per_sec,
         seconds=seconds,
         precision=precision,
-        step=result.step,
+        step=step,
+        adapted_to=parse_spec(config.adapt.target).name if adapting and config.adapt.target else None,
+        target_model=target_model,
     )
 
 
 def _log_epoch(record: dict[str, float]) -> None:
     """One epoch's figures as ``train/*`` metrics, step = epoch."""
-    mlflow.log_metrics(
-        {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]},
-        step=int(record["epoch"]),
-    )
+    metrics = {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]}
+    if "adv_eps" in record:  # adversarial training: loss and accuracy are on the attacked batches
+        metrics["train/adv_eps"] = record["adv_eps"]
+    mlflow.log_metrics(metrics, step=int(record["epoch"]))
+    adapt = {f"adapt/{key}": record[key] for key in ADAPT_METRICS if key in record}
+    if adapt:
+        mlflow.log_metrics(adapt, step=int(record["epoch"]))
 
 
-def _log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
+ADAPT_METRICS = ("domain_loss", "domain_accuracy", "lambda", "pseudo_labeled")  # DannStep's epoch figures
+
+
+def _log_model(model: torch.nn.Module, example: torch.Tensor, name: str = "model") -> None:
     """``mlflow.pytorch.log_model`` with a signature and an input example, from a CPU copy."""
     model.eval()
     cpu_model = copy.deepcopy(model).cpu().eval()
@@ -139,7 +193,7 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
         output = cpu_model(torch.from_numpy(example_np)).numpy()
     mlflow.pytorch.log_model(
         cpu_model,
-        name="model",
+        name=name,
         signature=infer_signature(example_np, output),
         input_example=example_np,
         pip_requirements=[torch_requirement()],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def prefect_server():
 
 
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
+def mlflow_store(tmp_path, monkeypatch) -> Iterator[str]:
     """A fresh SQLite MLflow store for one test; returns its tracking URI."""
     import mlflow
 

@@ -13,7 +13,7 @@ from tests.fakedata import fake_data_dir
 
 
 def run_bench(monkeypatch, *args: str) -> None:
-    from scripts import bench
+    import bench
 
     monkeypatch.setattr(sys, "argv", ["bench.py", *args])
     bench.main()
@@ -72,7 +72,7 @@ def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, ca
 
 
 def test_time_to_accuracy_reports_seeds_that_missed_apart():
-    from scripts.bench import describe_time_to_accuracy
+    from bench import describe_time_to_accuracy
 
     line = describe_time_to_accuracy([(5.0, 6, 0.991), (9.0, 30, 0.987), (7.0, 8, 0.992)], 0.99, 30)
     assert line.startswith("median 6.000 s, 7 epochs (2/3 seeds reached it)")
@@ -107,7 +107,7 @@ def test_bench_to_accuracy_honours_the_batch_size(tmp_path, monkeypatch, capsys)
 
 
 def test_sweep_runs_settings_on_the_splits_given(tmp_path, monkeypatch, capsys):
-    from scripts import sweep
+    import sweep
 
     data_dir = fake_data_dir(tmp_path, monkeypatch, names=("fashion-mnist",))
     monkeypatch.setattr(

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from digitflow.config import DataConfig, TrainConfig
+from digitflow.config import AdversarialTrainingConfig, DataConfig, RobustnessConfig, TrainConfig
 from digitflow.data import parse_spec
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
 from flows.interrupt import RunSignals, start_temporary_server
@@ -153,6 +153,84 @@ def add_resume_options(group: argparse._ArgumentGroup, *, checkpoint_default: st
         metavar="FILE",
         help=f"checkpoint file written after every epoch and read by --resume (default: {checkpoint_default})",
     )
+
+
+def add_adversarial_training_options(group: argparse._ArgumentGroup) -> None:
+    """``--adv-train``, ``--adv-eps``, ``--adv-steps``, ``--adv-ramp-epochs``."""
+    a = AdversarialTrainingConfig()
+    group.add_argument(
+        "--adv-train",
+        choices=["fgsm-rs", "pgd"],
+        default=None,
+        help="adversarial training: each batch replaced by its attacked images; fgsm-rs: FGSM from a random "
+        "start, step 1.25 x eps (Wong et al. 2020), pgd: --adv-steps steps of 2.5 x eps / steps from a random "
+        "start (Madry et al. 2018) (default: off)",
+    )
+    group.add_argument(
+        "--adv-eps",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help=f"L-infinity epsilon on the pixel scale [0, 1] for adversarial training (default {a.eps:g})",
+    )
+    group.add_argument(
+        "--adv-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"PGD steps per batch with --adv-train pgd (default {a.steps})",
+    )
+    group.add_argument(
+        "--adv-ramp-epochs",
+        type=float,
+        default=None,
+        metavar="EPOCHS",
+        help=f"grow epsilon linearly from 0 over the first EPOCHS epochs (default {a.ramp_epochs:g})",
+    )
+
+
+def add_robustness_options(group: argparse._ArgumentGroup) -> None:
+    """``--attack``, ``--epsilons``, ``--pgd-steps``, ``--attack-images``."""
+    r = RobustnessConfig()
+    group.add_argument(
+        "--attack",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"attacks on the held-out split after training: fgsm, pgd, or none (default {' '.join(r.attacks)})",
+    )
+    group.add_argument(
+        "--epsilons",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="EPS",
+        help=f"L-infinity epsilons on the pixel scale [0, 1] (default {' '.join(f'{e:g}' for e in r.epsilons)})",
+    )
+    group.add_argument(
+        "--pgd-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"PGD steps, each 2.5 x eps / N, from a random start (default {r.pgd_steps})",
+    )
+    group.add_argument(
+        "--attack-images", type=int, default=None, metavar="N", help="attack the first N held-out images (default: all)"
+    )
+
+
+def adversarial_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The robustness and adversarial-training options as flow parameters (None: the config's default)."""
+    return {
+        "attack": args.attack,
+        "epsilons": args.epsilons,
+        "pgd_steps": args.pgd_steps,
+        "attack_images": args.attack_images,
+        "adv_train": args.adv_train,
+        "adv_eps": args.adv_eps,
+        "adv_steps": args.adv_steps,
+        "adv_ramp_epochs": args.adv_ramp_epochs,
+    }
 
 
 def optimizer_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from digitflow.config import (
     DATASET_FAMILIES,
     DEFAULT_TARGETS,
     OPTIMIZER_DEFAULTS,
+    AdaptConfig,
     DataConfig,
     ExportConfig,
     OptimizerConfig,
@@ -25,16 +27,21 @@ from digitflow.data.framing import PREPROCESSORS
 from digitflow.errors import DigitflowError
 from flows.cli.options import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    add_adversarial_training_options,
     add_data_source_options,
     add_optimizer_options,
     add_resume_options,
+    add_robustness_options,
     add_scheduler_options,
     add_seed_and_device_options,
+    adversarial_params,
     dataset_spec,
+    key_values,
     optimizer_params,
     run_flow,
 )
-from flows.params import augment_names, build_config, check_experiment, check_output_dir
+from flows.params import ADAPT_METHODS, augment_names, build_config, check_experiment, check_output_dir
 
 NAME = "run"
 EPILOG = """\
@@ -45,6 +52,8 @@ examples:
   DIGITFLOW_DATA_DIR=../shared/data digitflow run --train 'mnist:test[:8000]' --test 'mnist:test[8000:]' --offline
   digitflow run --optimizer AdamW --opt lr=1e-3 --opt weight_decay=0.01 --scheduler OneCycleLR --sched max_lr=0.01
   digitflow run --param-group classifier:lr=0.001      # a separate learning rate for the classifier head
+  digitflow run --train 'mnist:test[:8000]' --adapt dann --adapt-target 'usps:test[:1000]' --target 'usps:test[1000:]'
+  digitflow run --adv-train pgd --adv-eps 0.1 --attack pgd --epsilons 0 0.1 0.2 0.3   # adversarial training
 results: MLflow (make ui; the summary prints the exact command and link),
   Prefect (prefect server start, or artifacts in the run)
 """
@@ -149,6 +158,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation"
     )
     add_resume_options(train, checkpoint_default="outputs/checkpoints/lenet-<hash of the training options>.pt")
+    add_adapt_options(run)
+    add_adversarial_training_options(train)
+    add_robustness_options(run.add_argument_group("robustness (attacks on the held-out split after training)"))
 
     e, r = ExportConfig(), RunConfig()
     out = run.add_argument_group("export and tracking")
@@ -166,6 +178,35 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     out.add_argument("--experiment", default="digitflow", help="MLflow experiment name (default digitflow)")
     return run
+
+
+def add_adapt_options(run: argparse.ArgumentParser) -> None:
+    """``--adapt``, ``--adapt-target``, ``--adapt-opt``: domain adaptation (DANN) to unlabeled target images."""
+    a = AdaptConfig()
+    adapt = run.add_argument_group(
+        "domain adaptation (the source-only model is trained beside it, as the baseline of every target)"
+    )
+    adapt.add_argument(
+        "--adapt",
+        choices=list(ADAPT_METHODS),
+        default=a.method,
+        help="adapt to unlabeled target images: dann (domain-adversarial training, Ganin and Lempitsky 2015)",
+    )
+    adapt.add_argument(
+        "--adapt-target",
+        type=dataset_spec,
+        default=a.target,
+        metavar="SPEC",
+        help="the unlabeled target images (their labels are never read), e.g. usps:test[:1000]; "
+        "evaluate on others with --target, e.g. usps:test[1000:]",
+    )
+    fields = [f for f in dataclasses.fields(AdaptConfig) if f.name not in ("method", "target")]
+    adapt.add_argument(
+        "--adapt-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="adaptation setting, repeatable: " + ", ".join(f"{f.name} (default {f.default})" for f in fields),
+    )
 
 
 def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,7 +235,18 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         output_dir=args.output_dir,
         checkpoint=args.checkpoint,
         experiment=args.experiment,
+        **adapt_params(args),
+        **adversarial_params(args),  # robustness evaluation and adversarial training
     )
+
+
+def adapt_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The adaptation options as flow parameters (none at all without them: runs without adaptation
+    pass the flow exactly what they did before)."""
+    options = key_values(args.adapt_opt, "--adapt-opt")
+    if args.adapt is None and args.adapt_target is None and not options:
+        return {}
+    return {"adapt": args.adapt, "adapt_target": args.adapt_target, "adapt_options": options or None}
 
 
 def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
@@ -204,12 +256,18 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         # Check every option now, not minutes later inside the flow (and without a failed run in MLflow).
         config = build_config(**{k: v for k, v in params.items() if k != "experiment"})
         if config.data.offline:  # nothing to download: the files must be there, so say now if one is not
-            for spec in (config.data.train, config.data.test, *config.data.targets):
+            adapt_target = (config.adapt.target,) if config.adapt.target else ()
+            for spec in (config.data.train, config.data.test, *config.data.targets, *adapt_target):
                 fetch(spec, config.data.data_dir, offline=True)  # verified once; the flow reuses the check
         check_experiment(args.experiment)
         check_output_dir(config.output_dir)
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
+    from tasks.tracking import server_problem, tracking_uri  # MLflow: only once the options are valid
+
+    problem = server_problem(tracking_uri())  # a tracking server that does not answer: say so before training
+    if problem:
+        parser.exit(EXIT_FAILED, f"digitflow: error: {problem}\n")
 
     def start() -> Any:
         from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid

@@ -112,6 +112,27 @@ class SchedulerConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+AdversarialMode = Literal["fgsm-rs", "pgd"]  # how adversarial training perturbs a batch (digitflow.adversarial)
+
+
+@dataclass(frozen=True)
+class AdversarialTrainingConfig:
+    """Adversarial training: each batch is replaced by its adversarial images (L-infinity, pixel space).
+
+    ``mode`` None trains on clean images. "fgsm-rs": FGSM from a uniform random start in the epsilon
+    ball, one step of ``1.25 * eps`` (Wong et al. 2020); "pgd": ``steps`` steps of ``2.5 * eps /
+    steps`` from a random start (Madry et al. 2018). ``relative_step`` (step size / epsilon) None
+    takes those. Epsilon grows linearly from 0 over the first ``ramp_epochs`` epochs (0: the full
+    epsilon from the first batch); the step size follows it.
+    """
+
+    mode: AdversarialMode | None = None
+    eps: float = 0.1
+    steps: int = 7  # PGD steps per batch; FGSM-RS takes one
+    relative_step: float | None = None
+    ramp_epochs: float = 0.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: epochs, batches, seed, device, optimizer, schedule, augmentation."""
@@ -126,6 +147,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    adversarial: AdversarialTrainingConfig = field(default_factory=AdversarialTrainingConfig)
 
 
 # What a CUDA device trains with by default where it differs from TrainConfig's CPU defaults. On a GPU
@@ -152,6 +174,30 @@ def train_defaults(device_type: str) -> TrainConfig:
     return TrainConfig()
 
 
+AdaptMethod = Literal["dann"]  # domain adaptation methods (digitflow.dann)
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Unsupervised domain adaptation to unlabeled target images (``--adapt dann --adapt-target SPEC``).
+
+    DANN (Ganin and Lempitsky 2015): a domain classifier on LeNet's features behind a gradient
+    reversal layer whose weight ramps up as ``domain_weight * (2 / (1 + exp(-gamma * p)) - 1)``,
+    ``p`` the fraction of training steps done. Only the target's images are read, never its labels.
+    """
+
+    method: AdaptMethod | None = None  # None: no adaptation (source-only training)
+    target: str | None = None  # dataset spec of the unlabeled target images, e.g. usps:test[:1000]
+    domain_hidden: int = 500  # width of the domain classifier's two hidden layers
+    domain_weight: float = 0.3  # the gradient reversal weight lambda reaches (1 cost MNIST accuracy: README)
+    gamma: float = 10.0  # steepness of the lambda ramp (Ganin's 10)
+    target_augment: bool = True  # augment target images like the source ones
+    pseudo_label_threshold: float = 0.8  # target predictions at least this confident become labels
+    pseudo_label_weight: float = 1.0  # weight of the pseudo-label loss (ramped like lambda); 0: off
+    teacher_ema: float = 0.0  # >0: pseudo-labels from a mean teacher with this weight decay; 0: the model's own
+    target_batch_norm: bool = True  # AdaBN: the model evaluated on the target domain uses its statistics
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """TorchScript / torch.export export, verification and registration."""
@@ -165,12 +211,45 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class PromotionConfig:
+    """When a pipeline run's registered model takes the ``champion`` alias (digitflow.promotion).
+
+    ``figures`` are metric-name patterns (``fnmatch``: ``cross/*/accuracy`` is every cross-domain
+    target's accuracy). A figure is better or worse only by more than ``margin`` (absolute, in the
+    metric's units): the candidate is promoted when none is worse and at least one is better, so
+    retraining the same model, whose figures move by noise alone, leaves the champion where it is.
+    """
+
+    figures: tuple[str, ...] = ("test/accuracy", "cross/*/accuracy")
+    margin: float = 0.001  # a tenth of a percentage point of accuracy
+    registered_model_name: str = ExportConfig.registered_model_name
+    champion_alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """The robustness evaluation after training: the held-out images under FGSM and PGD attacks
+    (L-infinity, pixel space [0, 1]; :mod:`digitflow.attacks`) at each epsilon. ``attacks`` empty:
+    no evaluation. The parent run gets PGD's accuracy at ``headline_eps`` (``robust/pgd/accuracy_eps10``)."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    epsilons: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+    pgd_steps: int = 20
+    pgd_step_size: float | None = None  # None: 2.5 * eps / pgd_steps
+    random_start: bool = True
+    num_images: int | None = None  # the first N held-out images; None: all of them
+    headline_eps: float = 0.1
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one pipeline run needs."""
 
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     output_dir: str = "outputs"  # checkpoints and exported files, one folder per run
     checkpoint: str | None = None  # None: output_dir/checkpoints/lenet-<settings hash>.pt
     resume: bool = False

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as PyTorch's CUDA-graph notes advise
 
 
-def graph_unsupported_reason(device: torch.device, optimizer_name: str, augment: object | None) -> str | None:
+def graph_unsupported_reason(
+    device: torch.device, optimizer_name: str, augment: object | None, *, adversarial: str | None = None
+) -> str | None:
     """Why a training step with these settings cannot be captured, or None if it can."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
@@ -51,6 +53,8 @@ def graph_unsupported_reason(device: torch.device, optimizer_name: str, augment:
         return f"torch.optim.{optimizer_name} has no capturable mode"
     if getattr(augment, "extra", None) is not None:
         return "torchvision extra augmentations draw their randomness on the host"
+    if adversarial is not None:
+        return f"adversarial training ({adversarial}) runs its attack eagerly: its epsilon changes during the ramp"
     return None
 
 

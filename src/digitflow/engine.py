@@ -91,22 +91,28 @@ class TrainStep:
             x = self.augment(x)
         return x, y
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits on ``x`` as the step computes them: under bfloat16 autocast where that
+        pays, with the CPU batch-norm layout fix (an attack in :meth:`inputs` uses it too)."""
+        # cache_enabled=False: autocast's cache of cast weights must not outlive a CUDA-graph
+        # capture, and LeNet uses each weight once per forward, so the cache saves nothing.
+        with (
+            torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)
+            if self.use_amp
+            else contextlib.nullcontext(),
+            contiguous_batch_norm(self.model) if self.fix_batch_norm_layout else contextlib.nullcontext(),
+        ):
+            logits: torch.Tensor = self.model(x)
+        return logits
+
     def __call__(self, idx: torch.Tensor) -> None:
         x, y = self.inputs(idx)
         first_logits: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            # cache_enabled=False: autocast's cache of cast weights must not outlive a CUDA-graph
-            # capture, and LeNet uses each weight once per forward, so the cache saves nothing.
-            with (
-                torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)
-                if self.use_amp
-                else contextlib.nullcontext()
-            ):
-                with contiguous_batch_norm(self.model) if self.fix_batch_norm_layout else contextlib.nullcontext():
-                    logits = self.model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             loss.backward()
             if not first_logits:  # keep the first evaluation: the logits before this step's update
                 first_logits.append(logits.detach())
@@ -280,7 +286,11 @@ def fit(
     to pay (:mod:`digitflow.device`).
     """
     device = images.device
-    graph_blocker = graph_unsupported_reason(device, config.optimizer.name, augment) if config.cuda_graphs else None
+    graph_blocker = (
+        graph_unsupported_reason(device, config.optimizer.name, augment, adversarial=config.adversarial.mode)
+        if config.cuda_graphs
+        else None
+    )
     use_graphs = config.cuda_graphs and graph_blocker is None
     optimizer = build_optimizer(model, config.optimizer, device=device, capturable=use_graphs)
     if not isinstance(optimizer, torch.optim.LBFGS) and channels_last_helps(device, config.batch_size, use_graphs):
@@ -290,16 +300,16 @@ def fit(
         # tracking them. LBFGS flattens gradients with .view(-1), which channels-last forbids.
         model.to(memory_format=torch.channels_last)
     scheduler = build_scheduler(optimizer, config.scheduler, epochs=config.epochs)
-    step = TrainStep(
-        model,
-        optimizer,
-        images,
-        labels,
-        augment=augment,
-        amp=config.amp,
-        label_smoothing=config.label_smoothing,
-        scheduler=scheduler,
+    step_options: dict[str, Any] = dict(
+        augment=augment, amp=config.amp, label_smoothing=config.label_smoothing, scheduler=scheduler
     )
+    step: TrainStep
+    if config.adversarial.mode is None:
+        step = TrainStep(model, optimizer, images, labels, **step_options)
+    else:  # the same loop, on adversarial batches (digitflow.adversarial)
+        from digitflow.adversarial import AdversarialTrainStep
+
+        step = AdversarialTrainStep(model, optimizer, images, labels, adversarial=config.adversarial, **step_options)
     settings = resumable_settings(config)
     history = resume_from(step, checkpoint_path, settings) if resume else []
     # cuDNN autotuning where measured to pay (large batches on CUDA); restored on the way out.

@@ -6,7 +6,7 @@ logs it and closes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib as mpl
 
@@ -76,6 +76,46 @@ def misclassified_grid(
         ax.imshow(images[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"pred {classes[int(predictions[i])]}\ntrue {classes[int(labels[i])]}", fontsize=8)
     fig.suptitle(title or f"misclassified ({len(wrong)} shown)")
+    return fig
+
+
+def robustness_figure(epsilons: Sequence[float], accuracy: Mapping[str, Sequence[float]], title: str = "") -> Figure:
+    """Accuracy against epsilon, one line per attack (``{"fgsm": [...], "pgd": [...]}``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    for (attack, values), marker in zip(accuracy.items(), "osd^v", strict=False):
+        ax.plot(epsilons, values, marker=marker, label=attack.upper())
+    ax.set_xlabel("epsilon (L-infinity, pixel scale 0-1)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "accuracy under attack")
+    return fig
+
+
+def adversarial_grid(
+    images: torch.Tensor,
+    predictions: torch.Tensor,
+    labels: torch.Tensor,
+    epsilons: Sequence[float],
+    classes: Sequence[str],
+    title: str = "",
+) -> Figure:
+    """Clean and attacked images: one row per epsilon (``images`` (E, K, 1, H, W), row 0 the clean
+    ones at epsilon 0), each captioned with the model's prediction, in red where it is wrong."""
+    rows, cols = images.shape[0], images.shape[1]
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35), constrained_layout=True, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.imshow(images[r, c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            predicted, truth = int(predictions[r, c]), int(labels[c])
+            ax.set_title(f"pred {classes[predicted]}", fontsize=8, color="black" if predicted == truth else "red")
+            if c == 0:
+                ax.set_ylabel(f"eps {epsilons[r]:g}", fontsize=8)
+    fig.suptitle(title or "clean (top) and adversarial images with the model's predictions")
     return fig
 
 

@@ -16,26 +16,64 @@ PREFECT_YAML = Path(__file__).resolve().parents[2] / "prefect.yaml"
 DEPLOYMENTS = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
 
 
+def load_flow(entrypoint: str):
+    module_path, _, name = entrypoint.partition(":")
+    return getattr(importlib.import_module(module_path.removesuffix(".py").replace("/", ".")), name)
+
+
+PIPELINES = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/pipeline.py:pipeline"]
+
+
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
-def test_deployment_entrypoint_and_parameters_are_valid(deployment):
-    module_path, _, name = deployment["entrypoint"].partition(":")
-    flow = getattr(importlib.import_module(module_path.removesuffix(".py").replace("/", ".")), name)
+def test_every_parameter_set_binds_to_its_flows_signature(deployment):
+    """The deployment's parameters and every trigger's parameters name arguments of the flow its
+    entrypoint points at, with values the flow accepts (a template stands for a string)."""
+    flow = load_flow(deployment["entrypoint"])
+    signature = inspect.signature(flow.fn)
+    parameter_sets = [deployment.get("parameters", {})]
+    parameter_sets += [t["parameters"] for t in deployment.get("triggers", []) if "parameters" in t]
+    for params in parameter_sets:
+        signature.bind_partial(**params)  # TypeError on a name the flow does not take
+        flow.validate_parameters(params)  # a value of the wrong type
+    assert deployment["work_pool"]["name"] == "digitflow"
+
+
+@pytest.mark.parametrize("deployment", PIPELINES, ids=[d["name"] for d in PIPELINES])
+def test_pipeline_deployments_name_valid_datasets(deployment):
+    flow = load_flow(deployment["entrypoint"])
     params = flow.validate_parameters(deployment.get("parameters", {}))
     # unset test split and targets follow the training split, by the CLI's rules
     test = params.get("test") or default_test(params["train"])
     for spec in (params["train"], test, *(params.get("target") or default_targets(params["train"]))):
         parse_spec(spec)
-    assert deployment["work_pool"]["name"] == "digitflow"
     # the data folder comes from the worker's environment at run time, or from -p data_dir=...
     assert "data_dir" not in deployment.get("parameters", {})
     assert inspect.signature(flow.fn).parameters["data_dir"].default is None
 
 
+def test_evaluate_and_promote_follows_the_nightly_run_and_receives_its_flow_run_id():
+    from tasks.promotion import flow_run_uuid
+
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    deployment = by_name["evaluate-and-promote"]
+    assert deployment["entrypoint"] == "flows/promote.py:promote"
+    [trigger] = deployment["triggers"]
+    assert trigger["expect"] == ["prefect.flow-run.Completed"]
+    assert trigger["match_related"] == {"prefect.resource.role": "deployment", "prefect.resource.name": "mnist-nightly"}
+    assert trigger["parameters"] == {"flow_run_id": "{{ event.resource.id }}"}
+    # what the template renders to for a flow-run event, which the flow takes as it is
+    uuid = "5c8a0b6e-0000-4000-8000-000000000000"
+    assert flow_run_uuid(f"prefect.flow-run.{uuid}") == uuid
+    # Prefect's own check of the trigger's parameters (templates included) accepts them
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    DeploymentEventTrigger(**trigger)
+
+
 def test_deployments_test_and_cross_test_as_their_descriptions_say():
     resolved = {
         d["name"]: (default_test(d["parameters"]["train"]), default_targets(d["parameters"]["train"]))
-        for d in DEPLOYMENTS
-        if d["entrypoint"].startswith("flows/pipeline.py")  # the classifier's; the GAN flow has no targets
+        for d in PIPELINES
     }
     assert resolved == {
         "mnist-nightly": ("mnist:test", ["usps:test"]),

@@ -199,8 +199,9 @@ def test_a_signal_ends_the_run_in_seconds_killed_with_one_line(tmp_path, signum,
     assert "Traceback" not in output
     lines = [line for line in run.stderr if line.startswith("digitflow:")]
     assert len(lines) == 1, output
-    assert INTERRUPTED.match(lines[0]), output
-    epoch = int(INTERRUPTED.match(lines[0])[1])
+    interrupted = INTERRUPTED.match(lines[0])
+    assert interrupted, output
+    epoch = int(interrupted[1])
     # --resume continues from the checkpoint: the epoch the line names (or the next one, if the signal
     # came between writing a checkpoint and reporting its epoch)
     assert epoch >= 1

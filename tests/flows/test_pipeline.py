@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import mlflow
 import pytest
@@ -35,6 +36,8 @@ def tiny_run(tmp_path: Path, data_dir: Path, **overrides):
         output_dir=str(tmp_path / "out"),
         offline=True,
         experiment="pipeline-test",
+        epsilons=[0.0, 0.1],  # a cheap robustness task (tests/flows/test_robustness.py runs the default one)
+        pgd_steps=2,
     )
     return pipeline(**{**params, **overrides})
 
@@ -59,7 +62,7 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as prefect:
-        assert tags["prefect.flow_run_name"] == prefect.read_flow_run(tags["prefect.flow_run_id"]).name
+        assert tags["prefect.flow_run_name"] == prefect.read_flow_run(UUID(tags["prefect.flow_run_id"])).name
     # The Source column says the flow, on the parent and on every child.
     assert tags["mlflow.source.name"] == "digitflow-pipeline"
     assert tags["mlflow.source.type"] == "LOCAL"
@@ -102,13 +105,17 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[tags["prefect.flow_run_id"]]))
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(tags["prefect.flow_run_id"])])
+            )
         )
-    by_key = {a.key: a for a in artifacts}
-    assert f"{summary.test_accuracy:.4f}" in by_key["digitflow-summary"].data
-    assert summary.run_id in by_key["mlflow-run"].data
+    by_key = {a.key: a.data for a in artifacts}
+    assert isinstance(by_key["digitflow-summary"], str)  # markdown
+    assert isinstance(by_key["mlflow-run"], str)  # a link, as markdown
+    assert f"{summary.test_accuracy:.4f}" in by_key["digitflow-summary"]
+    assert summary.run_id in by_key["mlflow-run"]
 
 
 def description_columns(note: str) -> dict[str, set[str]]:
@@ -142,7 +149,7 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
     )
 
     @flow
-    def publish():
+    def publish() -> str:
         publish_summary(summary)
         return str(runtime_flow_run.id)
 
@@ -152,7 +159,7 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]))
         )
     link = {a.key: a for a in artifacts}["mlflow-run"]
     # What prefect.artifacts.create_link_artifact stores: "[text](link)", nothing else.
@@ -160,6 +167,7 @@ def test_link_artifact_is_prefects_link_to_the_store_and_port_of_the_run(tmp_pat
         link.data
         == "[MLflow run abc123](http://127.0.0.1:5123/#/experiments/7/runs/abc123?workflowType=machine_learning)"
     )
+    assert link.description is not None
     assert f"`MLFLOW_TRACKING_URI={store} MLFLOW_PORT=5123 make ui`" in link.description
 
 
@@ -231,6 +239,9 @@ def test_help_lists_every_option():
         "--offline",
         "--resume",
         "--data-dir",
+        "--adapt",
+        "--adapt-target",
+        "--adapt-opt",
     ):
         assert option in result.stdout
 
@@ -253,6 +264,9 @@ def test_help_lists_every_option():
             "cannot write to the output dir /dev/null/out (Not a directory); choose another with --output-dir",
         ),
         (["--experiment", ""], "the MLflow experiment name is empty; name one with --experiment NAME"),
+        (["--adapt-target", "usps:test[:1000]"], "--adapt-target needs --adapt METHOD (dann)"),
+        (["--adapt", "dann"], "--adapt dann needs --adapt-target SPEC"),
+        (["--adapt", "dann", "--adapt-target", "fashion-mnist:test"], "adapt between datasets of the same classes"),
     ],
 )
 def test_bad_input_is_one_line_and_exits_non_zero(args, message):
@@ -335,3 +349,35 @@ def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
     assert expected in errors[0]
     assert str(bad) in errors[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_dann_adapts_through_the_flow_with_its_baseline_and_metrics(
+    tmp_path, monkeypatch, mlflow_store, prefect_server
+):
+    data_dir = fake_data_dir(tmp_path, monkeypatch)
+    summary = tiny_run(
+        tmp_path,
+        data_dir,
+        target=["usps:test[20:]"],
+        adapt="dann",
+        adapt_target="usps:test[:20]",
+        adapt_options={"domain_hidden": 16},
+    )
+    client = mlflow.MlflowClient()
+    parent = client.get_run(summary.run_id)
+    assert parent.info.status == "FINISHED"
+    metrics = parent.data.metrics
+    assert {"cross/usps_test_20/accuracy", "cross/usps_test_20/source_only_accuracy"} <= set(metrics)
+    assert parent.info.run_name.startswith("adapt=dann(usps:test[:20]) ")
+    assert parent.data.params["adapt.method"] == "dann"
+    assert parent.data.params["adapt.target"] == "usps:test[:20]"
+    assert parent.data.params["adapt.domain_hidden"] == "16"
+    assert parent.data.tags["dataset.adapt_target.digest"]
+    children = runs_by_name(summary.run_id)
+    assert {"train", "train source-only", "cross-domain usps:test[20:]"} <= set(children)
+    train = children["train"]
+    for name in ("adapt/domain_loss", "adapt/domain_accuracy", "adapt/lambda"):
+        assert [m.step for m in client.get_metric_history(train.info.run_id, name)] == [1, 2], name
+    assert "adapt/domain_loss" not in children["train source-only"].data.metrics
+    assert summary.source_only_accuracy["usps_test_20"] == metrics["cross/usps_test_20/source_only_accuracy"]
+    assert "(source-only " in "\n".join(summary.lines())

@@ -51,7 +51,7 @@ def test_a_failed_download_is_said_short_at_each_retry_and_in_full_once(
 
     data_dir = fake_data_dir(tmp_path, monkeypatch, names=("usps",))
     (data_dir / "USPS" / "usps.t.bz2").unlink()  # its mirror is fake://, which urllib cannot reach
-    fast = tasks.data.download_dataset.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
+    fast = tasks.data.download_dataset.with_options(retry_delay_seconds=0, retry_jitter_factor=0.0)  # 0: no jitter
     monkeypatch.setattr(tasks.data, "download_dataset", fast)
     monkeypatch.setattr(tasks.logs, "_installed", None)  # the flow installs a fresh filter, as in a worker
     records = _Records()

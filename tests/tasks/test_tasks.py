@@ -6,10 +6,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from prefect import flow
+from prefect import State, flow
 from prefect.logging import disable_run_logger
 
 from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, TrainConfig
+from digitflow.data import PreparedDataset
 from digitflow.errors import DataError, TrainingDivergedError
 from tasks.data import download_dataset, prepare_dataset
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
@@ -151,7 +152,7 @@ def test_prepare_is_cached_on_inputs_and_file_content(tmp_path, data_dir, prefec
     cache = str(tmp_path / "cache")
 
     @flow
-    def prepare_twice():
+    def prepare_twice() -> tuple[State[PreparedDataset], State[PreparedDataset]]:
         files = download_dataset("mnist:test", str(data_dir), True)
         first = prepare_dataset("mnist:test", files, str(data_dir), cache, return_state=True)
         second = prepare_dataset("mnist:test", files, str(data_dir), cache, return_state=True)

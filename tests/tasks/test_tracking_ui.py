@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Experiment
 
 from flows.params import build_config
 from tasks.tracking import child_run, parent_run_name, run_url, setup_tracking, source_tags, ui_command
@@ -18,8 +19,14 @@ KIND = "mlflow.experimentKind"
 NOTE = "mlflow.note.content"
 
 
+def experiment(name: str) -> Experiment:
+    found = mlflow.get_experiment_by_name(name)
+    assert found is not None, f"no experiment {name!r}"
+    return found
+
+
 def experiment_tags(name: str) -> dict[str, str]:
-    return mlflow.get_experiment_by_name(name).tags
+    return experiment(name).tags
 
 
 def test_new_experiment_is_a_training_experiment_with_a_description(mlflow_store):
@@ -43,7 +50,7 @@ def test_existing_experiment_gets_the_kind_and_description(mlflow_store):
 def test_a_description_edited_in_the_ui_is_kept_and_ours_is_updated(mlflow_store):
     setup_tracking("ui-edit")
     client = mlflow.MlflowClient()
-    experiment_id = mlflow.get_experiment_by_name("ui-edit").experiment_id
+    experiment_id = experiment("ui-edit").experiment_id
     client.set_experiment_tag(experiment_id, NOTE, "my own notes")
     setup_tracking("ui-edit")
     assert experiment_tags("ui-edit")[NOTE] == "my own notes"

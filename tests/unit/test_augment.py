@@ -6,11 +6,12 @@ import time
 import pytest
 import torch
 
-from digitflow.augment import _blur_matrix, build_augment
+from digitflow.augment import AugmentFn, _blur_matrix, build_augment
 from digitflow.config import AugmentConfig
 from digitflow.errors import ConfigError
 
-STILL = dict(degrees=0.0, translate=0.0, scale_min=1.0, scale_max=1.0, shear=0.0, elastic_alpha=0.0)
+# Every magnitude zero; the parts (affine, elastic) are the defaults until a test replaces them.
+STILL = AugmentConfig(degrees=0.0, translate=0.0, scale_min=1.0, scale_max=1.0, shear=0.0, elastic_alpha=0.0)
 # Each part spelled out, so that these tests do not follow the tuned defaults (elastic is off by default).
 BOTH = AugmentConfig(affine=True, elastic=True)
 AFFINE = AugmentConfig(affine=True, elastic=False)
@@ -27,6 +28,13 @@ def _digits(n: int = 8, size: int = 28) -> torch.Tensor:
     return images
 
 
+def _augment(config: AugmentConfig) -> AugmentFn:
+    """build_augment for a config that enables something, so it never answers None."""
+    augment = build_augment(config)
+    assert augment is not None
+    return augment
+
+
 def test_nothing_enabled_gives_none():
     assert build_augment(AugmentConfig(affine=False, elastic=False)) is None
     assert build_augment(AugmentConfig(affine=False, elastic=False, extra=("RandomErasing",))) is not None
@@ -39,7 +47,7 @@ def test_nothing_enabled_gives_none():
 )
 def test_shape_dtype_and_range_are_kept(config):
     images = _digits(16)
-    out = build_augment(config)(images)
+    out = _augment(config)(images)
     assert out.shape == images.shape
     assert out.dtype == images.dtype
     assert float(out.min()) >= 0.0
@@ -49,7 +57,7 @@ def test_shape_dtype_and_range_are_kept(config):
 
 def test_non_square_and_small_images():
     # 16x16 with sigma 4: the blur kernel (33 taps) is wider than the image; reflection folds.
-    augment = build_augment(AugmentConfig(elastic=True, elastic_sigma=4.0))
+    augment = _augment(AugmentConfig(elastic=True, elastic_sigma=4.0))
     for shape in [(4, 1, 16, 16), (4, 1, 20, 32), (4, 3, 28, 28)]:
         out = augment(torch.rand(shape))
         assert out.shape == shape
@@ -61,14 +69,14 @@ def test_every_image_draws_its_own_parameters():
     image = _digits(1)
     batch = image.expand(4, -1, -1, -1).clone()  # four copies of one image
     for config in [BOTH, AFFINE, ELASTIC]:
-        out = build_augment(config)(batch)
+        out = _augment(config)(batch)
         for i in range(1, 4):
             assert not torch.allclose(out[0], out[i])
 
 
 def test_same_seed_same_augmentation():
     images = _digits(8)
-    augment = build_augment(dataclasses.replace(BOTH, extra=("RandomErasing",)))
+    augment = _augment(dataclasses.replace(BOTH, extra=("RandomErasing",)))
     torch.manual_seed(7)
     first = augment(images)
     torch.manual_seed(7)
@@ -94,14 +102,14 @@ def test_building_does_not_consume_the_global_rng():
 )
 def test_zero_magnitudes_are_the_identity(parts):
     images = _digits(8)
-    out = build_augment(AugmentConfig(**STILL, **parts))(images)
+    out = _augment(dataclasses.replace(STILL, **parts))(images)
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
 
 
 def test_affine_geometry_scale_about_the_centre():
     # Scale 0.5 exactly: a white frame shrinks to the central quarter of its area.
-    config = AugmentConfig(**{**STILL, "scale_min": 0.5, "scale_max": 0.5}, elastic=False)
-    out = build_augment(config)(torch.ones(2, 1, 28, 28))
+    config = dataclasses.replace(STILL, scale_min=0.5, scale_max=0.5, elastic=False)
+    out = _augment(config)(torch.ones(2, 1, 28, 28))
     assert float(out.sum()) == pytest.approx(2 * 14 * 14, rel=0.03)
     assert float(out[:, :, 7:21, 7:21].min()) == pytest.approx(1.0)
     assert float(out[:, :, :6].max()) == 0.0
@@ -112,7 +120,7 @@ def test_affine_geometry_translation_is_bounded():
     # translate 0.1 of 28 pixels: a single dot moves by at most 2.8 pixels in each direction.
     image = torch.zeros(64, 1, 28, 28)
     image[:, :, 14, 14] = 1.0
-    out = build_augment(AugmentConfig(**{**STILL, "translate": 0.1}, elastic=False))(image)
+    out = _augment(dataclasses.replace(STILL, translate=0.1, elastic=False))(image)
     idx = torch.arange(28.0)
     mass = out.sum(dim=(1, 2, 3))
     com_y = (out.sum(dim=(1, 3)) * idx).sum(1) / mass
@@ -133,7 +141,7 @@ def test_blur_matrix_matches_torchvision_gaussian_blur():
 
 def test_extra_transforms_apply_per_image():
     images = torch.ones(32, 1, 28, 28)
-    out = build_augment(AugmentConfig(affine=False, elastic=False, extra=("RandomErasing",)))(images)
+    out = _augment(AugmentConfig(affine=False, elastic=False, extra=("RandomErasing",)))(images)
     erased = (out == 0).flatten(1).any(1)
     assert 0 < int(erased.sum()) < 32  # p=0.5 per image, not per batch
 
@@ -154,7 +162,7 @@ def test_bad_scale_range_is_a_config_error():
 
 
 def test_a_training_batch_costs_milliseconds():
-    augment = build_augment(BOTH)  # every geometric part on: the costliest built-in path
+    augment = _augment(BOTH)  # every geometric part on: the costliest built-in path
     images = _digits(64)
     augment(images)
     threads = torch.get_num_threads()
@@ -173,7 +181,7 @@ def test_a_training_batch_costs_milliseconds():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_the_images_device_reproducibly():
     images = _digits(8).cuda()
-    augment = build_augment(BOTH)
+    augment = _augment(BOTH)
     torch.manual_seed(0)
     first = augment(images)
     torch.manual_seed(0)
@@ -198,9 +206,9 @@ def test_hflip_mirrors_about_half_the_images_each_exactly():
 def test_hflip_after_the_affine_warp():
     images = _digits(64)
     torch.manual_seed(5)
-    warped = build_augment(AFFINE)(images)
+    warped = _augment(AFFINE)(images)
     torch.manual_seed(5)
-    both = build_augment(dataclasses.replace(AFFINE, hflip=True))(images)
+    both = _augment(dataclasses.replace(AFFINE, hflip=True))(images)
     flipped = [torch.equal(b, w.flip(-1)) for b, w in zip(both, warped, strict=False)]
     assert all(f or torch.equal(b, w) for f, b, w in zip(flipped, both, warped, strict=False))
     assert any(flipped)

@@ -12,6 +12,8 @@ from digitflow.config import (
     DATASET_FAMILIES,
     DEFAULT_TARGETS,
     OPTIMIZER_DEFAULTS,
+    AdaptConfig,
+    AdversarialTrainingConfig,
     AugmentConfig,
     DataConfig,
     ExportConfig,
@@ -24,7 +26,16 @@ from digitflow.config import (
 )
 from digitflow.data import DATASETS, parse_spec
 
-ALL_CONFIGS = [DataConfig, AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig, ExportConfig, RunConfig]
+ALL_CONFIGS = [
+    DataConfig,
+    AugmentConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+    ExportConfig,
+    AdaptConfig,
+    RunConfig,
+]
 
 
 def _custom() -> RunConfig:
@@ -68,11 +79,12 @@ def test_flatten_gives_dotted_keys_down_to_optimizer_kwargs():
 def test_flatten_covers_every_leaf_field():
     flat = flatten(RunConfig())
     expected = set()
-    for section in ("data", "train", "export"):
+    for section in ("data", "train", "export", "robustness"):
         for f in dataclasses.fields(getattr(RunConfig(), section)):
-            if f.name not in ("optimizer", "scheduler", "augment"):
+            if f.name not in ("optimizer", "scheduler", "augment", "adversarial"):
                 expected.add(f"{section}.{f.name}")
     expected |= {f"train.augment.{f.name}" for f in dataclasses.fields(AugmentConfig)}
+    expected |= {f"train.adversarial.{f.name}" for f in dataclasses.fields(AdversarialTrainingConfig)}
     expected |= {"train.optimizer.name", "train.optimizer.kwargs.lr", "train.optimizer.kwargs.momentum"}
     expected |= {"train.scheduler.name", "train.scheduler.kwargs", "output_dir", "resume"}
     assert expected <= set(flat)

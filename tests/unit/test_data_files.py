@@ -61,6 +61,7 @@ def test_checksum_mismatch_names_file_checksums_and_fix(data_dir):
     assert f"corrupt file {path}" in msg
     assert files_mod.md5sum(path) in msg
     assert info.md5 in msg
+    assert info.raw_md5 is not None
     assert info.raw_md5 in msg
     assert "replace it with the official file, or delete it and run without --offline" in msg
 
@@ -97,7 +98,12 @@ def test_recompressed_copy_rejected_where_no_raw_md5_is_known(tmp_path, monkeypa
 def test_verification_is_cached_within_the_process(data_dir, monkeypatch):
     calls = []
     real = files_mod.md5sum
-    monkeypatch.setattr(files_mod, "md5sum", lambda *a, **k: calls.append(a) or real(*a, **k))
+
+    def counting_md5sum(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(files_mod, "md5sum", counting_md5sum)
     fetch("usps:train", data_dir, offline=True)
     fetch("usps:train[:5]", data_dir, offline=True)
     assert len(calls) == 1
@@ -147,8 +153,12 @@ def test_failed_download_leaves_no_partial_file(data_dir):
 
 def test_corrupt_download_is_rejected_and_removed(data_dir):
     path, content = _take_out(data_dir, "KMNIST/raw/t10k-images-idx3-ubyte.gz")
+
+    def downloader(url, dest):
+        dest.write_bytes(content[:-1] + b"!")
+
     with pytest.raises(DataError, match="corrupt download") as excinfo:
-        fetch("kmnist:test", data_dir, downloader=lambda url, dest: dest.write_bytes(content[:-1] + b"!"))
+        fetch("kmnist:test", data_dir, downloader=downloader)
     assert str(path.parent) in error(excinfo)
     assert not path.exists()
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
@@ -166,7 +176,11 @@ def test_download_into_a_missing_dir_creates_it(tmp_path, monkeypatch):
     patch_registry(monkeypatch, source)
     content = (source / "USPS/usps.t.bz2").read_bytes()
     target = tmp_path / "fresh"
-    paths = fetch("usps:test", target, downloader=lambda url, dest: dest.write_bytes(content))
+
+    def downloader(url, dest):
+        dest.write_bytes(content)
+
+    paths = fetch("usps:test", target, downloader=downloader)
     assert paths == [target / "USPS/usps.t.bz2"]
     assert paths[0].read_bytes() == content
 

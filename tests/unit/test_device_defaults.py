@@ -73,8 +73,12 @@ def test_graph_unsupported_reasons():
     assert graph_unsupported_reason(CPU, "SGD", None) == "CUDA graphs need a CUDA device"
     assert graph_unsupported_reason(CUDA, "SGD", None) is None
     assert graph_unsupported_reason(CUDA, "AdamW", build_augment(AugmentConfig())) is None
-    assert "LBFGS" in graph_unsupported_reason(CUDA, "LBFGS", None)
-    assert "host" in graph_unsupported_reason(CUDA, "SGD", build_augment(AugmentConfig(extra=("RandomErasing",))))
+    reason = graph_unsupported_reason(CUDA, "LBFGS", None)
+    assert reason is not None
+    assert "LBFGS" in reason
+    reason = graph_unsupported_reason(CUDA, "SGD", build_augment(AugmentConfig(extra=("RandomErasing",))))
+    assert reason is not None
+    assert "host" in reason
 
 
 def test_channels_last_per_device_and_batch():

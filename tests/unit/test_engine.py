@@ -4,6 +4,7 @@ checkpoints, evaluation counts, callbacks and augmentation."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -141,7 +142,7 @@ def test_lbfgs_through_fit(data):
 def test_huge_learning_rate_stops_with_one_line_error(data):
     images, labels = data
     cfg = config(epochs=3, optimizer=OptimizerConfig(kwargs={"lr": 1e6}))
-    epochs_done = []
+    epochs_done: list[dict[str, Any]] = []
     with pytest.raises(TrainingDivergedError) as info:
         fit(build_model(10, seed=0), images, labels, cfg, on_epoch=epochs_done.append)
     msg = str(info.value)
@@ -159,7 +160,7 @@ def test_nan_in_a_later_epoch_names_that_epoch(data):
         calls.append(1)
         return x * float("nan") if len(calls) > 4 else x  # 4 batches per epoch
 
-    epochs_done = []
+    epochs_done: list[dict[str, Any]] = []
     with pytest.raises(TrainingDivergedError, match=r"in epoch 2, batch 4/4") as info:
         fit(
             build_model(10, seed=0),
@@ -177,7 +178,7 @@ def test_divergence_is_caught_at_the_first_check(data):
     images, labels = data
     batch_size = 2  # 64 batches: checks after batch 20, 40, 60 and 64
     assert images.shape[0] // batch_size > CHECK_EVERY
-    batches = []
+    batches: list[tuple[int, int, int, float | None]] = []
 
     def poison_first(x: torch.Tensor) -> torch.Tensor:
         return x * float("nan") if not batches else x
@@ -267,7 +268,7 @@ def test_lenet_batch_norms_skip_the_slow_channels_last_kernel_under_bf16(data, m
         contiguous_inputs.append(x.is_contiguous())
         return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(torch.nn.modules.batchnorm.F, "batch_norm", spy)
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", spy)  # nn.BatchNorm2d calls it as F.batch_norm
     images, labels = data
     model = build_model(10, seed=0).to(memory_format=torch.channels_last)  # as fit() does
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -556,7 +557,8 @@ def test_evaluate_leaves_batchnorm_statistics_alone(data):
 
 def test_callbacks_are_called_per_batch_and_per_epoch(data):
     images, labels = data  # 128 images, batch 32 -> 4 batches per epoch
-    batches, epochs = [], []
+    batches = []
+    epochs: list[dict[str, Any]] = []
     result = fit(
         build_model(10, seed=0),
         images,

@@ -109,7 +109,7 @@ def test_judge_features_are_lenets_penultimate_layer_eager_and_scripted():
     conv, _ = judge_outputs(judge, images, layer="conv")
     assert conv.shape == (5, 800)
     scripted = torch.jit.script(judge)
-    feats_scripted, _ = judge_outputs(scripted, images)
+    feats_scripted, _ = judge_outputs(scripted, images)  # type: ignore[arg-type]  # a scripted LeNet works too
     np.testing.assert_allclose(feats_scripted.numpy(), feats.numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -130,4 +130,4 @@ def test_a_judge_of_another_number_of_classes_or_kind_is_refused():
     with pytest.raises(ConfigError, match="predicts 26 classes, but the GAN's training data has 10"):
         check_judge(LeNet(num_classes=26), 10)
     with pytest.raises(ConfigError, match="not a digitflow LeNet classifier"):
-        check_judge(torch.nn.Linear(784, 10), 10)
+        check_judge(torch.nn.Linear(784, 10), 10)  # type: ignore[arg-type]  # deliberately not a LeNet

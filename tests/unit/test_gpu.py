@@ -104,9 +104,10 @@ def test_cuda_graph_step_trains_as_the_eager_step_does(optimizer, scheduler, exa
     # reach the replayed kernels would leave StepLR's epoch-3 loss 30% off (0.96 against 1.35).
     device = torch.device("cuda")
     images, labels = random_data(device)
-    results = {}
+    results: dict[bool, list[tuple[dict[str, torch.Tensor], list[float]]]] = {}
     for graphs in (False, True, False):
-        model = build_model(10, seed=0).to(device, memory_format=torch.channels_last)
+        # Two calls: torch's type hints have no Module.to overload taking a device and a memory format at once.
+        model = build_model(10, seed=0).to(device).to(memory_format=torch.channels_last)
         config = TrainConfig(
             epochs=3, batch_size=64, amp=False, cuda_graphs=graphs, optimizer=optimizer, scheduler=scheduler
         )

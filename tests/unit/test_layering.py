@@ -20,6 +20,8 @@ def forbidden_imports(source: str, filename: str = "<string>") -> list[str]:
     """
     found = []
     for node in ast.walk(ast.parse(source, filename=filename)):
+        if not isinstance(node, ast.stmt | ast.expr):  # imports are statements, import_module() calls expressions
+            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

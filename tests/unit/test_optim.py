@@ -223,7 +223,10 @@ def test_bad_scheduler_kwargs_are_config_errors(model, name, kwargs):
 def test_default_scheduler_anneals_over_the_given_epochs(model):
     opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
     sched = build_scheduler(opt, SchedulerConfig(), epochs=4)
-    assert type(sched) is getattr(torch.optim.lr_scheduler, SchedulerConfig.name)
+    default_name = SchedulerConfig().name
+    assert default_name is not None  # the default config names a scheduler
+    assert sched is not None
+    assert type(sched) is getattr(torch.optim.lr_scheduler, default_name)
     lrs = []
     for _ in range(4):
         opt.step()
@@ -246,15 +249,20 @@ def test_cosine_without_t_max_gets_t_max_from_epochs(model):
 def test_explicit_t_max_is_kept(model):
     opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
     sched = build_scheduler(opt, SchedulerConfig(name="CosineAnnealingLR", kwargs={"T_max": 3}), epochs=7)
+    assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert sched.T_max == 3
 
 
 def test_linear_lr_total_iters_defaults_to_epochs(model):
     # LinearLR has its own default (total_iters=5); with epochs given, the run's length wins
     opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
-    assert build_scheduler(opt, SchedulerConfig(name="LinearLR"), epochs=9).total_iters == 9
+    sched = build_scheduler(opt, SchedulerConfig(name="LinearLR"), epochs=9)
+    assert isinstance(sched, torch.optim.lr_scheduler.LinearLR)
+    assert sched.total_iters == 9
     opt = build_optimizer(model, OptimizerConfig(kwargs={"lr": 0.1}))
-    assert build_scheduler(opt, SchedulerConfig(name="LinearLR", kwargs={"total_iters": 2}), epochs=9).total_iters == 2
+    sched = build_scheduler(opt, SchedulerConfig(name="LinearLR", kwargs={"total_iters": 2}), epochs=9)
+    assert isinstance(sched, torch.optim.lr_scheduler.LinearLR)
+    assert sched.total_iters == 2
 
 
 def test_one_cycle_lr_gets_total_steps_from_epochs(model):
@@ -290,5 +298,9 @@ def test_no_epochs_leaves_the_kwargs_untouched(model):
     with pytest.raises(ConfigError, match="scheduler OneCycleLR rejected its options"):
         build_scheduler(opt, SchedulerConfig(name="OneCycleLR", kwargs={"max_lr": 0.2}), epochs=None)
     linear_default = inspect.signature(torch.optim.lr_scheduler.LinearLR).parameters["total_iters"].default
-    assert build_scheduler(opt, SchedulerConfig(name="LinearLR")).total_iters == linear_default
-    assert build_scheduler(opt, SchedulerConfig(name="CosineAnnealingLR", kwargs={"T_max": 3})).T_max == 3
+    linear = build_scheduler(opt, SchedulerConfig(name="LinearLR"))
+    assert isinstance(linear, torch.optim.lr_scheduler.LinearLR)
+    assert linear.total_iters == linear_default
+    cosine = build_scheduler(opt, SchedulerConfig(name="CosineAnnealingLR", kwargs={"T_max": 3}))
+    assert isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert cosine.T_max == 3

@@ -4,6 +4,7 @@ torch's own LBFGS defaults on the default batch size diverge in the first epoch.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def inputs(spec: str, data_dir, cache_dir):
+def inputs(spec: str, data_dir: Path, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_dataset(spec, data_dir, cache_dir, offline=True)
     return data.images.float().div(255).unsqueeze(1), data.labels
 

@@ -3,6 +3,7 @@
 import io
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -27,9 +28,9 @@ def test_training_curves():
     fig = training_curves(HISTORY)
     assert isinstance(fig, Figure)
     ax_loss, ax_acc = fig.axes
-    assert list(ax_loss.lines[0].get_ydata()) == [1.0, 0.5]
-    assert list(ax_acc.lines[0].get_ydata()) == [0.5, 0.8]
-    assert list(ax_loss.lines[0].get_xdata()) == [1, 2]
+    assert np.asarray(ax_loss.lines[0].get_ydata()).tolist() == [1.0, 0.5]
+    assert np.asarray(ax_acc.lines[0].get_ydata()).tolist() == [0.5, 0.8]
+    assert np.asarray(ax_loss.lines[0].get_xdata()).tolist() == [1, 2]
     assert [len(ax.lines) for ax in fig.axes] == [1, 1]
     assert _png(fig).startswith(PNG_MAGIC)
 
@@ -52,7 +53,7 @@ def test_misclassified_grid_shows_only_the_wrong_ones():
     fig = misclassified_grid(images, predictions, labels, CLASSES)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["pred 2\ntrue 1", "pred 1\ntrue 0", "pred 0\ntrue 1"]
-    assert "3 shown" in fig._suptitle.get_text()
+    assert "3 shown" in fig.get_suptitle()
     assert _png(fig).startswith(PNG_MAGIC)
 
 

@@ -1,0 +1,88 @@
+"""``digitflow promote``: move the ``champion`` alias to a pipeline run's model if it is better."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from digitflow.config import PromotionConfig
+from digitflow.errors import ConfigError, DataError, DigitflowError
+from flows.cli.options import EXIT_BAD_INPUT, EXIT_FAILED
+
+NAME = "promote"
+EPILOG = """\
+examples:
+  digitflow promote --run-id 84874e90f851477db9c50f2b59f077d5      # the MLflow run a `digitflow run` printed
+  digitflow promote --flow-run-id 0f6c...                           # the Prefect flow run of a pipeline run
+  digitflow promote --run-id ID --margin 0.005 --figure test/accuracy
+the decision (promoted, or kept: the champion stays) and the figures both ways are printed, tagged on the
+model version (promotion.*) and kept as a Prefect markdown artifact; the deployment evaluate-and-promote
+(prefect.yaml) runs the same flow after every completed mnist-nightly run.
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``digitflow promote`` and its options."""
+    p = PromotionConfig()
+    promote = commands.add_parser(
+        NAME,
+        help="make a pipeline run's model the champion if it beats the current one",
+        description=f"Compare the model version a pipeline run registered with the version that holds the alias "
+        f"{p.champion_alias!r} of {p.registered_model_name}, on held-out and cross-domain accuracy, and move the "
+        "alias only if it is better and its export verification passed. The first model becomes the champion.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = promote.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", metavar="ID", help="the MLflow parent run of the pipeline run")
+    which.add_argument(
+        "--flow-run-id",
+        metavar="ID",
+        help="the Prefect flow run of the pipeline run (its MLflow tag prefect.flow_run_id)",
+    )
+    promote.add_argument(
+        "--margin",
+        type=float,
+        default=p.margin,
+        help=f"a figure is better or worse only by more than this, absolute (default {p.margin:g})",
+    )
+    promote.add_argument(
+        "--figure",
+        action="append",
+        metavar="PATTERN",
+        help=f"metric (fnmatch pattern) to compare, repeatable (default: {' '.join(p.figures)})",
+    )
+    promote.add_argument("--alias", default=p.champion_alias, help=f"the alias to move (default {p.champion_alias})")
+    return promote
+
+
+def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
+    """Run :func:`flows.promote.promote` in this process and print its decision."""
+    if args.margin < 0:
+        parser.exit(EXIT_BAD_INPUT, f"digitflow: error: --margin must be >= 0, got {args.margin:g}\n")
+    if not args.alias.strip():
+        parser.exit(EXIT_BAD_INPUT, "digitflow: error: --alias is empty\n")
+    params: dict[str, Any] = dict(
+        run_id=args.run_id, flow_run_id=args.flow_run_id, margin=args.margin, figures=args.figure, alias=args.alias
+    )
+    try:
+        from flows.interrupt import start_temporary_server
+        from flows.promote import promote  # imports Prefect and MLflow: only once the options are valid
+        from tasks.logs import quiet_expected_errors
+
+        quiet_expected_errors(full_in_log=False)
+        start_temporary_server()
+        outcome = promote(**params)
+    except (ConfigError, DataError) as exc:
+        print(f"digitflow: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DigitflowError as exc:
+        print(f"digitflow: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("digitflow: interrupted; the champion is whatever the alias says (see the model's tags)", file=sys.stderr)
+        return 130
+    print("\n".join(["", f"digitflow promote: {outcome.decision.word}", *("  " + line for line in outcome.lines())]))
+    return 0
