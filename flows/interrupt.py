@@ -68,9 +68,10 @@ class RunSignals:
     cleanup on the way out (MLflow, Prefect's log drain, stopping the server) cannot be broken into.
     """
 
-    def __init__(self, argv: Sequence[str], epochs: int):
+    def __init__(self, argv: Sequence[str], epochs: int, where: Callable[[], str] | None = None):
         self.argv = list(argv)
         self.epochs = epochs
+        self.where = where  # how far the flow got, if not by its training epochs (a sweep: its trials)
         self.signum: int | None = None
         self._held_back = False  # a signal waits for MLflow to return (re-delivered by _deliver_later)
         self._redelivery = False
@@ -182,7 +183,9 @@ class RunSignals:
         """One line: where training got to and the command that continues the run."""
         progress = _training_progress()
         epochs = self.epochs
-        if progress is None or progress.completed is None:
+        if self.where is not None:
+            where = self.where()
+        elif progress is None or progress.completed is None:
             where = "before training started"
         elif progress.completed >= epochs:
             where = f"after training (all {epochs} epochs)"

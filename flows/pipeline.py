@@ -22,6 +22,7 @@ from digitflow.config import (
     TrainConfig,
     flatten,
 )
+from digitflow.distributed import check_data_parallel
 from flows.params import (
     augment_family,
     build_config,
@@ -89,6 +90,7 @@ def pipeline(
     adv_eps: float | None = None,
     adv_steps: int | None = None,
     adv_ramp_epochs: float | None = None,
+    nproc: int = 1,
 ) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
 
@@ -109,6 +111,7 @@ def pipeline(
     ``pgd_steps``, on the first ``attack_images`` images. Adversarial training
     (``AdversarialTrainingConfig``): ``adv_train`` "fgsm-rs" or "pgd" at ``adv_eps``, ``adv_steps``
     PGD steps, epsilon ramped over ``adv_ramp_epochs``.
+    ``nproc`` > 1 trains data-parallel on that many processes (torchrun; gloo on the CPU, nccl on CUDA).
     """
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     config = build_config(
@@ -148,6 +151,7 @@ def pipeline(
         adv_steps=adv_steps,
         adv_ramp_epochs=adv_ramp_epochs,
     )
+    check_data_parallel(config, nproc)
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
@@ -193,7 +197,9 @@ def pipeline(
         mlflow.set_tag(CHECKPOINT_TAG, str(Path(checkpoint).resolve()))  # how a --resume run finds this one
         if config.resume:
             say_what_it_continues(continue_interrupted_runs(str(Path(checkpoint).resolve()), run_id))
-        trained = train_model(train_data, config, checkpoint, run_id, adapt_data=adapt_data)
+        if nproc > 1:
+            mlflow.set_tag("train.nproc", str(nproc))
+        trained = train_model(train_data, config, checkpoint, run_id, adapt_data=adapt_data, nproc=nproc)
         test_metrics = evaluate_model(trained, test_data, data, run_id)
         cross_metrics = [cross_domain_test(trained, t, data, run_id, baseline=baseline) for t in target_data]
         # 4b. robustness: the held-out split under FGSM and PGD attacks (--attack none: skipped)

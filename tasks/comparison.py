@@ -41,14 +41,20 @@ def runs_table(
     sort: str | None = None,
     ascending: bool = False,
     model_name: str = ExportConfig.registered_model_name,
+    *,
+    parent_run_id: str | None = None,
+    extra_params: Sequence[tuple[str, str]] = (),
+    extra_tags: Sequence[tuple[str, str]] = (),
 ) -> pd.DataFrame:
-    """The pipeline (parent) runs of ``experiment``, newest first, one row each.
+    """The pipeline (parent) runs of ``experiment``, newest first, one row each; with
+    ``parent_run_id``, the child runs of that run instead (the trials of a sweep).
 
     ``filter_string`` is MLflow's search syntax (``params.`train.epochs` = '6'``,
     ``metrics.`test/accuracy` > 0.99``, ``attributes.status = 'FINISHED'``); ``last`` keeps the N newest
     runs; ``sort`` orders them by a column of the table (descending unless ``ascending``). Columns:
     ``run``, ``started``, ``status``, the :data:`KEY_PARAMS`, ``test/accuracy``, ``test/loss``, one
-    ``cross/<dataset>/accuracy`` per target, ``export``, ``version``, ``aliases``, ``run_id``.
+    ``cross/<dataset>/accuracy`` per target, ``export``, ``version``, ``aliases``, ``run_id``;
+    ``extra_params`` and ``extra_tags`` (column, key) add columns after the status.
     """
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
@@ -57,6 +63,8 @@ def runs_table(
     if last is not None and last < 1:
         raise ConfigError(f"--last takes a number of runs >= 1, got {last}")
     parents_only = "tags.`mlflow.parentRunId` IS NULL"
+    if parent_run_id is not None:
+        parents_only = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
     where = f"{filter_string} and {parents_only}" if filter_string and filter_string.strip() else parents_only
     try:
         runs = mlflow.search_runs(
@@ -69,7 +77,8 @@ def runs_table(
     except mlflow.exceptions.MlflowException as exc:
         first = str(exc.message).splitlines()[0] if exc.message else str(exc)
         raise ConfigError(f"--filter {filter_string!r}: {first}") from None
-    table = pd.DataFrame([_row(run) for run in runs], columns=_columns(runs))
+    extra = (tuple(extra_tags), tuple(extra_params))
+    table = pd.DataFrame([_row(run, *extra) for run in runs], columns=_columns(runs, *extra))
     if not len(table):
         return table
     exports = _export_status(found.experiment_id, [r.info.run_id for r in runs])
@@ -85,16 +94,23 @@ def runs_table(
     return table.reset_index(drop=True)
 
 
-def _columns(runs: Sequence[Any]) -> list[str]:
+def _columns(
+    runs: Sequence[Any], extra_tags: Sequence[tuple[str, str]] = (), extra_params: Sequence[tuple[str, str]] = ()
+) -> list[str]:
     cross = sorted({k for r in runs for k in r.data.metrics if k.startswith("cross/") and k.endswith("/accuracy")})
     cross = [k for k in cross if "/class_" not in k]
-    return ["run", "started", "status", *(c for c, _ in KEY_PARAMS), *HEADLINE_METRICS, *cross, "run_id"]
+    extra = [c for c, _ in (*extra_tags, *extra_params)]
+    return ["run", "started", "status", *extra, *(c for c, _ in KEY_PARAMS), *HEADLINE_METRICS, *cross, "run_id"]
 
 
-def _row(run: Any) -> dict[str, Any]:
+def _row(
+    run: Any, extra_tags: Sequence[tuple[str, str]] = (), extra_params: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
     params, metrics = run.data.params, run.data.metrics
     started = pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M:%S")
     row: dict[str, Any] = {"run": run.info.run_name, "started": started, "status": run.info.status}
+    row.update({column: run.data.tags.get(key) for column, key in extra_tags})
+    row.update({column: _param(params.get(key)) for column, key in extra_params})
     row.update({column: _param(params.get(key)) for column, key in KEY_PARAMS})
     row.update({k: v for k, v in metrics.items() if k in HEADLINE_METRICS or k.startswith("cross/")})
     row["run_id"] = run.info.run_id
@@ -155,7 +171,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     for column in shown.columns:
         if pd.api.types.is_float_dtype(shown[column]) and (column.startswith(("test/", "cross/"))):
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-    shown = shown.fillna("").astype(str)
+    shown = shown.astype(object).where(shown.notna(), "").astype(str)
     if fmt == "markdown":
         lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
         lines += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)]

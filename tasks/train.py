@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,15 +22,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from digitflow.augment import build_augment
+from digitflow.checkpoint import load_checkpoint, load_model_state
 from digitflow.config import RunConfig, flatten, to_dict
 from digitflow.dann import DannResult, fit_dann
 from digitflow.data import PreparedDataset, parse_spec
 from digitflow.device import resolve_device, training_precision
 from digitflow.engine import FitResult, build_model, fit
+from digitflow.errors import DigitflowError
 from digitflow.plots import training_curves
 from tasks.data import adaptation_images, load_prepared, log_dataset_input, model_inputs
 from tasks.progress import EpochProgress, run_logger
-from tasks.tracking import child_run, log_figure, log_json, torch_requirement
+from tasks.tracking import PROJECT_ROOT, child_run, log_figure, log_json, torch_requirement
 
 
 @dataclass
@@ -54,9 +65,13 @@ def train_model(
     parent_run_id: str | None = None,
     adapt_data: PreparedDataset | None = None,
     run_name: str = "train",
+    nproc: int = 1,
 ) -> TrainedModel:
     """Train on ``data`` per ``config.train``; checkpoint every epoch to ``checkpoint``. ``run_name``
     names the child run (the GAN flow trains its judge in one called ``judge``).
+
+    ``nproc`` > 1: data-parallel training on that many processes, launched with torchrun
+    (tasks/ddp_worker.py; rank 0 logs the epochs to this task's run and writes the checkpoint).
 
     Logs, in a child run: the training config, ``train/loss`` and ``train/accuracy`` per epoch
     (step = epoch), ``train/images_per_sec``, ``train/seconds``, the curves, the final checkpoint and
@@ -99,36 +114,42 @@ def train_model(
             _log_epoch(record)
 
         target_model = None
-        with progress.running():
-            if adapting:
-                assert adapt_data is not None
-                adapted = fit_dann(
-                    model,
-                    images,
-                    labels,
-                    adaptation_images(adapt_data, config.data, device),  # images only: no target label
-                    cfg,
-                    config.adapt,
-                    augment=build_augment(cfg.augment),
-                    checkpoint_path=checkpoint,
-                    resume=config.resume,
-                    on_batch=progress.on_batch,
-                    on_epoch=on_epoch,
-                )
-                result: FitResult | DannResult = adapted
-                target_model = adapted.target_model
-            else:
-                result = fit(
-                    model,
-                    images,
-                    labels,
-                    cfg,
-                    augment=build_augment(cfg.augment),
-                    checkpoint_path=checkpoint,
-                    resume=config.resume,
-                    on_batch=progress.on_batch,
-                    on_epoch=on_epoch,
-                )
+        result: FitResult | DannResult
+        if nproc > 1:  # data-parallel on nproc processes (torchrun); rank 0 logs to this run
+            mlflow.log_param("train.nproc", nproc)
+            run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]  # inside child_run
+            result = fit_on_ranks(model, data, config, checkpoint, run_id=run_id, nproc=nproc)
+        else:
+            with progress.running():
+                if adapting:
+                    assert adapt_data is not None
+                    adapted = fit_dann(
+                        model,
+                        images,
+                        labels,
+                        adaptation_images(adapt_data, config.data, device),  # images only: no target label
+                        cfg,
+                        config.adapt,
+                        augment=build_augment(cfg.augment),
+                        checkpoint_path=checkpoint,
+                        resume=config.resume,
+                        on_batch=progress.on_batch,
+                        on_epoch=on_epoch,
+                    )
+                    result = adapted
+                    target_model = adapted.target_model
+                else:
+                    result = fit(
+                        model,
+                        images,
+                        labels,
+                        cfg,
+                        augment=build_augment(cfg.augment),
+                        checkpoint_path=checkpoint,
+                        resume=config.resume,
+                        on_batch=progress.on_batch,
+                        on_epoch=on_epoch,
+                    )
         step = result.step if isinstance(result, FitResult) else "eager (DANN)"
         if config.resume and not result.resumed_from_epoch:
             logger.info("no checkpoint at %s: trained from scratch", checkpoint)
@@ -167,6 +188,59 @@ def train_model(
         step=step,
         adapted_to=parse_spec(config.adapt.target).name if adapting and config.adapt.target else None,
         target_model=target_model,
+    )
+
+
+def fit_on_ranks(
+    model: torch.nn.Module, data: PreparedDataset, config: RunConfig, checkpoint: str, run_id: str | None, nproc: int
+) -> FitResult:
+    """Train with ``nproc`` processes (torchrun, ``tasks.ddp_worker``) and load the trained weights into
+    ``model`` from the checkpoint rank 0 wrote. Rank 0's epoch lines go to this task's log; a failed
+    rank ends the task with a one-line DigitflowError naming its last error."""
+    logger = run_logger()
+    with tempfile.TemporaryDirectory(prefix="digitflow-ddp-") as tmp:
+        spec, outcome_file = Path(tmp) / "spec.pkl", Path(tmp) / "result.json"
+        with spec.open("wb") as f:
+            pickle.dump(
+                {
+                    "config": config,
+                    "data": data,
+                    "checkpoint": checkpoint,
+                    "resume": config.resume,
+                    "run_id": run_id,
+                    "tracking_uri": mlflow.get_tracking_uri(),
+                    "result": str(outcome_file),
+                },
+                f,
+            )
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        command += ["-m", "tasks.ddp_worker", str(spec)]
+        logger.info("data-parallel training on %d processes: %s", nproc, " ".join(command[1:]))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # each rank sets its own threads
+        last: collections.deque[str] = collections.deque(maxlen=40)
+        with subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                line = line.rstrip()
+                last.append(line)
+                if line.startswith("epoch "):
+                    logger.info("%s", line)
+        if process.returncode:
+            errors = [x for x in last if re.match(r"^\s*(\[rank\d+\]: )?\w+(Error|Exception): ", x)]
+            reason = errors[-1].split("]: ", 1)[-1].strip() if errors else (last[-1] if last else "no output")
+            raise DigitflowError(
+                f"data-parallel training on {nproc} processes failed (exit {process.returncode}): {reason}"
+            )
+        outcome = json.loads(outcome_file.read_text())
+    load_model_state(model, load_checkpoint(checkpoint, model_name=type(model).__name__)["model"])
+    return FitResult(
+        model=model,
+        history=outcome["history"],
+        checkpoint=Path(checkpoint),
+        resumed_from_epoch=int(outcome["resumed_from_epoch"]),
+        step=str(outcome["step"]),
     )
 
 

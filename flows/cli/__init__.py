@@ -12,10 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flows.cli import compare, gan, promote, run
+from flows.cli import compare, gan, promote, run, sweep
 from flows.cli.options import OneLineErrorParser, setup_environment
 
-COMMANDS = (run, promote, compare, gan)  # one module per subcommand, in the order `digitflow --help` lists them
+COMMANDS = (run, sweep, gan, promote, compare)  # one module per subcommand, in the order `digitflow --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ examples:
   digitflow compare --format markdown > runs.md
   digitflow compare --last 3 --plot curves.png --plot-metric train/loss   # training curves overlaid
   digitflow compare --plot accuracy.png                    # test/accuracy, a bar per run
+  digitflow compare --sweep RUN_ID --sort test/accuracy    # a sweep's trials (digitflow sweep prints RUN_ID)
 the store: $MLFLOW_TRACKING_URI, else mlflow/mlflow.db (as for digitflow run); the MLflow UI's compare
 view (select runs, then Compare) shows the same metric and param names.
 """
@@ -39,6 +40,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--filter",
         metavar="EXPR",
         help='MLflow search filter, e.g. "metrics.`test/accuracy` > 0.99" or "params.`data.train` = \'mnist:train\'"',
+    )
+    compare.add_argument(
+        "--sweep", metavar="RUN_ID", help="the trials of a sweep (the child runs of its MLflow run) instead of the runs"
     )
     compare.add_argument("--last", type=int, metavar="N", help="only the N newest runs (after --filter)")
     compare.add_argument(
@@ -76,7 +80,7 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {problem}\n")
     mlflow.set_tracking_uri(uri)
     try:
-        table = runs_table(args.experiment, args.filter, args.last, args.sort, args.ascending)
+        table = runs_table(args.experiment, args.filter, args.last, args.sort, args.ascending, parent_run_id=args.sweep)
         print(render(table, args.format), end="" if args.format == "csv" else "\n")
         if args.plot:
             path = plot_runs(table, args.plot_metric, args.plot)

@@ -257,11 +257,13 @@ def run_flow(
     *,
     finished: str,
     summary_lines: Callable[[Any], list[str]],
+    where: Callable[[], str] | None = None,
 ) -> int:
     """Run a flow in this process: ``start()`` imports the flow (Prefect and MLflow load only once the
     options are valid) and calls it. Expected errors end as one line on stderr; Ctrl-C / SIGTERM as one
-    line saying how to ``--resume`` (flows/interrupt.py), exit 130 / 143. Prints the summary at the end."""
-    signals = RunSignals(argv, epochs)
+    line saying how to ``--resume`` (flows/interrupt.py), exit 130 / 143. Prints the summary at the end.
+    ``where()`` says how far the flow got, for that line (default: the epochs of its training)."""
+    signals = RunSignals(argv, epochs, where=where)
     try:
         with signals:
             quiet_expected_errors(full_in_log=False)  # the CLI prints an expected error in full, last

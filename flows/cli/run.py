@@ -24,6 +24,7 @@ from digitflow.config import (
 )
 from digitflow.data import DATASETS, fetch
 from digitflow.data.framing import PREPROCESSORS
+from digitflow.distributed import check_data_parallel
 from digitflow.errors import DigitflowError
 from flows.cli.options import (
     EXIT_BAD_INPUT,
@@ -69,6 +70,21 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EPILOG.format(datasets=", ".join(sorted(DATASETS))),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_run_options(run)
+    run.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel training on N processes (DistributedDataParallel through torchrun; gloo on the "
+        "CPU, nccl on CUDA); --batch-size stays the global batch, each process trains on its share (default 1)",
+    )
+    return run
+
+
+def add_run_options(run: argparse.ArgumentParser, *, resume: bool = True) -> None:
+    """Every option of ``digitflow run`` (``digitflow sweep`` takes them too, as the options it keeps
+    fixed); ``resume=False`` leaves out ``--resume`` and ``--checkpoint``."""
     d = DataConfig()
     data = run.add_argument_group("data")
     add_data_source_options(data)
@@ -157,7 +173,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument(
         "--no-augment", dest="augment", action="store_const", const=[], help="train without augmentation"
     )
-    add_resume_options(train, checkpoint_default="outputs/checkpoints/lenet-<hash of the training options>.pt")
+    if resume:
+        add_resume_options(train, checkpoint_default="outputs/checkpoints/lenet-<hash of the training options>.pt")
     add_adapt_options(run)
     add_adversarial_training_options(train)
     add_robustness_options(run.add_argument_group("robustness (attacks on the held-out split after training)"))
@@ -177,7 +194,6 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"checkpoints and exported files (default {r.output_dir})",
     )
     out.add_argument("--experiment", default="digitflow", help="MLflow experiment name (default digitflow)")
-    return run
 
 
 def add_adapt_options(run: argparse.ArgumentParser) -> None:
@@ -231,9 +247,9 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         data_dir=args.data_dir,
         cache_dir=args.cache_dir,
         offline=args.offline,
-        resume=args.resume,
+        resume=getattr(args, "resume", False),
         output_dir=args.output_dir,
-        checkpoint=args.checkpoint,
+        checkpoint=getattr(args, "checkpoint", None),
         experiment=args.experiment,
         **adapt_params(args),
         **adversarial_params(args),  # robustness evaluation and adversarial training
@@ -261,6 +277,8 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
                 fetch(spec, config.data.data_dir, offline=True)  # verified once; the flow reuses the check
         check_experiment(args.experiment)
         check_output_dir(config.output_dir)
+        check_data_parallel(config, args.nproc)
+        params["nproc"] = args.nproc
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
     from tasks.tracking import server_problem, tracking_uri  # MLflow: only once the options are valid

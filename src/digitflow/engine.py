@@ -64,6 +64,7 @@ class TrainStep:
     ) -> None:
         self.name = type(model).__name__
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.network: nn.Module = model  # what the forward pass calls: the model, or a wrapper such as DDP's
         self.images, self.labels = images, labels  # (N, 1, 28, 28) float, (N,) int64, on the device
         self.augment = augment
         self.label_smoothing = label_smoothing
@@ -102,7 +103,7 @@ class TrainStep:
             else contextlib.nullcontext(),
             contiguous_batch_norm(self.model) if self.fix_batch_norm_layout else contextlib.nullcontext(),
         ):
-            logits: torch.Tensor = self.model(x)
+            logits: torch.Tensor = self.network(x)
         return logits
 
     def __call__(self, idx: torch.Tensor) -> None:
@@ -273,8 +274,14 @@ def fit(
     resume: bool = False,
     on_batch: BatchCallback | None = None,
     on_epoch: EpochCallback | None = None,
+    data_parallel: bool = False,
 ) -> FitResult:
     """Train ``model`` (already on the device of ``images``) for ``config.epochs`` epochs.
+
+    ``data_parallel``: one rank of data-parallel training in the process group already initialised
+    (``torch.distributed``; :mod:`digitflow.distributed`): the step wraps the model in
+    DistributedDataParallel and the loop trains this rank on its shard of every batch; only rank 0
+    writes the checkpoint. Every rank holds all of ``images``.
 
     After every epoch a checkpoint (model, optimizer, scheduler, config, epoch, history) is written to
     ``checkpoint_path``. With ``resume=True`` and a checkpoint there, training continues after the last
@@ -291,6 +298,8 @@ def fit(
         if config.cuda_graphs
         else None
     )
+    if data_parallel and config.cuda_graphs:
+        graph_blocker = "not with data-parallel training"
     use_graphs = config.cuda_graphs and graph_blocker is None
     optimizer = build_optimizer(model, config.optimizer, device=device, capturable=use_graphs)
     if not isinstance(optimizer, torch.optim.LBFGS) and channels_last_helps(device, config.batch_size, use_graphs):
@@ -303,9 +312,15 @@ def fit(
     step_options: dict[str, Any] = dict(
         augment=augment, amp=config.amp, label_smoothing=config.label_smoothing, scheduler=scheduler
     )
+    shard = None
+    step_type: type[TrainStep] = TrainStep
+    if data_parallel:  # the forward pass through DistributedDataParallel, this rank's shard of each batch
+        from digitflow.distributed import DataParallelStep, rank_and_world
+
+        shard, step_type = rank_and_world(), DataParallelStep
     step: TrainStep
     if config.adversarial.mode is None:
-        step = TrainStep(model, optimizer, images, labels, **step_options)
+        step = step_type(model, optimizer, images, labels, **step_options)
     else:  # the same loop, on adversarial batches (digitflow.adversarial)
         from digitflow.adversarial import AdversarialTrainStep
 
@@ -330,6 +345,7 @@ def fit(
             on_batch=on_batch,
             on_epoch=on_epoch,
             run_batch=replay,
+            shard=shard,
         )
 
     model.to(memory_format=torch.contiguous_format)  # hand back standard strides (exporters expect them)

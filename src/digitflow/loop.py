@@ -28,6 +28,7 @@ from digitflow.errors import CheckpointError, TrainingDivergedError
 # so reporting progress never forces a GPU sync on every batch.
 BatchCallback = Callable[[int, int, int, float | None], None]
 EpochCallback = Callable[[dict[str, Any]], None]
+Shard = tuple[int, int]  # (rank, world_size) of data-parallel training
 
 CHECK_EVERY = 20  # batches between finiteness checks of the running loss (one device sync each)
 
@@ -81,6 +82,7 @@ def run_epoch(
     epoch: int = 1,
     on_batch: BatchCallback | None = None,
     run_batch: Callable[[torch.Tensor], None] | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, float]:
     """One pass over ``num_examples`` in shuffled batches: the step's metrics plus ``seconds`` and
     ``images_per_sec``.
@@ -88,22 +90,34 @@ def run_epoch(
     ``run_batch`` replaces ``step(idx)`` for the batches (a CUDA-graph replay of the same step:
     :mod:`digitflow.cuda_graph`). The host reads the running loss only every ``CHECK_EVERY`` batches
     and at the end, and raises TrainingDivergedError as soon as it is NaN or infinite.
+
+    ``shard=(rank, world_size)``: data-parallel training. Every rank draws the same order (same
+    generator), drops the last ``num_examples % world_size`` examples so all ranks run the same
+    number of batches, and trains on its share of each batch (``batch[rank::world_size]``): the
+    batch size stays the global one. The step is handed the number of examples all ranks trained
+    on; a data-parallel step sums its running figures across ranks in ``epoch_metrics``.
     """
     step.train()
     run_batch = run_batch or step
     device = step.loss_sum.device
     order = torch.randperm(num_examples, generator=generator).to(device)
+    rank, world = shard or (0, 1)
+    num_examples -= num_examples % world
     num_batches = (num_examples + batch_size - 1) // batch_size
     step.reset()
     start = time.perf_counter()
+    seen = 0  # examples this rank trained on so far
 
     for b in range(num_batches):
-        run_batch(order[b * batch_size : (b + 1) * batch_size])
+        idx = order[b * batch_size : min((b + 1) * batch_size, num_examples)]
+        idx = idx[rank::world] if world > 1 else idx
+        run_batch(idx)
+        seen += idx.shape[0]
         last = b == num_batches - 1
         reported = None
         if last or (b + 1) % CHECK_EVERY == 0:
             loss_sum = float(step.loss_sum)  # the one host sync of a check interval
-            reported = loss_sum / min(num_examples, (b + 1) * batch_size)
+            reported = loss_sum / seen
             if not math.isfinite(loss_sum):
                 raise TrainingDivergedError(
                     f"training loss became {reported} in epoch {epoch}, batch {b + 1}/{num_batches}; "
@@ -161,6 +175,7 @@ def run_epochs(
     on_batch: BatchCallback | None = None,
     on_epoch: EpochCallback | None = None,
     run_batch: Callable[[torch.Tensor], None] | None = None,
+    shard: Shard | None = None,
 ) -> LoopResult:
     """Train ``step`` from the epoch after ``history`` (from :func:`resume`; empty: from the start) to
     ``epochs``.
@@ -168,7 +183,8 @@ def run_epochs(
     Each epoch is seeded from ``(seed, epoch)``; after it the step's ``end_epoch`` runs, then a
     checkpoint (the step's state, ``settings``, the epoch and the history) is written atomically to
     ``checkpoint_path``, then ``on_epoch(record)`` is called. ``settings`` are what a resumed run must
-    share with its checkpoint (everything but the device, typically).
+    share with its checkpoint (everything but the device, typically). With ``shard`` (data-parallel
+    training, see :func:`run_epoch`) only rank 0 writes the checkpoint.
     """
     history = list(history or [])
     resumed_from = len(history)
@@ -183,11 +199,12 @@ def run_epochs(
             epoch=epoch,
             on_batch=on_batch,
             run_batch=run_batch,
+            shard=shard,
         )
         step.end_epoch(metrics)
         record = {"epoch": epoch, **metrics}
         history.append(record)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and (shard is None or shard[0] == 0):
             state = {"model_name": step.name, **step.state_dict()}
             save_checkpoint(checkpoint_path, {**state, "config": settings, "epoch": epoch, "history": history})
         if on_epoch is not None:

@@ -148,3 +148,28 @@ def gan_curves(history: Sequence[dict[str, float]]) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def metric_against_param(
+    values: Sequence[object], figures: Sequence[float], metric: str, param: str, *, log_x: bool = False, best: int = -1
+) -> Figure:
+    """A sweep's ``metric`` against one swept ``param``: a point per trial (numbers on a numeric axis,
+    anything else as categories), the best trial (index ``best``) ringed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        xs: list[float] = [float(v) for v in values]  # type: ignore[arg-type]  # checked just above
+        ax.set_xscale("log" if log_x else "linear")
+    else:
+        labels = sorted({str(v) for v in values})
+        xs = [float(labels.index(str(v))) for v in values]
+        ax.set_xticks(range(len(labels)), labels)
+    ax.scatter(xs, figures, alpha=0.8)
+    if 0 <= best < len(xs):
+        ax.scatter([xs[best]], [figures[best]], s=160, facecolors="none", edgecolors="crimson", label="best")
+        ax.legend(fontsize="small")
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against {param}")
+    ax.grid(alpha=0.3)
+    return fig

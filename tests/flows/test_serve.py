@@ -95,9 +95,9 @@ def test_served_nightly_run_is_promoted_by_the_trigger(tmp_path, shared_data):
             assert nightly.state.is_completed(), f"{nightly.state}\n{worker_log.read_text()[-4000:]}"
             promoted = None
             deadline = time.monotonic() + 240
-            with get_client(sync_client=True) as client:
+            with get_client(sync_client=True) as prefect:
                 while time.monotonic() < deadline:
-                    runs = client.read_flow_runs(
+                    runs = prefect.read_flow_runs(
                         deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["evaluate-and-promote"]))
                     )
                     if runs and runs[0].state is not None and runs[0].state.is_final():

@@ -137,3 +137,20 @@ def test_no_store_yet_is_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["compare"])
     assert "no MLflow store at" in capsys.readouterr().err
+
+
+def test_the_children_of_one_run_with_extra_tag_and_param_columns(store, capsys):
+    # A sweep's trials are the child runs of its run: here, the train and export runs of the first fake run.
+    table = runs_table(
+        "compare-test",
+        parent_run_id=store[0],
+        extra_tags=[("kind", "mlflow.runName")],
+        extra_params=[("missing", "sweep.nothing")],
+    )
+    assert sorted(table["run"]) == ["export", "train"]
+    assert list(table.columns[:5]) == ["run", "started", "status", "kind", "missing"]
+    assert table["missing"].isna().all()
+    assert main(["compare", "--experiment", "compare-test", "--sweep", store[0]]) == 0
+    printed = capsys.readouterr().out
+    assert "train" in printed
+    assert "lr=0.01 · LeNet" not in printed
