@@ -353,6 +353,7 @@ def robustness_config(
     pgd_steps = defaults.pgd_steps if pgd_steps is None else pgd_steps
     if pgd_steps < 1:
         raise ConfigError(f"PGD needs at least 1 step (--pgd-steps), got {pgd_steps}")
+    num_images = defaults.num_images if num_images is None else num_images
     if num_images is not None and num_images < 1:
         raise ConfigError(f"--attack-images must be at least 1, got {num_images}")
     return RobustnessConfig(

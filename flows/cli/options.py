@@ -215,7 +215,11 @@ def add_robustness_options(group: argparse._ArgumentGroup) -> None:
         help=f"PGD steps, each 2.5 x eps / N, from a random start (default {r.pgd_steps})",
     )
     group.add_argument(
-        "--attack-images", type=int, default=None, metavar="N", help="attack the first N held-out images (default: all)"
+        "--attack-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"attack the first N held-out images (default {r.num_images})",
     )
 
 
