@@ -11,14 +11,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import mlflow
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect import flow
+from prefect.artifacts import create_link_artifact
 from prefect.runtime import deployment, flow_run
 
 from digitflow.config import DataConfig, GanConfig, GanEvalConfig, GanTrainConfig, flatten
 from digitflow.data import DATASETS, parse_spec
 from flows.gan_params import build_gan_config, gan_checkpoint_path
 from flows.params import check_experiment, check_output_dir
+from flows.summary import publish_lines
 from tasks.data import prepare_data
 from tasks.gan import TrainedGan, export_generator, load_judge, train_gan, train_judge
 from tasks.logs import quiet_expected_errors
@@ -136,11 +137,9 @@ class GanSummary:
 
 def publish_gan_summary(summary: GanSummary) -> None:
     """Log the summary, and add a markdown artifact with it and a link artifact to the MLflow run."""
-    logger = get_run_logger()
-    for line in summary.lines():
-        logger.info(line)
-    create_markdown_artifact(
-        markdown="# digitflow gan\n\n" + "\n".join(f"- {line}" for line in summary.lines()),
+    publish_lines(
+        summary.lines(),
+        title="digitflow gan",
         key="digitflow-gan-summary",
         description="FID against its floor, class coverage, collapse, exports, and where the MLflow run is.",
     )

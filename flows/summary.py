@@ -128,11 +128,9 @@ class PipelineSummary:
 
 def publish_summary(summary: PipelineSummary) -> None:
     """Log the summary, and add a markdown artifact with it and a link artifact to the MLflow run."""
-    logger = get_run_logger()
-    for line in summary.lines():
-        logger.info(line)
-    create_markdown_artifact(
-        markdown="# digitflow run\n\n" + "\n".join(f"- {line}" for line in summary.lines()),
+    publish_lines(
+        summary.lines(),
+        title="digitflow run",
         key="digitflow-summary",
         description="Test and cross-domain accuracy, exports, and where the MLflow run is.",
     )
@@ -145,4 +143,14 @@ def publish_summary(summary: PipelineSummary) -> None:
         link_text=f"MLflow run {summary.run_id}",
         key="mlflow-run",
         description=f"The MLflow parent run of this flow run in {summary.tracking_uri} ({opening}).",
+    )
+
+
+def publish_lines(lines: list[str], *, title: str, key: str, description: str) -> None:
+    """A flow's summary: each line in the run's log, and all of them as the markdown artifact ``key``."""
+    logger = get_run_logger()
+    for line in lines:
+        logger.info(line)
+    create_markdown_artifact(
+        markdown=f"# {title}\n\n" + "\n".join(f"- {line}" for line in lines), key=key, description=description
     )
