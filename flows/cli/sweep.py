@@ -136,9 +136,10 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     try:
         params = sweep_parameters(args)
         config = build_config(**params["fixed"])
-        from flows.sweep import check_runner, sweepable_keys  # Prefect: only once the options parse
+        from flows.sweep import check_runner, check_sweepable, sweepable_keys  # Prefect: only once the options parse
 
         space = parse_space(params["space"], sweepable_keys())
+        check_sweepable(config, space)
         if params["kind"] == "grid":
             grid(space)
         check_direction(params["direction"] or default_direction(params["metric"]))

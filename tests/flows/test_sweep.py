@@ -132,6 +132,10 @@ def test_optuna_records_a_failed_trial_goes_on_and_resumes_without_rerunning(
         (["--grid", "train=mnist:train"], "sweep: train cannot be swept"),
         (["--optuna", "3"], "sweep: --optuna needs --space KEY=RANGE"),
         (["--random", "2", "--space", "lr=log:0:1"], "a log range needs a positive low bound"),
+        (
+            ["--grid", "lr=0.02,0.05", "--adapt", "dann", "--adapt-target", "usps:test[:1000]"],
+            "sweep: --adapt is not supported in sweeps yet",
+        ),
     ],
 )
 def test_bad_sweep_options_are_one_line(args, message):
