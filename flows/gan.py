@@ -20,6 +20,7 @@ from digitflow.data import DATASETS, parse_spec
 from flows.gan_params import build_gan_config, gan_checkpoint_path
 from flows.params import check_experiment, check_output_dir
 from flows.summary import publish_lines
+from tasks import runlog
 from tasks.data import prepare_data
 from tasks.gan import TrainedGan, export_generator, load_judge, train_gan, train_judge
 from tasks.logs import quiet_expected_errors
@@ -215,7 +216,7 @@ def gan_pipeline(
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
-    experiment_id = setup_tracking(experiment, description=GAN_EXPERIMENT_DESCRIPTION)
+    experiment_id = setup_tracking(experiment, description=GAN_EXPERIMENT_DESCRIPTION, output_dir=config.output_dir)
     # A named judge is resolved before anything else: a URI that does not resolve, or a judge of another
     # number of classes, ends the run in seconds, before data, training or a parent run in MLflow.
     num_classes = DATASETS[parse_spec(data.train).name].num_classes
@@ -230,12 +231,12 @@ def gan_pipeline(
         tags["gan.judge"] = config.evaluation.judge
     with tracked_run(run_name=gan_run_name(config), tags=tags) as parent:
         run_id = parent.info.run_id
-        mlflow.log_params(flatten(config))
+        runlog.log_params(flatten(config))
 
         # 1. data: the training split and the held-out real images FID compares with
         train_data = prepare_data(data.train, data.data_dir, data.cache_dir, data.offline, run_id)
         test_data = prepare_data(data.test, data.data_dir, data.cache_dir, data.offline, run_id)
-        mlflow.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
+        runlog.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
 
         # 2. the judge: the one named, or a LeNet trained on the same data (its own child run)
         if judge_model is None:
@@ -244,8 +245,8 @@ def gan_pipeline(
         # 3. train the GAN, judged every epoch; 4. export, verify and register the generator
         checkpoint_file = str(gan_checkpoint_path(config, train_data.digest))
         trained = train_gan(train_data, test_data, judge_model, config, checkpoint_file, run_id)
-        mlflow.log_metrics(trained.final)
-        mlflow.set_tag("gan.collapse", str(bool(trained.collapse)).lower())
+        runlog.log_metrics(trained.final)
+        runlog.set_tag("gan.collapse", str(bool(trained.collapse)).lower())
         exported = export_generator(trained, config, run_id)
 
         summary = GanSummary.collect(parent, experiment_id, config, trained, exported)

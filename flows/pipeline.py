@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
@@ -33,6 +32,7 @@ from flows.params import (
     source_only_config,
 )
 from flows.summary import PipelineSummary, publish_summary
+from tasks import runlog
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
@@ -155,7 +155,7 @@ def pipeline(
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
-    experiment_id = setup_tracking(experiment)
+    experiment_id = setup_tracking(experiment, output_dir=config.output_dir)
     tags = {
         "prefect.flow_run_id": str(flow_run.id),
         "prefect.flow_run_name": str(flow_run.name),
@@ -166,22 +166,22 @@ def pipeline(
         run_name=parent_run_name(config, default_run_config(config)), tags=tags
     ) as parent:  # ends KILLED on Ctrl-C / SIGTERM
         run_id = parent.info.run_id
-        mlflow.log_params(flatten(config))
+        runlog.log_params(flatten(config))
         if augment is None:  # train.augment.* say what was used; this tag says why
-            mlflow.set_tag("train.augment.default_for", augment_family(config.data.train))
+            runlog.set_tag("train.augment.default_for", augment_family(config.data.train))
 
         # 1. data: download + transform every split the run needs, before any long work starts
         train_data = prepare_data(data.train, data.data_dir, data.cache_dir, data.offline, run_id)
         test_data = prepare_data(data.test, data.data_dir, data.cache_dir, data.offline, run_id)
         target_data = [prepare_data(t, data.data_dir, data.cache_dir, data.offline, run_id) for t in data.targets]
-        mlflow.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
-        mlflow.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
+        runlog.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
+        runlog.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
 
         # 1b. domain adaptation: the unlabeled target images, and the source-only baseline trained beside it
         adapt_data, baseline = None, None
         if config.adapt.method is not None and config.adapt.target is not None:
             adapt_data = prepare_data(config.adapt.target, data.data_dir, data.cache_dir, data.offline, run_id)
-            mlflow.set_tag("dataset.adapt_target.digest", adapt_data.digest)
+            runlog.set_tag("dataset.adapt_target.digest", adapt_data.digest)
             source_only = source_only_config(config)
             baseline = train_model.with_options(task_run_name="train source-only")(
                 train_data,
@@ -194,11 +194,11 @@ def pipeline(
         # 2. train (a --resume run first closes the interrupted run it continues), 3. evaluate on the
         # held-out split, 4. cross-domain targets
         checkpoint = str(checkpoint_path(config, train_data.digest))
-        mlflow.set_tag(CHECKPOINT_TAG, str(Path(checkpoint).resolve()))  # how a --resume run finds this one
+        runlog.set_tag(CHECKPOINT_TAG, str(Path(checkpoint).resolve()))  # how a --resume run finds this one
         if config.resume:
             say_what_it_continues(continue_interrupted_runs(str(Path(checkpoint).resolve()), run_id))
         if nproc > 1:
-            mlflow.set_tag("train.nproc", str(nproc))
+            runlog.set_tag("train.nproc", str(nproc))
         trained = train_model(train_data, config, checkpoint, run_id, adapt_data=adapt_data, nproc=nproc)
         test_metrics = evaluate_model(trained, test_data, data, run_id)
         cross_metrics = [cross_domain_test(trained, t, data, run_id, baseline=baseline) for t in target_data]

@@ -41,6 +41,7 @@ from digitflow.sweep_space import (
     workers_and_threads,
 )
 from flows.params import build_config, check_experiment, check_output_dir
+from tasks import runlog
 from tasks.comparison import render
 from tasks.data import prepare_data
 from tasks.export import export_model
@@ -260,7 +261,7 @@ def sweep(
     check_output_dir(base.output_dir, how_to_change="the output_dir parameter")
     workers, threads = workers_and_threads(cpu_cores(), total, workers)
 
-    experiment_id = setup_tracking(experiment)
+    experiment_id = setup_tracking(experiment, output_dir=base.output_dir)
     uri = tracking_uri()
     storage = storage or default_storage(uri, base.output_dir)
     study_name = study or default_study_name(kind, space, fixed, metric, direction, total, sampler_seed)
@@ -308,7 +309,7 @@ def sweep(
         run_id = parent.info.run_id
         the_study.set_user_attr(PARENT_ATTR, run_id)
         if "run_id" in start:
-            mlflow.set_tags({"prefect.flow_run_id": tags["prefect.flow_run_id"], "sweep.resumed": "true"})
+            runlog.set_tags({"prefect.flow_run_id": tags["prefect.flow_run_id"], "sweep.resumed": "true"})
             _end_stale_children(experiment_id, run_id)
             logger.info(
                 "--resume: continues sweep run %s; %d trial(s) finished, %d to run%s",
@@ -318,8 +319,8 @@ def sweep(
                 f" (again: {', '.join(map(str, reopened))}, interrupted)" if reopened else "",
             )
         else:
-            mlflow.log_params(_flat_params(base))
-            mlflow.log_params(
+            runlog.log_params(_flat_params(base))
+            runlog.log_params(
                 {
                     "sweep.kind": kind,
                     "sweep.trials": total,
@@ -383,8 +384,8 @@ def sweep(
         best = best_row(table, metric, direction)
         plots = log_sweep_plots(table, metric, parsed, best, the_study if kind == "optuna" else None)
         rendered = render(_distinct_columns(table, [_column_for(k) for k in parsed]), "table")
-        mlflow.log_text(render(table, "markdown"), "summary/trials.md")
-        mlflow.log_text(render(table, "csv"), "summary/trials.csv")
+        runlog.log_text(render(table, "markdown"), "summary/trials.md")
+        runlog.log_text(render(table, "csv"), "summary/trials.csv")
         summary = SweepSummary(
             run_id=run_id,
             experiment_id=experiment_id,
@@ -419,8 +420,8 @@ def sweep(
                 "run_name": str(row["run"]),
                 "figures": {metric: float(row[metric]), **{k: v for k, v in figures.items() if k != metric}},
             }
-            mlflow.log_metric(f"best/{metric}", float(row[metric]))
-            mlflow.set_tags({"sweep.best_trial": str(int(row["trial"])), "sweep.best_run_id": str(row["run_id"])})
+            runlog.log_metric(f"best/{metric}", float(row[metric]))
+            runlog.set_tags({"sweep.best_trial": str(int(row["trial"])), "sweep.best_run_id": str(row["run_id"])})
             mlflow.MlflowClient().set_tag(str(row["run_id"]), "sweep.best", "true")
     # 4. the best trial's model: exported, verified and registered in the trial's run, as a pipeline run's is
     # (after the sweep's run ends: MLflow opens a child run only under the run that is active)

@@ -20,6 +20,7 @@ from digitflow.data.cache import CACHE_VERSION
 from digitflow.data.files import urllib_download
 from digitflow.data.framing import frame_images
 from digitflow.errors import DownloadError, MissingDataError
+from tasks import runlog
 from tasks.progress import run_logger
 from tasks.tracking import child_run
 
@@ -107,7 +108,7 @@ def prepare_dataset(
     """Parse the raw files into cached uint8 tensors (a no-op when the cache has them); log the dataset."""
     prepared = prepare(spec, data_dir, cache_dir, offline=True)
     with child_run(f"prepare {spec}", parent_run_id, tags={"dataset.digest": prepared.digest}):
-        mlflow.log_params(
+        runlog.log_params(
             {
                 "spec": prepared.spec,
                 "num_samples": prepared.num_samples,

@@ -12,9 +12,10 @@ from digitflow.config import DataConfig
 from digitflow.data import PreparedDataset, parse_spec
 from digitflow.engine import EvalResult, evaluate
 from digitflow.plots import misclassified_grid
+from tasks import runlog
 from tasks.data import load_prepared, log_dataset_input, model_inputs
 from tasks.progress import run_logger
-from tasks.tracking import child_run, log_confusion, log_figure
+from tasks.tracking import child_run, log_confusion
 from tasks.train import TrainedModel
 
 
@@ -53,7 +54,7 @@ def cross_domain_test(
     key = target_key(data.spec)
     prefix = f"cross/{key}"
     with child_run(f"cross-domain {data.spec}", parent_run_id, tags={f"dataset.target.{key}.digest": data.digest}):
-        mlflow.log_params({"target": data.spec, "target_preprocess": config.target_preprocess})
+        runlog.log_params({"target": data.spec, "target_preprocess": config.target_preprocess})
         result = _evaluate_and_log(trained, data, config, prefix=prefix, artifact_dir=f"cross/{key}", grid=True)
         headline = {f"{prefix}/accuracy": result.accuracy, f"{prefix}/loss": result.loss}
         if baseline is not None:
@@ -61,7 +62,7 @@ def cross_domain_test(
             images, labels = model_inputs(dataset, config.target_preprocess, baseline.device)
             base = evaluate(baseline.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
             headline.update({f"{prefix}/source_only_accuracy": base.accuracy, f"{prefix}/source_only_loss": base.loss})
-            mlflow.log_metrics(headline)
+            runlog.log_metrics(headline)
     _log_to_parent(parent_run_id, headline)
     run_logger().info(
         "cross-domain accuracy %.4f on %s (%s preprocessing)%s",
@@ -89,12 +90,12 @@ def _evaluate_and_log(
     images, labels = model_inputs(dataset, config.target_preprocess, trained.device)
     result = evaluate(trained.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
     log_dataset_input(dataset, context="evaluation")
-    mlflow.log_metrics(result.metrics(prefix))
+    runlog.log_metrics(result.metrics(prefix))
     classes = list(dataset.classes)
     log_confusion(result.confusion, classes, artifact_dir, title=f"{data.spec}: accuracy {result.accuracy:.4f}")
     if grid:
         figure = misclassified_grid(images, result.predictions, labels, classes, title=f"misclassified in {data.spec}")
-        log_figure(figure, f"{artifact_dir}/misclassified.png")
+        runlog.log_figure(figure, f"{artifact_dir}/misclassified.png")
     return result
 
 

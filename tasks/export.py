@@ -24,6 +24,7 @@ from digitflow.export import (
     load_export,
     verify_export,
 )
+from tasks import runlog
 from tasks.data import load_prepared, model_inputs
 from tasks.progress import run_logger
 from tasks.tracking import child_run, image_signature, torch_requirement, unwrap
@@ -56,7 +57,7 @@ def export_model(
         images, _ = model_inputs(dataset, config.data.target_preprocess, "cpu")
         images = images[: cfg.verify_images]
         reference = eager_logits(trained.model, images)
-        mlflow.log_params({"mode": cfg.mode, "verify_images": len(images), "max_abs_diff": cfg.max_abs_diff})
+        runlog.log_params({"mode": cfg.mode, "verify_images": len(images), "max_abs_diff": cfg.max_abs_diff})
 
         torchscript = export_torchscript(trained.model, images[:1], out_dir / "lenet.pt", mode=cfg.mode)
         program = export_program(trained.model, images[:1], out_dir / "lenet.pt2")
@@ -68,9 +69,9 @@ def export_model(
             logger.info(
                 "%s verified on %d images: max |logit diff| %.2e", path.name, check["num_images"], check["max_abs_diff"]
             )
-            mlflow.log_artifact(str(path), "export")
+            runlog.log_artifact(str(path), "export")
         metrics.update(compare_latency(trained.model, torchscript, program, repeats=cfg.latency_repeats))
-        mlflow.log_metrics(metrics)
+        runlog.log_metrics(metrics)
 
         scripted = load_export(torchscript)
         signature, example = image_signature(scripted, images)

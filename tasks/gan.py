@@ -34,10 +34,11 @@ from digitflow.generative_metrics import as_lenet, check_judge
 from digitflow.models import LeNet
 from digitflow.plots import gan_curves
 from flows.params import build_config
+from tasks import runlog
 from tasks.data import load_prepared, log_dataset_input, model_inputs
 from tasks.export import _register, _without_pickle_warning
 from tasks.progress import EpochProgress, run_logger, training_progress
-from tasks.tracking import child_run, log_figure, log_json, torch_requirement, unwrap
+from tasks.tracking import child_run, torch_requirement, unwrap
 from tasks.train import train_model
 
 GAN_METRICS = ("d_loss", "g_loss", "d_real", "d_fake")  # logged as gan/<name> per epoch
@@ -168,9 +169,9 @@ def train_gan(
 
     tags = {"dataset.train.digest": data.digest, "dataset.test.digest": test.digest, "train.precision": precision}
     with child_run("train", parent_run_id, tags=tags):
-        mlflow.log_params(flatten(cfg, prefix="train."))
-        mlflow.log_params({**flatten(ev, prefix="evaluation."), "evaluation.num_images_used": judged.num_images})
-        log_json(to_dict(config), "config.json")
+        runlog.log_params(flatten(cfg, prefix="train."))
+        runlog.log_params({**flatten(ev, prefix="evaluation."), "evaluation.num_images_used": judged.num_images})
+        runlog.log_json(to_dict(config), "config.json")
         log_dataset_input(dataset, context="training")
         progress = GanProgress(logger, cfg.epochs)
         step = build_step(images, cfg, evaluate=judged, eval_every=ev.every)
@@ -180,7 +181,7 @@ def train_gan(
             _log_epoch(record)
             grid = _grid_png(generate(step.sampler, noise))
             grids.append(grid)
-            mlflow.log_image(grid, artifact_file=f"samples/epoch_{int(record['epoch']):03d}.png")
+            runlog.log_image(grid, artifact_file=f"samples/epoch_{int(record['epoch']):03d}.png")
 
         with progress.running():
             result = fit_gan(
@@ -194,7 +195,7 @@ def train_gan(
             )
         if result.resumed_from_epoch:
             logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
-        mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
+        runlog.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
         for record in result.history[: result.resumed_from_epoch]:  # the checkpoint's epochs: complete curves
             _log_epoch(record)
 
@@ -203,14 +204,14 @@ def train_gan(
         evaluated = [h for h in result.history if "gan/fid" in h]
         final = {k: v for k, v in evaluated[-1].items() if k.startswith("gan/")} if evaluated else {}
         reasons = collapse_reasons(result.history, ev)
-        mlflow.log_metrics({"train/images_per_sec": images_per_sec, "train/seconds": trained_seconds})
-        mlflow.set_tag("gan.collapse", str(bool(reasons)).lower())
+        runlog.log_metrics({"train/images_per_sec": images_per_sec, "train/seconds": trained_seconds})
+        runlog.set_tag("gan.collapse", str(bool(reasons)).lower())
         if reasons:
-            mlflow.set_tag("gan.collapse_reasons", "; ".join(reasons))
+            runlog.set_tag("gan.collapse_reasons", "; ".join(reasons))
             logger.warning("mode collapse: %s", "; ".join(reasons))
-        log_figure(gan_curves(result.history), "plots/gan_curves.png")
+        runlog.log_figure(gan_curves(result.history), "plots/gan_curves.png")
         if grids:
-            mlflow.log_artifact(_gif(grids), "samples")
+            runlog.log_artifact(_gif(grids), "samples")
         _log_weights(result.trained_generator, result.discriminator, result.generator if cfg.ema_decay else None)
 
     return TrainedGan(
@@ -232,7 +233,7 @@ def _log_epoch(record: dict[str, float]) -> None:
     metrics = {f"gan/{k}": record[k] for k in GAN_METRICS}
     metrics.update({k: v for k, v in record.items() if k.startswith("gan/")})
     metrics["train/seconds_per_epoch"] = record["seconds"]
-    mlflow.log_metrics(metrics, step=int(record["epoch"]))
+    runlog.log_metrics(metrics, step=int(record["epoch"]))
 
 
 def _grid_png(images: torch.Tensor) -> np.ndarray:
@@ -259,7 +260,7 @@ def _log_weights(generator, discriminator, ema) -> None:
                 continue
             path = Path(tmp) / f"{name}.pt"
             torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
-            mlflow.log_artifact(str(path), "weights")
+            runlog.log_artifact(str(path), "weights")
 
 
 @task(name="export-gan", cache_policy=NO_CACHE, persist_result=False)
@@ -277,7 +278,7 @@ def export_generator(trained: TrainedGan, config: GanConfig, parent_run_id: str 
         noise = fixed_noise(cfg.verify_images, latent_dim, config.train.seed + 1)
         with torch.inference_mode():
             reference = model(noise).clone()
-        mlflow.log_params({"mode": cfg.mode, "verify_images": len(noise), "max_abs_diff": cfg.max_abs_diff})
+        runlog.log_params({"mode": cfg.mode, "verify_images": len(noise), "max_abs_diff": cfg.max_abs_diff})
         torchscript = export_torchscript(model, noise[:1], out_dir / "generator.pt", mode=cfg.mode)
         program = export_program(model, noise[:1], out_dir / "generator.pt2")
         metrics: dict[str, float] = {}
@@ -290,8 +291,8 @@ def export_generator(trained: TrainedGan, config: GanConfig, parent_run_id: str 
                 check["num_images"],
                 check["max_abs_diff"],
             )
-            mlflow.log_artifact(str(path), "export")
-        mlflow.log_metrics(metrics)
+            runlog.log_artifact(str(path), "export")
+        runlog.log_metrics(metrics)
 
         from digitflow.export import load_export
 

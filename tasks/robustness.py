@@ -14,10 +14,11 @@ from digitflow.config import DataConfig, RobustnessConfig
 from digitflow.data import PreparedDataset
 from digitflow.engine import eval_batch_size
 from digitflow.plots import adversarial_grid, robustness_figure
+from tasks import runlog
 from tasks.data import load_prepared, model_inputs
 from tasks.evaluate import _log_to_parent
 from tasks.progress import run_logger
-from tasks.tracking import child_run, log_figure
+from tasks.tracking import child_run
 from tasks.train import TrainedModel
 
 
@@ -48,7 +49,7 @@ def robustness_test(
     if robustness.num_images is not None:
         images, labels = images[: robustness.num_images], labels[: robustness.num_images]
     with child_run("robustness", parent_run_id, tags={"dataset.test.digest": data.digest}) as run:
-        mlflow.log_params({"spec": data.spec, "num_images": len(labels)})
+        runlog.log_params({"spec": data.spec, "num_images": len(labels)})
         curve = robustness_curve(
             trained.model,
             images,
@@ -71,7 +72,7 @@ def robustness_test(
         )
         pgd = f"PGD-{robustness.pgd_steps}"
         accuracy = {pgd if a == "pgd" else a: v for a, v in curve.accuracy.items()}
-        log_figure(
+        runlog.log_figure(
             robustness_figure(curve.epsilons, accuracy, title=f"{data.spec}, {curve.num_images} images"),
             "robustness/accuracy_vs_epsilon.png",
         )
@@ -80,7 +81,7 @@ def robustness_test(
             and curve.example_predictions is not None
             and curve.example_labels is not None
         ):
-            log_figure(
+            runlog.log_figure(
                 adversarial_grid(
                     curve.example_images,
                     curve.example_predictions,

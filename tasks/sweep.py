@@ -31,11 +31,12 @@ from digitflow.errors import DigitflowError
 from digitflow.plots import metric_against_param, training_curves
 from digitflow.sweep_space import Choice, Dimension, Range, describe
 from flows.params import build_config
+from tasks import runlog
 from tasks.comparison import KEY_PARAMS, runs_table
 from tasks.data import load_prepared, model_inputs
 from tasks.evaluate import target_key
 from tasks.progress import run_logger
-from tasks.tracking import child_run, log_figure
+from tasks.tracking import child_run
 
 STATE_TAG = "sweep.state"  # complete, pruned, failed: on every trial run
 TRIAL_TAG = "sweep.trial"  # the trial's number
@@ -106,8 +107,8 @@ def run_trial(
         result = TrialResult(number=number, values=dict(values), state="running", run_id=run.info.run_id)
         try:
             config = build_config(**params)
-            mlflow.log_params(flatten(config))
-            mlflow.log_params({f"sweep.{k}": v for k, v in values.items()})
+            runlog.log_params(flatten(config))
+            runlog.log_params({f"sweep.{k}": v for k, v in values.items()})
             result.metrics, state = _train_and_evaluate(config, data, metric, prune)
             Path(weights).parent.mkdir(parents=True, exist_ok=True)
             torch.save(state, weights)
@@ -123,12 +124,12 @@ def run_trial(
             if not isinstance(exc, DigitflowError):
                 logger.debug("trial %d failed:\n%s", number, traceback.format_exc())
         result.seconds = time.perf_counter() - start
-        mlflow.log_metric("sweep/seconds", result.seconds)
-        mlflow.set_tag(STATE_TAG, result.state)
+        runlog.log_metric("sweep/seconds", result.seconds)
+        runlog.set_tag(STATE_TAG, result.state)
         if result.error:
-            mlflow.set_tag(ERROR_TAG, result.error)
+            runlog.set_tag(ERROR_TAG, result.error)
         if result.state == "failed":
-            mlflow.end_run("FAILED")  # the with-block then leaves it alone
+            runlog.end_run(run.info.run_id, "FAILED")  # the with-block then leaves it alone
     figure = f"{metric} {result.value:.4f}" if result.value is not None else result.error
     logger.info("trial %d (%s): %s, %s, %.0f s", number, describe(values), result.state, figure, result.seconds)
     return result
@@ -151,7 +152,7 @@ def _train_and_evaluate(
 
     def on_epoch(record: dict[str, float]) -> None:
         epoch = int(record["epoch"])
-        mlflow.log_metrics({f"train/{k}": record[k] for k in ("loss", "accuracy", "lr")}, step=epoch)
+        runlog.log_metrics({f"train/{k}": record[k] for k in ("loss", "accuracy", "lr")}, step=epoch)
         if reporter is not None:
             reporter(epoch, record)
 
@@ -164,8 +165,8 @@ def _train_and_evaluate(
     for prefix, (eval_images, eval_labels) in evaluations.items():
         outcome: EvalResult = evaluate(model, eval_images, eval_labels)
         metrics.update({f"{prefix}/accuracy": outcome.accuracy, f"{prefix}/loss": outcome.loss})
-    mlflow.log_metrics(metrics)
-    log_figure(training_curves(result.history), "plots/training_curves.png")
+    runlog.log_metrics(metrics)
+    runlog.log_figure(training_curves(result.history), "plots/training_curves.png")
     model.eval()
     return metrics, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -187,7 +188,7 @@ def _pruning_reporter(
             value = record[figure]
         elif prefix in evaluations:
             value = getattr(evaluate(model, *evaluations[prefix]), figure)
-            mlflow.log_metric(f"{metric}_per_epoch", value, step=epoch)
+            runlog.log_metric(f"{metric}_per_epoch", value, step=epoch)
         else:
             return
         trial.report(value, epoch)
@@ -335,7 +336,7 @@ def log_sweep_plots(
             continue
         path = f"plots/{_safe(metric)}_vs_{_safe(key)}.png"
         log_x = isinstance(dimension, Range) and dimension.log
-        log_figure(
+        runlog.log_figure(
             metric_against_param(
                 list(done[column]), list(pd.to_numeric(done[metric])), metric, key, log_x=log_x, best=best_position
             ),
@@ -369,7 +370,7 @@ def _optuna_plots(study: optuna.Study) -> list[str]:
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes[0].figure
         figure.set_size_inches(7, 4.5)
-        log_figure(figure, path)
+        runlog.log_figure(figure, path)
         logged.append(path)
     return logged
 

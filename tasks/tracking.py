@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import subprocess
@@ -22,10 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
-from matplotlib.figure import Figure
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
@@ -35,6 +32,7 @@ from prefect.exceptions import TerminationSignal
 from digitflow.config import RunConfig, flatten
 from digitflow.errors import DigitflowError
 from digitflow.models import LeNet
+from tasks import runlog
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = PROJECT_ROOT / "mlflow"
@@ -95,8 +93,16 @@ class TrackingError(DigitflowError):
     """The tracking store cannot be used (a server that does not answer, say): one line, no traceback."""
 
 
-def setup_tracking(experiment: str = DEFAULT_EXPERIMENT, description: str = EXPERIMENT_DESCRIPTION) -> str:
+def setup_tracking(
+    experiment: str = DEFAULT_EXPERIMENT,
+    description: str = EXPERIMENT_DESCRIPTION,
+    *,
+    output_dir: str | Path = "outputs",
+) -> str:
     """Point MLflow at the store and make sure ``experiment`` exists; returns its id.
+
+    What a run cannot log because its tracking server is lost mid-run is kept under
+    ``output_dir/unlogged`` (:mod:`tasks.runlog`).
 
     A new experiment on a local SQLite store (the default ``mlflow/mlflow.db`` or any other) keeps its
     artifacts in an ``artifacts`` folder beside the database, so the two sit side by side; a tracking
@@ -110,6 +116,8 @@ def setup_tracking(experiment: str = DEFAULT_EXPERIMENT, description: str = EXPE
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    runlog.reset()
+    runlog.keep_in(Path(output_dir) / "unlogged")
     local_store = sqlite_folder(uri)
     if local_store is None:
         problem = server_problem(uri)
@@ -298,13 +306,29 @@ def source_tags(flow_name: str, deployment_name: str | None = None) -> dict[str,
 @contextlib.contextmanager
 def tracked_run(**start_run: Any) -> Iterator[mlflow.ActiveRun]:
     """``mlflow.start_run(**start_run)`` that ends KILLED when a signal interrupts the body (Ctrl-C,
-    SIGTERM: ``KeyboardInterrupt``, Prefect's ``TerminationSignal``), FAILED if it raises, else FINISHED."""
-    with mlflow.start_run(**start_run) as run:
-        try:
-            yield run
-        except (KeyboardInterrupt, TerminationSignal):
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # the with-block then leaves it alone
-            raise
+    SIGTERM: ``KeyboardInterrupt``, Prefect's ``TerminationSignal``), FAILED if it raises, else FINISHED.
+
+    If the tracking server was lost during the run (:mod:`tasks.runlog`), the run's status is kept on
+    disk with what else it could not log, and the run raises :class:`tasks.runlog.TrackingLostError`, whose
+    one line names that folder.
+    """
+    run = mlflow.start_run(**start_run)
+    run_id = run.info.run_id
+    try:
+        yield run
+    except (KeyboardInterrupt, TerminationSignal):
+        runlog.end_run(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as exc:
+        if runlog.is_connection_failure(exc):  # a call that is not kept (the model registry, a search)
+            runlog.mark_lost(exc)
+        runlog.end_run(run_id, RunStatus.to_string(RunStatus.FAILED))
+        if runlog.lost() is not None and not isinstance(exc, runlog.TrackingLostError):
+            raise runlog.lost_error(run_id) from exc
+        raise
+    runlog.end_run(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    if runlog.kept(run_id):
+        raise runlog.lost_error(run_id)
 
 
 @contextlib.contextmanager
@@ -403,17 +427,6 @@ def image_signature(model: Any, images: Any) -> tuple[ModelSignature, np.ndarray
     return infer_signature(example, output), example
 
 
-def log_figure(figure: Figure, artifact_file: str) -> None:
-    """Log a matplotlib figure as a PNG artifact and free it."""
-    mlflow.log_figure(figure, artifact_file)
-    plt.close(figure)
-
-
-def log_json(data: Any, artifact_file: str) -> None:
-    """Log a JSON-serialisable object as an artifact."""
-    mlflow.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
-
-
 def log_confusion(confusion, classes: list[str], artifact_dir: str, title: str) -> None:
     """A confusion matrix as a PNG heat map and a CSV table (rows = true, columns = predicted)."""
     import pandas as pd
@@ -426,8 +439,8 @@ def log_confusion(confusion, classes: list[str], artifact_dir: str, title: str) 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "confusion_matrix.csv"
         table.to_csv(path)
-        mlflow.log_artifact(str(path), artifact_dir)
-    log_figure(confusion_matrix_figure(confusion, classes, title), f"{artifact_dir}/confusion_matrix.png")
+        runlog.log_artifact(str(path), artifact_dir)
+    runlog.log_figure(confusion_matrix_figure(confusion, classes, title), f"{artifact_dir}/confusion_matrix.png")
 
 
 def ui_url() -> str:

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -30,9 +31,10 @@ from digitflow.device import resolve_device, training_precision
 from digitflow.engine import FitResult, build_model, fit
 from digitflow.errors import DigitflowError
 from digitflow.plots import training_curves
+from tasks import runlog
 from tasks.data import adaptation_images, load_prepared, log_dataset_input, model_inputs
 from tasks.progress import EpochProgress, run_logger
-from tasks.tracking import PROJECT_ROOT, child_run, log_figure, log_json, torch_requirement
+from tasks.tracking import PROJECT_ROOT, child_run, torch_requirement
 
 
 @dataclass
@@ -101,10 +103,10 @@ def train_model(
     adapting = config.adapt.method is not None and adapt_data is not None
     tags = {"dataset.train.digest": data.digest, "train.precision": precision}
     with child_run(run_name, parent_run_id, tags=tags):
-        mlflow.log_params(flatten(cfg, prefix="train."))
+        runlog.log_params(flatten(cfg, prefix="train."))
         if adapting:
-            mlflow.log_params(flatten(config.adapt, prefix="adapt."))
-        log_json(to_dict(config), "config.json")
+            runlog.log_params(flatten(config.adapt, prefix="adapt."))
+        runlog.log_json(to_dict(config), "config.json")
         log_dataset_input(dataset, context="training")
 
         progress = EpochProgress(logger, cfg.epochs)
@@ -116,7 +118,7 @@ def train_model(
         target_model = None
         result: FitResult | DannResult
         if nproc > 1:  # data-parallel on nproc processes (torchrun); rank 0 logs to this run
-            mlflow.log_param("train.nproc", nproc)
+            runlog.log_param("train.nproc", nproc)
             run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]  # inside child_run
             result = fit_on_ranks(model, data, config, checkpoint, run_id=run_id, nproc=nproc)
         else:
@@ -162,8 +164,8 @@ def train_model(
             )
         elif result.resumed_from_epoch:
             logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
-        mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
-        mlflow.set_tag("train.step", step)
+        runlog.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
+        runlog.set_tag("train.step", step)
         if step.startswith("eager (") and not adapting:
             logger.info("CUDA graphs not used: %s", step.removeprefix("eager (").removesuffix(")"))
         for record in result.history[: result.resumed_from_epoch]:  # the checkpoint's epochs: complete curves
@@ -171,9 +173,9 @@ def train_model(
 
         seconds = sum(h["seconds"] for h in result.history)
         images_per_sec = len(labels) * len(result.history) / seconds if seconds else 0.0
-        mlflow.log_metrics({"train/images_per_sec": images_per_sec, "train/seconds": seconds})
-        log_figure(training_curves(result.history), "plots/training_curves.png")
-        mlflow.log_artifact(checkpoint, "checkpoint")
+        runlog.log_metrics({"train/images_per_sec": images_per_sec, "train/seconds": seconds})
+        runlog.log_figure(training_curves(result.history), "plots/training_curves.png")
+        runlog.log_artifact(checkpoint, "checkpoint")
         _log_model(model, images[:2])  # 2 images, so the logged model keeps a dynamic batch size
         if target_model is not None and target_model is not model:
             _log_model(target_model, images[:2], name="model-target")
@@ -249,26 +251,30 @@ def _log_epoch(record: dict[str, float]) -> None:
     metrics = {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]}
     if "adv_eps" in record:  # adversarial training: loss and accuracy are on the attacked batches
         metrics["train/adv_eps"] = record["adv_eps"]
-    mlflow.log_metrics(metrics, step=int(record["epoch"]))
+    runlog.log_metrics(metrics, step=int(record["epoch"]))
     adapt = {f"adapt/{key}": record[key] for key in ADAPT_METRICS if key in record}
     if adapt:
-        mlflow.log_metrics(adapt, step=int(record["epoch"]))
+        runlog.log_metrics(adapt, step=int(record["epoch"]))
 
 
 ADAPT_METRICS = ("domain_loss", "domain_accuracy", "lambda", "pseudo_labeled")  # DannStep's epoch figures
 
 
 def _log_model(model: torch.nn.Module, example: torch.Tensor, name: str = "model") -> None:
-    """``mlflow.pytorch.log_model`` with a signature and an input example, from a CPU copy."""
+    """``mlflow.pytorch.log_model`` with a signature and an input example, from a CPU copy (saved with
+    the run's kept data instead if the tracking server is lost: :func:`tasks.runlog.log_model`)."""
     model.eval()
     cpu_model = copy.deepcopy(model).cpu().eval()
     example_np = example.detach().cpu().numpy().astype(np.float32)  # (2, 1, 28, 28)
     with torch.inference_mode():
         output = cpu_model(torch.from_numpy(example_np)).numpy()
-    mlflow.pytorch.log_model(
-        cpu_model,
-        name=name,
-        signature=infer_signature(example_np, output),
-        input_example=example_np,
-        pip_requirements=[torch_requirement()],
+    described: dict[str, Any] = {
+        "signature": infer_signature(example_np, output),
+        "input_example": example_np,
+        "pip_requirements": [torch_requirement()],
+    }
+    runlog.log_model(
+        name,
+        log=lambda: mlflow.pytorch.log_model(cpu_model, name=name, **described),
+        save=lambda path: mlflow.pytorch.save_model(cpu_model, path=str(path), **described),
     )

@@ -12,10 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flows.cli import compare, gan, promote, run, sweep
+from flows.cli import compare, gan, promote, replay, run, sweep
 from flows.cli.options import OneLineErrorParser, setup_environment
 
-COMMANDS = (run, sweep, gan, promote, compare)  # one module per subcommand, in the order `digitflow --help` lists them
+# one module per subcommand, in the order `digitflow --help` lists them
+COMMANDS = (run, sweep, gan, promote, compare, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
