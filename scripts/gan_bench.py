@@ -51,8 +51,7 @@ def gan_config(overrides: dict[str, str], epochs: int, seed: int) -> GanTrainCon
         kwargs["betas"] = [float(b) for b in str(values.pop("betas")).split(",")]
     groups = {}
     if "lr_d" in values:
-        lr_d = values.pop("lr_d")
-        groups = {"net.": {"lr": lr_d}, "head.": {"lr": lr_d}}  # the DCGAN discriminator's parameters
+        groups = {"net.": {"lr": values.pop("lr_d")}}  # the DCGAN discriminator's parameters are under net.
     optimizer = dataclasses.replace(base.optimizer, kwargs=kwargs, param_groups=groups)
     return dataclasses.replace(base, optimizer=optimizer, **values)
 

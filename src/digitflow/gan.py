@@ -54,7 +54,7 @@ def build_models(config: GanTrainConfig) -> tuple[nn.Module, nn.Module]:
     if config.width < 1:
         raise ConfigError(f"the DCGAN width must be at least 1, got {config.width}")
     torch.manual_seed(config.seed)
-    return build_gan(config.arch, config.latent_dim, config.width, config.minibatch_std)
+    return build_gan(config.arch, config.latent_dim, config.width)
 
 
 def optimizer_for(

@@ -93,37 +93,22 @@ class DCGANGenerator(nn.Module):
 
 class DCGANDiscriminator(nn.Module):
     """conv 1->w 4x4 stride 2 -> 14x14, LeakyReLU 0.2; conv w->2w 4x4 stride 2 -> 7x7, BatchNorm,
-    LeakyReLU 0.2; fc -> 1 logit. (N, 1, 28, 28) -> (N, 1).
+    LeakyReLU 0.2; fc -> 1 logit. (N, 1, 28, 28) -> (N, 1)."""
 
-    ``minibatch_std``: before the fc layer, one more 7x7 channel holding how much the batch varies (the
-    standard deviation of each feature across the batch, averaged: ProGAN's minibatch standard
-    deviation). A generator that draws the same few digits gives a batch that varies less than a real
-    one, which the discriminator can then see and punish.
-    """
-
-    def __init__(self, width: int = 64, minibatch_std: bool = False) -> None:
+    def __init__(self, width: int = 64) -> None:
         super().__init__()
-        self.minibatch_std = minibatch_std
         self.net = nn.Sequential(
             nn.Conv2d(1, width, 4, stride=2, padding=1),  # (N, w, 14, 14)
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, bias=False),  # (N, 2w, 7, 7)
             nn.BatchNorm2d(2 * width),
             nn.LeakyReLU(0.2, inplace=True),
-        )
-        channels = 2 * width + (1 if minibatch_std else 0)
-        self.head = nn.Sequential(
-            nn.Flatten(),  # (N, c*49)
-            nn.Linear(channels * 7 * 7, 1),  # (N, 1) logit
+            nn.Flatten(),  # (N, 2w*49)
+            nn.Linear(2 * width * 7 * 7, 1),  # (N, 1) logit
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.net(x)  # (N, 2w, 7, 7)
-        if self.minibatch_std:
-            spread = (features.float().var(0, unbiased=False) + 1e-8).sqrt().mean()  # () over the batch
-            column = spread.to(features.dtype).expand(features.shape[0], 1, *features.shape[2:])  # (N, 1, 7, 7)
-            features = torch.cat([features, column], dim=1)  # (N, 2w+1, 7, 7)
-        logits: torch.Tensor = self.head(features)
+        logits: torch.Tensor = self.net(x)
         return logits
 
 
@@ -171,15 +156,12 @@ class SampleDigits(nn.Module):
 ARCHITECTURES = ("mlp", "dcgan")
 
 
-def build_gan(
-    arch: str, latent_dim: int = 100, width: int = 64, minibatch_std: bool = False
-) -> tuple[nn.Module, nn.Module]:
-    """A fresh (generator, discriminator) pair for ``arch`` ("mlp" or "dcgan"; ``width`` and
-    ``minibatch_std`` are the DCGAN's); ValueError otherwise."""
+def build_gan(arch: str, latent_dim: int = 100, width: int = 64) -> tuple[nn.Module, nn.Module]:
+    """A fresh (generator, discriminator) pair for ``arch`` ("mlp" or "dcgan"); ValueError otherwise."""
     if arch == "mlp":
         return MLPGenerator(latent_dim), MLPDiscriminator()
     if arch == "dcgan":
-        generator, discriminator = DCGANGenerator(latent_dim, width), DCGANDiscriminator(width, minibatch_std)
+        generator, discriminator = DCGANGenerator(latent_dim, width), DCGANDiscriminator(width)
         generator.apply(dcgan_init)
         discriminator.apply(dcgan_init)
         return generator, discriminator
