@@ -24,7 +24,16 @@ from tasks import runlog
 from tasks.data import prepare_data
 from tasks.gan import TrainedGan, export_generator, load_judge, train_gan, train_judge
 from tasks.logs import quiet_expected_errors
-from tasks.tracking import git_commit, run_url, setup_tracking, source_tags, tracked_run, ui_command, unwrap
+from tasks.tracking import (
+    git_commit,
+    open_ui_line,
+    run_url,
+    setup_tracking,
+    source_tags,
+    tracked_run,
+    ui_command,
+    unwrap,
+)
 
 GAN_EXPERIMENT = "digitflow-gan"
 
@@ -128,7 +137,7 @@ class GanSummary:
         out += [
             f"MLflow run: {self.run_id} (experiment {self.experiment_id}, store {self.tracking_uri})",
             "sample grids: the child run 'train', artifacts samples/epoch_NNN.png and samples/progress.gif",
-            f"open the UI: {self.ui_command}, then {self.run_url}",
+            open_ui_line(self.ui_command, self.run_url),
         ]
         return out
 

@@ -9,7 +9,7 @@ import mlflow
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from tasks.tracking import run_url, ui_command
+from tasks.tracking import open_ui_line, run_url, ui_command
 
 
 @dataclass
@@ -103,7 +103,7 @@ class PipelineSummary:
         out += [
             f"MLflow run: {self.run_id} (experiment {self.experiment_id}, store {self.tracking_uri})",
             f"artifacts: {self.artifact_uri}",
-            f"open the UI: {self.ui_command}, then {self.run_url}",
+            open_ui_line(self.ui_command, self.run_url),
         ]
         return out
 

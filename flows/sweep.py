@@ -65,6 +65,7 @@ from tasks.sweep import (
 from tasks.tracking import (
     DEFAULT_EXPERIMENT,
     git_commit,
+    open_ui_line,
     run_url,
     setup_tracking,
     source_tags,
@@ -210,7 +211,7 @@ class SweepSummary:
             f"Optuna study: {self.study} in {self.storage} (--resume continues it)",
             f"MLflow run: {self.run_id} (experiment {self.experiment_id}, store {tracking_uri()})",
             f"artifacts: {self.artifact_uri}",
-            f"open the UI: {self.ui_command}, then {self.run_url}",
+            open_ui_line(self.ui_command, self.run_url),
         ]
         return lines
 

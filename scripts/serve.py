@@ -80,6 +80,12 @@ def start(
                 f"port {port} on 127.0.0.1 (for the {what} server) is taken by another process; "
                 f"stop it, or choose another port with {variable}=N"
             )
+    data_dir = os.environ.get("DIGITFLOW_DATA_DIR")
+    if data_dir and not Path(data_dir).is_dir():  # else every flow run the worker starts would fail at its data step
+        raise ServeError(
+            f"DIGITFLOW_DATA_DIR={data_dir} is not a folder (from {Path.cwd()}); give the folder that holds "
+            "the official files (MNIST/raw, USPS, ...), or leave it unset to use data/ in the checkout"
+        )
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (store / "artifacts").mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,16 @@ CURVE_METRICS = ("train/loss", "train/accuracy", "train/lr")  # logged per epoch
 MAX_RUNS = 1000  # one page of MLflow's search
 
 
+def _filter_problem(experiment_id: str, filter_string: str | None, exc: mlflow.exceptions.MlflowException) -> str:
+    """MLflow's complaint about the user's own filter (searched alone: the error for the combined one
+    would also quote the clause added here to select parent runs), in one line."""
+    try:
+        mlflow.search_runs([experiment_id], filter_string=filter_string or "", max_results=1, output_format="list")
+    except mlflow.exceptions.MlflowException as own:
+        exc = own
+    return str(exc.message).splitlines()[0] if exc.message else str(exc)
+
+
 def runs_table(
     experiment: str,
     filter_string: str | None = None,
@@ -75,8 +85,9 @@ def runs_table(
             output_format="list",
         )
     except mlflow.exceptions.MlflowException as exc:
-        first = str(exc.message).splitlines()[0] if exc.message else str(exc)
-        raise ConfigError(f"--filter {filter_string!r}: {first}") from None
+        raise ConfigError(
+            f"--filter {filter_string!r}: {_filter_problem(found.experiment_id, filter_string, exc)}"
+        ) from None
     extra = (tuple(extra_tags), tuple(extra_params))
     table = pd.DataFrame([_row(run, *extra) for run in runs], columns=_columns(runs, *extra))
     if not len(table):

@@ -116,6 +116,9 @@ def setup_tracking(
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    # MLflow prints its own link for every run it ends ("View run ... at"), without the model-training
+    # mode the UI needs; the summaries print ours
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     runlog.reset()
     runlog.keep_in(Path(output_dir) / "unlogged")
     local_store = sqlite_folder(uri)
@@ -452,12 +455,15 @@ def ui_url() -> str:
     return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT') or DEFAULT_PORT}"
 
 
+SERVER_UI = "open the tracking server"  # what ui_command says for a tracking server: it serves its own UI
+
+
 def ui_command() -> str:
     """How to open that UI on the store in use: ``make ui`` (``mlflow/ui.sh``), given the store and
     the port when they are not the defaults; for a tracking server, the server itself."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return "open the tracking server"
+        return SERVER_UI
     env = {}
     if uri != f"sqlite:///{STORE_DIR / 'mlflow.db'}":
         if uri.startswith("sqlite:///"):  # absolute, so the command works from any directory
@@ -466,6 +472,14 @@ def ui_command() -> str:
     if (os.environ.get("MLFLOW_PORT") or DEFAULT_PORT) != DEFAULT_PORT:
         env["MLFLOW_PORT"] = os.environ["MLFLOW_PORT"]
     return " ".join([*(f"{key}={shlex.quote(value)}" for key, value in env.items()), "make ui"])
+
+
+def open_ui_line(command: str, url: str) -> str:
+    """The summary's last line: the command that serves the UI (:func:`ui_command`), then the run's link;
+    a tracking server serves its own UI, so for one only the link."""
+    if command == SERVER_UI:
+        return f"open the UI: {url}"
+    return f"open the UI: {command}, then {url}"
 
 
 def run_url(run_id: str, experiment_id: str) -> str:

@@ -16,7 +16,8 @@ examples:
   digitflow replay outputs/unlogged/RUN_ID
 A run whose tracking server stops answering keeps the metrics, params, tags, artifacts and final status
 it could not log in a folder of its own (the run's error line names where); this logs them into the same
-run on the same server, once it answers again, and removes what was logged.
+run on the same server (the one the run logged to, recorded in the folder's run.json; MLFLOW_TRACKING_URI
+does not change it), once it answers again, and removes what was logged.
 """
 
 

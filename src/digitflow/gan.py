@@ -54,7 +54,7 @@ def build_models(config: GanTrainConfig) -> tuple[nn.Module, nn.Module]:
     if config.width < 1:
         raise ConfigError(f"the DCGAN width must be at least 1, got {config.width}")
     torch.manual_seed(config.seed)
-    return build_gan(config.arch, config.latent_dim, config.width)
+    return build_gan(config.arch, config.latent_dim, config.width, config.spectral_norm)
 
 
 def optimizer_for(
@@ -117,6 +117,7 @@ class GanStep:
         self.real = images * 2 - 1  # (N, 1, 28, 28) in [-1, 1], the generator's tanh range
         self.latent_dim = config.latent_dim
         self.real_label = config.real_label
+        self.loss = config.loss
         self.ema_decay = config.ema_decay
         self.ema = copy.deepcopy(generator).eval().requires_grad_(False) if config.ema_decay > 0 else None
         self.ema_steps = 0  # updates of the average so far (its warm-up depends on it)
@@ -155,16 +156,22 @@ class GanStep:
             fake = self.generator(z)  # (B, 1, 28, 28)
             real_logits = self.discriminator(real).float()  # (B, 1)
             fake_logits = self.discriminator(fake.detach()).float()
-        d_loss = F.binary_cross_entropy_with_logits(
-            real_logits, torch.full_like(real_logits, self.real_label)
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        if self.loss == "hinge":  # real logits pushed above 1, fake below -1
+            d_loss = F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+        else:
+            d_loss = F.binary_cross_entropy_with_logits(
+                real_logits, torch.full_like(real_logits, self.real_label)
+            ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
 
         with self._autocast():
             g_logits = self.discriminator(fake).float()
-        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+        if self.loss == "hinge":
+            g_loss = -g_logits.mean()
+        else:
+            g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -204,7 +211,7 @@ class GanStep:
             "d_real": d_real,
             "d_fake": d_fake,
             "d_loss_max": float(self.d_loss_max),
-            "d_loss_floor": bce_floor(self.real_label),
+            "d_loss_floor": bce_floor(self.real_label) if self.loss == "bce" else 0.0,
         }
 
     def end_epoch(self, metrics: dict[str, float]) -> None:

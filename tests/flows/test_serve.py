@@ -51,6 +51,15 @@ def test_a_port_taken_by_something_else_is_one_line_and_starts_nothing(tmp_path)
     assert stopped.stdout == "serve: nothing was running\n"
 
 
+def test_a_data_folder_that_is_not_there_is_one_line_and_starts_nothing(tmp_path):
+    env = {**os.environ, "DIGITFLOW_DATA_DIR": str(tmp_path / "nope")}
+    result = serve("start", tmp_path / "state", (free_port(), free_port()), "--store", str(tmp_path / "store"), env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"serve: error: DIGITFLOW_DATA_DIR={tmp_path / 'nope'} is not a folder")
+    assert result.stderr.count("\n") == 1
+    assert not list((tmp_path / "state").glob("*.pid"))
+
+
 @pytest.mark.slow
 def test_served_nightly_run_is_promoted_by_the_trigger(tmp_path, shared_data):
     from mlflow import MlflowClient

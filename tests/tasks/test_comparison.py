@@ -93,6 +93,8 @@ def test_bad_input_is_one_line(store):
         runs_table("compare-test", sort="nope")
     with pytest.raises(ConfigError, match=r"--filter 'metrics\.x >'"):
         runs_table("compare-test", filter_string="metrics.x >")
+    with pytest.raises(ConfigError, match=r"--filter 'bogus': Invalid clause\(s\) in filter string: 'bogus'$"):
+        runs_table("compare-test", filter_string="bogus")  # not the parent-run clause the table adds
     with pytest.raises(ConfigError, match=r"no experiment 'other'.*compare-test"):
         runs_table("other")
 

@@ -156,13 +156,32 @@ class SampleDigits(nn.Module):
 ARCHITECTURES = ("mlp", "dcgan")
 
 
-def build_gan(arch: str, latent_dim: int = 100, width: int = 64) -> tuple[nn.Module, nn.Module]:
-    """A fresh (generator, discriminator) pair for ``arch`` ("mlp" or "dcgan"); ValueError otherwise."""
+def with_spectral_norm(discriminator: DCGANDiscriminator) -> DCGANDiscriminator:
+    """``discriminator`` with spectral normalisation on its convolutions and its fc layer (each weight
+    divided by its largest singular value, estimated by one power iteration per step: the
+    discriminator stays 1-Lipschitz, SN-GAN) and its batch norm replaced by the identity, as SN-GAN's
+    discriminator has none. Apply after initialising the weights."""
+    layers = discriminator.net
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            layers[i] = nn.utils.parametrizations.spectral_norm(layer)
+        elif isinstance(layer, nn.BatchNorm2d):
+            layers[i] = nn.Identity()
+    return discriminator
+
+
+def build_gan(
+    arch: str, latent_dim: int = 100, width: int = 64, spectral_norm: bool = False
+) -> tuple[nn.Module, nn.Module]:
+    """A fresh (generator, discriminator) pair for ``arch`` ("mlp" or "dcgan"; ``width`` and
+    ``spectral_norm`` are the DCGAN's); ValueError otherwise."""
     if arch == "mlp":
         return MLPGenerator(latent_dim), MLPDiscriminator()
     if arch == "dcgan":
         generator, discriminator = DCGANGenerator(latent_dim, width), DCGANDiscriminator(width)
         generator.apply(dcgan_init)
         discriminator.apply(dcgan_init)
+        if spectral_norm:
+            discriminator = with_spectral_norm(discriminator)
         return generator, discriminator
     raise ValueError(f"unknown GAN architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
