@@ -141,6 +141,7 @@ def test_optuna_records_a_failed_trial_goes_on_and_resumes_without_rerunning(
 )
 def test_bad_sweep_options_are_one_line(args, message, capsys):
     # in-process (a subprocess per case cost 8 s of imports); the next test runs one case as a user does
+    code: int | str | None
     try:
         code = cli_main(["sweep", *args])
     except SystemExit as exit_info:
