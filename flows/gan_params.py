@@ -46,6 +46,8 @@ def build_gan_config(
     amp: bool | None = None,
     real_label: float | None = None,
     ema_decay: float | None = None,
+    loss: str | None = None,
+    spectral_norm: bool | None = None,
     judge: str | None = None,
     judge_epochs: int | None = None,
     fid_images: int = GanEvalConfig.num_images,
@@ -78,6 +80,8 @@ def build_gan_config(
         raise ConfigError(f"unknown feature layer {feature_layer!r}; choose one of: {', '.join(FEATURE_LAYERS)}")
     if export_mode not in ("script", "trace"):
         raise ConfigError(f"unknown export mode {export_mode!r}; valid modes: script, trace")
+    # the hinge loss has no labels to smooth: its default real label is 1
+    default_real_label = 1.0 if (loss or defaults.loss) == "hinge" else defaults.real_label
     train_config = dataclasses.replace(
         defaults,
         latent_dim=latent_dim,
@@ -87,8 +91,10 @@ def build_gan_config(
         seed=seed,
         device=device,
         amp=defaults.amp if amp is None else amp,
-        real_label=defaults.real_label if real_label is None else real_label,
+        real_label=default_real_label if real_label is None else real_label,
         ema_decay=defaults.ema_decay if ema_decay is None else ema_decay,
+        loss=defaults.loss if loss is None else loss,  # type: ignore[arg-type]  # build_models checks it
+        spectral_norm=defaults.spectral_norm if spectral_norm is None else spectral_norm,
         optimizer=OptimizerConfig(
             name=name, kwargs={**base_kwargs, **(optimizer_kwargs or {})}, param_groups=dict(param_groups or {})
         ),

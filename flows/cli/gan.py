@@ -6,7 +6,14 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from digitflow.config import GAN_ARCH_DEFAULTS, DataConfig, GanEvalConfig, GanTrainConfig, gan_train_defaults
+from digitflow.config import (
+    GAN_ARCH_DEFAULTS,
+    GAN_LOSSES,
+    DataConfig,
+    GanEvalConfig,
+    GanTrainConfig,
+    gan_train_defaults,
+)
 from digitflow.data import fetch
 from digitflow.errors import DigitflowError
 from digitflow.generative_metrics import FEATURE_LAYERS
@@ -105,6 +112,20 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         f"(default {_arch_defaults('ema_decay')})",
     )
     train.add_argument(
+        "--loss",
+        choices=GAN_LOSSES,
+        default=None,
+        help="bce: the non-saturating loss (binary cross-entropy, --real-label applies); hinge: SN-GAN's hinge loss "
+        f"(default {_arch_defaults('loss')})",
+    )
+    train.add_argument(
+        "--spectral-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="DCGAN discriminator: spectral normalisation on every layer instead of batch norm (SN-GAN) "
+        f"(default {_arch_defaults('spectral_norm')})",
+    )
+    train.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -194,6 +215,8 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         amp=args.amp,
         real_label=args.real_label,
         ema_decay=args.ema_decay,
+        loss=args.loss,
+        spectral_norm=args.spectral_norm,
         judge=args.judge,
         judge_epochs=args.judge_epochs,
         fid_images=args.fid_images,

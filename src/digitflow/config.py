@@ -294,6 +294,9 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 GanArch = Literal["mlp", "dcgan"]  # the keys of digitflow.models.gan.build_gan
 
 
+GAN_LOSSES = ("bce", "hinge")
+
+
 @dataclass(frozen=True)
 class GanTrainConfig:
     """How to train a GAN. Architecture-dependent defaults are in :data:`GAN_ARCH_DEFAULTS`.

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from digitflow.checkpoint import load_model_state
-from digitflow.config import GanEvalConfig, GanTrainConfig, OptimizerConfig, to_dict
+from digitflow.config import GAN_LOSSES, GanEvalConfig, GanTrainConfig, OptimizerConfig, to_dict
 from digitflow.device import bf16_autocast_helps
 from digitflow.errors import CheckpointError, ConfigError
 from digitflow.generative_metrics import (
@@ -53,6 +53,14 @@ def build_models(config: GanTrainConfig) -> tuple[nn.Module, nn.Module]:
         raise ConfigError(f"the latent size must be at least 1, got {config.latent_dim}")
     if config.width < 1:
         raise ConfigError(f"the DCGAN width must be at least 1, got {config.width}")
+    if config.loss not in GAN_LOSSES:
+        raise ConfigError(f"unknown GAN loss {config.loss!r}; choose one of: {', '.join(GAN_LOSSES)}")
+    if config.loss == "hinge" and config.real_label != 1:
+        raise ConfigError(
+            f"a real label of {config.real_label} is label smoothing, for the bce loss; the hinge loss has no labels"
+        )
+    if config.spectral_norm and config.arch != "dcgan":
+        raise ConfigError("spectral normalisation is for the DCGAN discriminator (arch dcgan)")
     torch.manual_seed(config.seed)
     return build_gan(config.arch, config.latent_dim, config.width, config.spectral_norm)
 

@@ -71,12 +71,36 @@ def test_unknown_architecture_and_bad_sizes_are_one_line_errors():
         build_models(dataclasses.replace(gan_train_defaults("dcgan"), arch="vae"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="latent size must be at least 1"):
         build_models(dataclasses.replace(gan_train_defaults("dcgan"), latent_dim=0))
+    with pytest.raises(ConfigError, match="unknown GAN loss 'wgan'; choose one of: bce, hinge"):
+        build_models(dataclasses.replace(gan_train_defaults("dcgan"), loss="wgan"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="label smoothing, for the bce loss; the hinge loss has no labels"):
+        build_models(dataclasses.replace(gan_train_defaults("dcgan"), loss="hinge", real_label=0.9))
+    with pytest.raises(ConfigError, match="spectral normalisation is for the DCGAN discriminator"):
+        build_models(dataclasses.replace(gan_train_defaults("mlp"), spectral_norm=True))
 
 
-@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
-def test_a_few_steps_move_d_real_up_and_change_the_generator_loss(arch, digits):
+def test_spectral_norm_keeps_each_discriminator_layer_near_norm_one():
+    torch.manual_seed(0)
+    _, discriminator = build_gan("dcgan", 16, 8, spectral_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in discriminator.modules())
+    layers = [m for m in discriminator.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 3
+    discriminator.train()
+    for _ in range(30):  # each training forward runs one power iteration
+        discriminator(torch.rand(4, 1, 28, 28) * 2 - 1)
+    for layer in layers:
+        weight = layer.weight.flatten(1)  # the normalised weight; a conv's as (out, in*k*k), as spectral_norm sees it
+        assert float(torch.linalg.matrix_norm(weight, ord=2)) == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("arch", "changes"),
+    [("mlp", {}), ("dcgan", {}), ("dcgan", {"loss": "hinge", "spectral_norm": True, "real_label": 1.0})],
+    ids=["mlp", "dcgan", "dcgan-hinge-sn"],
+)
+def test_a_few_steps_move_d_real_up_and_change_the_generator_loss(arch, changes, digits):
     images, _ = digits
-    config = tiny_config(arch, epochs=3)
+    config = tiny_config(arch, epochs=3, **changes)
     step = build_step(images, config)
 
     def d_real() -> float:  # mean D(x) on the real images (batch statistics, as in training; dropout seeded)
