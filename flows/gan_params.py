@@ -80,8 +80,6 @@ def build_gan_config(
         raise ConfigError(f"unknown feature layer {feature_layer!r}; choose one of: {', '.join(FEATURE_LAYERS)}")
     if export_mode not in ("script", "trace"):
         raise ConfigError(f"unknown export mode {export_mode!r}; valid modes: script, trace")
-    # the hinge loss has no labels to smooth: its default real label is 1
-    default_real_label = 1.0 if (loss or defaults.loss) == "hinge" else defaults.real_label
     train_config = dataclasses.replace(
         defaults,
         latent_dim=latent_dim,
@@ -91,7 +89,7 @@ def build_gan_config(
         seed=seed,
         device=device,
         amp=defaults.amp if amp is None else amp,
-        real_label=default_real_label if real_label is None else real_label,
+        real_label=defaults.real_label if real_label is None else real_label,
         ema_decay=defaults.ema_decay if ema_decay is None else ema_decay,
         loss=defaults.loss if loss is None else loss,  # type: ignore[arg-type]  # build_models checks it
         spectral_norm=defaults.spectral_norm if spectral_norm is None else spectral_norm,

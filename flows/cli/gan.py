@@ -100,7 +100,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="P",
-        help="the discriminator's target for real images; under 1 is one-sided label smoothing "
+        help="with --loss bce: the discriminator's target for real images; under 1 is one-sided label smoothing "
         f"(default {_arch_defaults('real_label')})",
     )
     train.add_argument(
