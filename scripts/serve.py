@@ -103,13 +103,19 @@ def start(
             server_env,
         )
         # One worker process: with several, each would create a new store's schema at the same moment.
+        # MLflow's job runner (GenAI evaluation jobs, which this project has none of) is off unless asked
+        # for: it starts eight more processes, about 250 MB each.
+        mlflow_env = {
+            **env,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+        }
         launch(
             state,
             "mlflow-server",
             ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
              "--serve-artifacts", "--artifacts-destination", str(store / "artifacts"),
              "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-            env,
+            mlflow_env,
         )  # fmt: skip
         wait_until_up(state, "prefect-server", f"{prefect_api}/health", timeout)
         wait_until_up(state, "mlflow-server", f"{mlflow_url}/health", timeout)
