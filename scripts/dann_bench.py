@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import sys
 import time
-from typing import Any
 
 import torch
 from torch import nn
@@ -30,15 +29,7 @@ from digitflow.data import load_dataset
 from digitflow.data.framing import frame_images
 from digitflow.device import resolve_device
 from digitflow.engine import build_model, evaluate, fit
-
-
-def literal(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False, "None": None}.get(text, text)
+from flows.cli.options import literal  # "64" -> 64, "True" -> True, "hinge" stays a string
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from typing import Any
 
 import torch
 
@@ -28,15 +27,7 @@ from digitflow.data.framing import frame_images
 from digitflow.device import resolve_device
 from digitflow.engine import build_model, fit
 from digitflow.gan import GeneratorJudge, fit_gan, generate
-
-
-def literal(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False, "None": None}.get(text, text)
+from flows.cli.options import literal  # "64" -> 64, "True" -> True, "hinge" stays a string
 
 
 def gan_config(overrides: dict[str, str], epochs: int, seed: int) -> GanTrainConfig:
