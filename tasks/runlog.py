@@ -3,9 +3,9 @@
 The functions here have mlflow's names and arguments (``log_metrics``, ``log_params``, ``set_tags``,
 ``log_artifact``, ...), and the tasks and flows call them instead of mlflow's. While the tracking
 server answers, each is mlflow's own call. MLflow itself retries a request the server does not answer
-(``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, 7 by default, with exponential backoff: about two minutes). When
-a call still fails for want of a connection, the server counts as lost for the rest of this process:
-that call and every later one are written to disk instead, under ``<kept dir>/<run id>/``
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, 7 by default, with exponential backoff: 4 minutes on a refused
+connection here). When a call still fails for want of a connection, the server counts as lost for the
+rest of this process: that call and every later one are written to disk instead, under ``<kept dir>/<run id>/``
 (``metrics.jsonl``, ``params.jsonl``, ``tags.jsonl``, ``artifacts/``, and ``run.json`` with the run's
 final status), without waiting on the server again, so training goes on at full speed. When the run
 ends, :func:`tasks.tracking.tracked_run` raises :class:`TrackingLostError`, whose one line names the folder;
