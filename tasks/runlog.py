@@ -42,6 +42,7 @@ DEFAULT_KEPT_DIR = Path("outputs") / "unlogged"
 _state_lock = threading.Lock()
 _kept_dir = DEFAULT_KEPT_DIR
 _lost: str | None = None  # why the server counts as lost (its first failure, one line); None while it answers
+_kept_runs: set[str] = set()  # the runs of this process that kept something (not a folder an earlier one left)
 
 
 class TrackingLostError(DigitflowError):
@@ -65,16 +66,21 @@ def reset() -> None:
     global _lost
     with _state_lock:
         _lost = None
+        _kept_runs.clear()
 
 
 def is_connection_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is a request that got no answer: refused, reset, timed out, or
-    5xx until MLflow's retries ran out. An error the server answered with is not one."""
+    """Whether ``exc`` is MLflow's client failing to reach a tracking server: an ``MlflowException`` caused
+    by a request that got no answer (refused, reset, timed out, or 5xx until MLflow's retries ran out).
+    An error the server answered with is not one, nor is a connection error of anything but MLflow's
+    client (Prefect's API, a worker), nor any error of a SQLite store (SQLAlchemy's, never requests')."""
     seen: BaseException | None = exc
+    from_mlflow = False
     for _ in range(20):  # the chain of causes, bounded
         if seen is None:
             return False
-        if isinstance(
+        from_mlflow = from_mlflow or isinstance(seen, mlflow.MlflowException)
+        if from_mlflow and isinstance(
             seen, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError, ConnectionError)
         ):
             return True
@@ -116,8 +122,8 @@ def kept_folder(run_id: str) -> Path:
 
 
 def kept(run_id: str) -> bool:
-    """Whether anything of run ``run_id`` is kept on disk."""
-    return kept_folder(run_id).is_dir()
+    """Whether this process kept anything of run ``run_id`` on disk."""
+    return run_id in _kept_runs
 
 
 def _active_run_id() -> str:
@@ -130,6 +136,7 @@ def _active_run_id() -> str:
 def _folder(run_id: str) -> Path:
     folder = kept_folder(run_id)
     folder.mkdir(parents=True, exist_ok=True)
+    _kept_runs.add(run_id)
     info = folder / "run.json"
     if not info.exists():
         _write_json(info, {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri(), "lost": _lost})
@@ -267,18 +274,17 @@ def log_image(image: Any, artifact_file: str) -> None:
         Image.fromarray(array.squeeze()).save(path)
 
 
-@contextlib.contextmanager
-def _no_retries() -> Iterator[None]:
-    """MLflow requests without retries: once the server is lost, ending a run must not wait two minutes."""
-    before = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
-        else:
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = before
+def _leave_run() -> None:
+    """Take the active run off MLflow's stack of active runs without asking the server to end it: what
+    ``mlflow.end_run`` does before its server call, which on a lost server would wait out every retry.
+    MLflow has no public call for this; the stack is ``mlflow.tracking.fluent``'s (MLflow 3.17)."""
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack:
+        MLFLOW_RUN_ID.unset()
+        stack.pop()
 
 
 def end_run(run_id: str, status: str) -> None:
@@ -297,17 +303,21 @@ def end_run(run_id: str, status: str) -> None:
                 raise
             mark_lost(exc)
     else:
-        with _no_retries(), contextlib.suppress(Exception):
-            mlflow.end_run(status)  # takes the run off mlflow's stack of active runs; the server call fails
+        _leave_run()
     folder = _folder(run_id)
     info = json.loads((folder / "run.json").read_text())
     _write_json(folder / "run.json", {**info, "status": status, "end_time": int(time.time() * 1000)})
 
 
-def lost_error(run_id: str) -> TrackingLostError:
-    """The one-line error for a run that lost the tracking server."""
+def lost_error(run_id: str | None = None, failure: BaseException | None = None) -> TrackingLostError:
+    """The one-line error for a run (``run_id``; None: one that could not start) that lost the tracking
+    server; ``failure``: what the run itself failed with, when that was not the lost server."""
+    what = f"run {run_id} and the runs in it" if run_id else "the runs before this one"
+    failed = ""
+    if failure is not None and not is_connection_failure(failure) and not isinstance(failure, TrackingLostError):
+        failed = f"; the run itself failed: {type(failure).__name__}: {_first_line(failure)}"
     return TrackingLostError(
-        f"lost the tracking server ({_lost}); what run {run_id} and the runs in it could not log is kept in "
+        f"lost the tracking server ({_lost}){failed}; what {what} could not log is kept in "
         f"{_kept_dir.resolve()}: `digitflow replay {_kept_dir}` logs it once the server is back, and a rerun "
         "with --resume goes on from the last checkpoint"
     )
@@ -315,8 +325,18 @@ def lost_error(run_id: str) -> TrackingLostError:
 
 def replay(folder: str | Path, client: mlflow.MlflowClient | None = None) -> dict[str, int]:
     """Log what one kept run folder holds (see the module docstring) into its run on the tracking server
-    in use, set the run's final status, and delete the folder. Returns the counts logged."""
+    in use, set the run's final status if it was kept, and delete the folder. Returns the counts logged.
+
+    The folder is first renamed (``<run id>.replaying``), so a process still writing to it starts a new
+    one rather than appending rows this replay would then delete; a replay that fails leaves the renamed
+    folder, and replaying it again is safe (MLflow keeps one copy of a metric logged twice with the same
+    step and time, a param logged again with the same value, an artifact overwritten).
+    """
     folder = Path(folder)
+    if not folder.name.endswith(".replaying"):
+        renamed = folder.with_name(folder.name + ".replaying")
+        folder.rename(renamed)
+        folder = renamed
     client = client or mlflow.MlflowClient()
     info = json.loads((folder / "run.json").read_text())
     run_id = info["run_id"]
@@ -328,12 +348,12 @@ def replay(folder: str | Path, client: mlflow.MlflowClient | None = None) -> dic
     metrics = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in rows("metrics.jsonl")]
     params = list({r["key"]: Param(r["key"], r["value"]) for r in rows("params.jsonl")}.values())
     tags = list({r["key"]: RunTag(r["key"], r["value"]) for r in rows("tags.jsonl")}.values())
-    for i in range(0, len(metrics), 1000):  # log_batch takes at most 1,000 metrics
+    for i in range(0, len(metrics), 1000):  # log_batch takes at most 1,000 metrics,
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
-    for i in range(0, len(params), 100):  # and 100 params
+    for i in range(0, len(params), 100):  # 100 params
         client.log_batch(run_id, params=params[i : i + 100])
-    if tags:
-        client.log_batch(run_id, tags=tags)
+    for i in range(0, len(tags), 100):  # and 100 tags
+        client.log_batch(run_id, tags=tags[i : i + 100])
     artifacts = folder / "artifacts"
     files = [p for p in artifacts.rglob("*") if p.is_file()] if artifacts.is_dir() else []
     for path in files:

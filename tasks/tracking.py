@@ -315,6 +315,8 @@ def tracked_run(**start_run: Any) -> Iterator[mlflow.ActiveRun]:
     disk with what else it could not log, and the run raises :class:`tasks.runlog.TrackingLostError`, whose
     one line names that folder.
     """
+    if runlog.lost() is not None:  # no run starts on a lost server (each call would wait out MLflow's retries)
+        raise runlog.lost_error()
     run = mlflow.start_run(**start_run)
     run_id = run.info.run_id
     try:
@@ -327,7 +329,7 @@ def tracked_run(**start_run: Any) -> Iterator[mlflow.ActiveRun]:
             runlog.mark_lost(exc)
         runlog.end_run(run_id, RunStatus.to_string(RunStatus.FAILED))
         if runlog.lost() is not None and not isinstance(exc, runlog.TrackingLostError):
-            raise runlog.lost_error(run_id) from exc
+            raise runlog.lost_error(run_id, failure=exc) from exc
         raise
     runlog.end_run(run_id, RunStatus.to_string(RunStatus.FINISHED))
     if runlog.kept(run_id):
@@ -341,6 +343,8 @@ def child_run(name: str, parent_run_id: str | None, tags: dict[str, str] | None 
 
     It names the same source as its parent (see :func:`source_tags`).
     """
+    if runlog.lost() is not None:  # the parent's tags below would wait out MLflow's retries first
+        raise runlog.lost_error()
     if parent_run_id is not None:
         parent_tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
         source = {k: parent_tags[k] for k in (MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE) if k in parent_tags}

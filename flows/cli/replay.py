@@ -60,6 +60,13 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
             failed += 1
             continue
         mlflow.set_tracking_uri(uri)  # the run's artifact store is resolved against it
-        counts = replay(run, mlflow.MlflowClient(tracking_uri=uri))
+        try:
+            counts = replay(run, mlflow.MlflowClient(tracking_uri=uri))
+        except (mlflow.MlflowException, OSError) as exc:  # the next runs are still replayed
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            left = run.name if run.name.endswith(".replaying") else f"{run.name}.replaying"
+            print(f"digitflow: error: {run}: {message} (kept as {left}; replay it again)")
+            failed += 1
+            continue
         print(f"{run.name}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()) + f" logged to {uri}")
     return EXIT_FAILED if failed else 0

@@ -30,6 +30,7 @@ def test_server_lost_after_epoch_1_keeps_the_rest_and_replay_completes_the_runs(
     try:
         state = tiny_run(tmp_path, data_dir, epochs=3, return_state=True)
     finally:
+        runlog.reset()
         runlog.keep_in(runlog.DEFAULT_KEPT_DIR)
     assert server.down
     assert state.is_failed()
