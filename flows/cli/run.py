@@ -71,7 +71,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_options(run)
-    run.add_argument(
+    run.add_argument_group("multi-process training").add_argument(
         "--nproc",
         type=int,
         default=1,
