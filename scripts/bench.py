@@ -38,7 +38,7 @@ from digitflow.augment import build_augment
 from digitflow.config import TrainConfig, train_defaults
 from digitflow.cuda_graph import CudaGraphStep, graph_unsupported_reason
 from digitflow.data import load_dataset
-from digitflow.data.framing import frame_images
+from digitflow.data.framing import model_inputs
 from digitflow.device import (
     channels_last_helps,
     cudnn_autotuning,
@@ -239,7 +239,7 @@ def main() -> None:
         defaults = dataclasses.replace(defaults, batch_size=args.batch_size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     data = load_dataset("mnist:test", args.data_dir, args.cache_dir, offline=True)
-    images, labels = frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
+    images, labels = model_inputs(data, "mnist-frame", device)
     print(f"device: {name}; data: {data.spec}, {len(labels)} images; torch {torch.__version__}")
 
     precision = training_precision(device, defaults.amp)  # the engine itself decides whether bf16 applies
@@ -288,7 +288,7 @@ def main() -> None:
 
     if args.fashion_mnist:
         fashion = load_dataset("fashion-mnist:train", args.data_dir, args.cache_dir, offline=True)
-        fx, fy = frame_images(fashion.images.to(device), "mnist-frame"), fashion.labels.to(device)
+        fx, fy = model_inputs(fashion, "mnist-frame", device)
         loop = EngineLoop(fx, fy, defaults, augment)
         loop()  # warm-up
         fashion_rates = [loop() for _ in range(args.repeats)]
@@ -302,8 +302,8 @@ def main() -> None:
     if args.to_accuracy is not None:
         train = load_dataset("mnist:test[:8000]", args.data_dir, args.cache_dir, offline=True)
         test = load_dataset("mnist:test[8000:]", args.data_dir, args.cache_dir, offline=True)
-        train_xy = (frame_images(train.images.to(device), "mnist-frame"), train.labels.to(device))
-        test_xy = (frame_images(test.images.to(device), "mnist-frame"), test.labels.to(device))
+        train_xy = model_inputs(train, "mnist-frame", device)
+        test_xy = model_inputs(test, "mnist-frame", device)
         config = dataclasses.replace(defaults, epochs=args.max_epochs or defaults.epochs)
         time_to_accuracy(train_xy, test_xy, args.to_accuracy, config, augment)  # warm-up (kernel selection)
         runs = [

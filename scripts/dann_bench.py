@@ -26,7 +26,7 @@ from digitflow.augment import build_augment
 from digitflow.config import AdaptConfig, TrainConfig
 from digitflow.dann import fit_dann, recompute_batch_norm
 from digitflow.data import load_dataset
-from digitflow.data.framing import frame_images
+from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
 from digitflow.engine import build_model, evaluate, fit
 from flows.cli.options import literal  # "64" -> 64, "True" -> True, "hinge" stays a string
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device("cpu")
 
     def inputs(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
-        ds = load_dataset(spec, args.data_dir, args.cache_dir, offline=True)
-        return frame_images(ds.images, "mnist-frame").to(device), ds.labels.to(device)
+        return model_inputs(load_dataset(spec, args.data_dir, args.cache_dir, offline=True), "mnist-frame", device)
 
     source, test, target = inputs(args.train), inputs(args.test), inputs(args.target)
     target_images, _ = inputs(args.adapt_target)  # labels dropped here: adaptation never sees them

@@ -23,7 +23,7 @@ import torch
 
 from digitflow.config import GanEvalConfig, GanTrainConfig, TrainConfig
 from digitflow.data import load_dataset
-from digitflow.data.framing import frame_images
+from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
 from digitflow.engine import build_model, fit
 from digitflow.gan import GeneratorJudge, fit_gan, generate
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device("cpu")
 
     def inputs(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
-        ds = load_dataset(spec, args.data_dir, args.cache_dir, offline=True)
-        return frame_images(ds.images, "mnist-frame").to(device), ds.labels.to(device)
+        return model_inputs(load_dataset(spec, args.data_dir, args.cache_dir, offline=True), "mnist-frame", device)
 
     images, labels = inputs(args.train)
     held_out, _ = inputs(args.test)

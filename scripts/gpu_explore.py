@@ -28,7 +28,7 @@ from bench import EngineLoop, describe_time_to_accuracy, time_to_accuracy
 from digitflow.augment import build_augment
 from digitflow.config import OptimizerConfig, SchedulerConfig, TrainConfig, train_defaults
 from digitflow.data import load_dataset
-from digitflow.data.framing import frame_images
+from digitflow.data.framing import model_inputs
 from digitflow.device import channels_last_helps
 
 
@@ -104,14 +104,14 @@ def main() -> None:
     augment = build_augment(base.augment)
 
     data = load_dataset("mnist:test", args.data_dir, args.cache_dir, offline=True)
-    images, labels = frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
+    images, labels = model_inputs(data, "mnist-frame", device)
     if not args.skip_throughput:
         throughput(images, labels, base, augment, args.repeats)
 
     fashion_raw = Path(args.data_dir) / "FashionMNIST" / "raw"
     if fashion_raw.is_dir():
         fashion = load_dataset("fashion-mnist:train", args.data_dir, args.cache_dir, offline=True)
-        fx, fy = frame_images(fashion.images.to(device), "mnist-frame"), fashion.labels.to(device)
+        fx, fy = model_inputs(fashion, "mnist-frame", device)
         print("== fashion-mnist:train (60,000 images), CUDA graph, bf16, default augmentation")
         for batch in (256, 512, 1024):
             loop = EngineLoop(fx, fy, dataclasses.replace(base, batch_size=batch), augment)
@@ -121,8 +121,8 @@ def main() -> None:
 
     train = load_dataset("mnist:test[:8000]", args.data_dir, args.cache_dir, offline=True)
     test = load_dataset("mnist:test[8000:]", args.data_dir, args.cache_dir, offline=True)
-    train_xy = (frame_images(train.images.to(device), "mnist-frame"), train.labels.to(device))
-    test_xy = (frame_images(test.images.to(device), "mnist-frame"), test.labels.to(device))
+    train_xy = model_inputs(train, "mnist-frame", device)
+    test_xy = model_inputs(test, "mnist-frame", device)
     print(f"== time to {args.target} held-out accuracy, {args.seeds} seeds (default augmentation, bf16, CUDA graphs)")
     time_to_accuracy(train_xy, test_xy, args.target, base, augment)  # warm-up
     start = time.perf_counter()

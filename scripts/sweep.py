@@ -33,7 +33,7 @@ from digitflow.config import (
     TrainConfig,
 )
 from digitflow.data import load_dataset
-from digitflow.data.framing import frame_images
+from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
 from digitflow.engine import build_model, evaluate, fit
 from digitflow.errors import DigitflowError, TrainingDivergedError
@@ -112,8 +112,7 @@ def main() -> None:
     device = resolve_device(args.device)
 
     def inputs(spec: str):
-        data = load_dataset(spec, args.data_dir, args.cache_dir, offline=True)
-        return frame_images(data.images.to(device), "mnist-frame"), data.labels.to(device)
+        return model_inputs(load_dataset(spec, args.data_dir, args.cache_dir, offline=True), "mnist-frame", device)
 
     train = inputs(args.train)
     evals = {spec: inputs(spec) for spec in [args.test, *args.target]}

@@ -127,14 +127,6 @@ def load_prepared(prepared: PreparedDataset, data_dir: str, cache_dir: str) -> D
     return load(prepared)
 
 
-def model_inputs(
-    dataset: DigitDataset, preprocess: str, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as the model takes them, float (N, 1, 28, 28) in [0, 1], and labels, both on ``device``."""
-    images = frame_images(dataset.images.to(device), preprocess)
-    return images, dataset.labels.to(device)
-
-
 def adaptation_images(prepared: PreparedDataset, config: DataConfig, device: torch.device | str) -> torch.Tensor:
     """The unlabeled target images of domain adaptation, framed like every target (``model_inputs``);
     their labels are never read."""

@@ -45,7 +45,8 @@ def main(spec_path: str) -> int:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(cpu_threads(world))
 
-    from tasks.data import load_prepared, model_inputs  # after init: every rank is up before the slow imports
+    from digitflow.data.framing import model_inputs
+    from tasks.data import load_prepared  # after init: every rank is up before the slow imports
 
     dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
     images, labels = model_inputs(dataset, config.data.target_preprocess, device)

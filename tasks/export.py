@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from digitflow.config import RunConfig
 from digitflow.data import PreparedDataset
+from digitflow.data.framing import model_inputs
 from digitflow.export import (
     compare_latency,
     eager_logits,
@@ -25,7 +26,7 @@ from digitflow.export import (
     verify_export,
 )
 from tasks import runlog
-from tasks.data import load_prepared, model_inputs
+from tasks.data import load_prepared
 from tasks.progress import run_logger
 from tasks.tracking import child_run, image_signature, torch_requirement, unwrap
 from tasks.train import TrainedModel

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from digitflow.config import GanConfig, flatten, to_dict
 from digitflow.data import PreparedDataset
+from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device, training_precision
 from digitflow.errors import ConfigError
 from digitflow.export import export_program, export_torchscript, verify_export
@@ -35,7 +36,7 @@ from digitflow.models import LeNet
 from digitflow.plots import gan_curves
 from flows.params import build_config
 from tasks import runlog
-from tasks.data import load_prepared, log_dataset_input, model_inputs
+from tasks.data import load_prepared, log_dataset_input
 from tasks.export import _register, _without_pickle_warning
 from tasks.progress import EpochProgress, run_logger, training_progress
 from tasks.tracking import child_run, torch_requirement, unwrap

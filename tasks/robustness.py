@@ -12,10 +12,11 @@ from prefect.cache_policies import NO_CACHE
 from digitflow.attacks import eps_step, robustness_curve
 from digitflow.config import DataConfig, RobustnessConfig
 from digitflow.data import PreparedDataset
+from digitflow.data.framing import model_inputs
 from digitflow.engine import eval_batch_size
 from digitflow.plots import adversarial_grid, robustness_figure
 from tasks import runlog
-from tasks.data import load_prepared, model_inputs
+from tasks.data import load_prepared
 from tasks.evaluate import _log_to_parent
 from tasks.progress import run_logger
 from tasks.tracking import child_run

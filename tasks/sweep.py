@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from digitflow.augment import build_augment
 from digitflow.config import RunConfig, flatten
+from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
 from digitflow.engine import EvalResult, build_model, evaluate, fit
 from digitflow.errors import DigitflowError
@@ -33,7 +34,7 @@ from digitflow.sweep_space import Choice, Dimension, Range, describe
 from flows.params import build_config
 from tasks import runlog
 from tasks.comparison import KEY_PARAMS, runs_table
-from tasks.data import load_prepared, model_inputs
+from tasks.data import load_prepared
 from tasks.evaluate import target_key
 from tasks.progress import run_logger
 from tasks.tracking import child_run

@@ -27,12 +27,13 @@ from digitflow.checkpoint import load_checkpoint, load_model_state
 from digitflow.config import RunConfig, flatten, to_dict
 from digitflow.dann import DannResult, fit_dann
 from digitflow.data import PreparedDataset, parse_spec
+from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device, training_precision
 from digitflow.engine import FitResult, build_model, fit
 from digitflow.errors import DigitflowError
 from digitflow.plots import training_curves
 from tasks import runlog
-from tasks.data import adaptation_images, load_prepared, log_dataset_input, model_inputs
+from tasks.data import adaptation_images, load_prepared, log_dataset_input
 from tasks.progress import EpochProgress, run_logger
 from tasks.tracking import PROJECT_ROOT, child_run, torch_requirement
 

@@ -24,7 +24,8 @@ import torch
 from prefect.logging import disable_run_logger
 
 from digitflow.config import DataConfig, ExportConfig, RunConfig, TrainConfig
-from tasks.data import download_dataset, load_prepared, model_inputs, prepare_dataset
+from digitflow.data.framing import model_inputs
+from tasks.data import download_dataset, load_prepared, prepare_dataset
 from tasks.export import export_model
 from tasks.tracking import setup_tracking
 from tasks.train import train_model

@@ -27,12 +27,16 @@ is left as it is.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from digitflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from digitflow.data.cache import DigitDataset
 
 MODEL_SIZE = 28  # LeNet.input_shape[-1]; the canvas every preprocessor produces by default
 MNIST_BOX = 20  # the digit box inside MNIST's 28x28 canvas
@@ -257,3 +261,10 @@ def to_model_input(images_uint8: Tensor, input_shape: tuple[int, int, int] = (1,
     """
     check_model_input(images_uint8, input_shape)
     return _as_float(images_uint8)
+
+
+def model_inputs(dataset: DigitDataset, preprocess: str, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """A dataset's images as the model takes them, float (N, 1, 28, 28) in [0, 1] (``preprocess``: see
+    :func:`frame_images`), and its labels, both on ``device``."""
+    images = frame_images(dataset.images.to(device), preprocess)
+    return images, dataset.labels.to(device)
