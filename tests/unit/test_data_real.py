@@ -49,9 +49,26 @@ def test_usps_test_matches_torchvision(shared, tmp_path):
     assert ds.labels.tolist() == list(reference.targets)
 
 
-def test_missing_mnist_train_offline_is_explained(shared):
+def test_recompressed_mnist_train_is_accepted_by_its_content(shared, tmp_path):
+    # ../shared/data's training files were re-compressed: their .gz md5 is not torchvision's, their
+    # decompressed content is the official one. Accepted without a download, and read as torchvision does.
+    ds = load_dataset("mnist:train", shared, tmp_path / "cache", downloader=no_network)
+    assert ds.images.shape == (60000, 28, 28)
+    raw = shared / "MNIST" / "raw"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))
+    assert torch.equal(ds.images, read_image_file(str(tmp_path / "train-images-idx3-ubyte")))
+    assert torch.equal(ds.labels, read_label_file(str(tmp_path / "train-labels-idx1-ubyte")).long())
+
+
+def test_missing_mnist_train_offline_is_explained(shared, tmp_path):
+    # A data dir with only the official test files: the training files are named, no download tried.
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (raw / name).symlink_to(shared / "MNIST" / "raw" / name)
     with pytest.raises(Exception, match=r"mnist:train needs train-images-idx3-ubyte\.gz, train-labels"):
-        fetch("mnist:train", shared, offline=True)
+        fetch("mnist:train", tmp_path / "data", offline=True)
 
 
 def test_debian_recompressed_fashion_mnist_is_accepted(tmp_path):

@@ -40,11 +40,13 @@ class DatasetInfo:
     splits: dict[str, tuple[FileInfo, ...]]
 
 
-# md5 of the decompressed files. Fashion-MNIST: upstream's published raw checksums. MNIST test and
-# USPS test: computed from the official files (`gzip -dc FILE | md5sum`, `bzip2 -dc FILE | md5sum`
-# on the files whose compressed md5 matches torchvision's). No raw md5 is known for the others, so
-# only the official compressed file is accepted for them.
+# md5 of the decompressed files. Fashion-MNIST and MNIST train: upstream's published raw checksums.
+# MNIST test and USPS test: computed from the official files (`gzip -dc FILE | md5sum`,
+# `bzip2 -dc FILE | md5sum` on the files whose compressed md5 matches torchvision's). No raw md5 is
+# known for the others, so only the official compressed file is accepted for them.
 RAW_MD5: dict[tuple[str, str], str] = {
+    ("mnist", "train-images-idx3-ubyte.gz"): "6bbc9ace898e44ae57da46a324031adb",
+    ("mnist", "train-labels-idx1-ubyte.gz"): "a25bea736e30d166cdddb491f175f624",
     ("mnist", "t10k-images-idx3-ubyte.gz"): "2646ac647ad5339dbf082846283269ea",
     ("mnist", "t10k-labels-idx1-ubyte.gz"): "27ae3e4e09519cfbb04c329615203637",
     ("fashion-mnist", "train-images-idx3-ubyte.gz"): "f4a8712d7a061bf5bd6d2ca38dc4d50a",
