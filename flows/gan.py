@@ -13,27 +13,21 @@ from typing import Any
 import mlflow
 from prefect import flow
 from prefect.artifacts import create_link_artifact
-from prefect.runtime import deployment, flow_run
 
-from digitflow.config import DataConfig, GanConfig, GanEvalConfig, GanTrainConfig, flatten
+from digitflow.config import GanConfig, flatten
+from digitflow.config.options import GAN_OPTIONS, defaults
 from digitflow.data import DATASETS, parse_spec
-from flows.gan_params import build_gan_config, gan_checkpoint_path
-from flows.params import check_experiment, check_output_dir
+from digitflow.params.gan import build_gan_config, gan_checkpoint_path
+from digitflow.params.run import check_experiment, check_output_dir
+from flows.signature import takes_options
 from flows.summary import publish_lines
-from tasks import runlog
+from reporting.logs import quiet_expected_errors
 from tasks.data import prepare_data
 from tasks.gan import TrainedGan, export_generator, load_judge, train_gan, train_judge
-from tasks.logs import quiet_expected_errors
-from tasks.tracking import (
-    git_commit,
-    open_ui_line,
-    run_url,
-    setup_tracking,
-    source_tags,
-    tracked_run,
-    ui_command,
-    unwrap,
-)
+from tracking import runlog
+from tracking.runs import flow_run_tags, tracked_run
+from tracking.store import setup_tracking, unwrap
+from tracking.ui import open_ui_line, run_url, ui_command
 
 GAN_EXPERIMENT = "digitflow-gan"
 
@@ -157,75 +151,17 @@ def publish_gan_summary(summary: GanSummary) -> None:
 
 
 @flow(name="digitflow-gan", log_prints=True)
-def gan_pipeline(
-    train: str = DataConfig.train,
-    test: str | None = None,
-    arch: str = GanTrainConfig.arch,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    latent_dim: int = GanTrainConfig.latent_dim,
-    width: int = GanTrainConfig.width,
-    optimizer: str | None = None,
-    optimizer_kwargs: dict[str, Any] | None = None,
-    param_groups: dict[str, dict[str, Any]] | None = None,
-    seed: int = GanTrainConfig.seed,
-    device: str = GanTrainConfig.device,
-    amp: bool | None = None,
-    real_label: float | None = None,
-    ema_decay: float | None = None,
-    loss: str | None = None,
-    spectral_norm: bool | None = None,
-    judge: str | None = None,
-    judge_epochs: int | None = None,
-    fid_images: int = GanEvalConfig.num_images,
-    eval_every: int = GanEvalConfig.every,
-    feature_layer: str = GanEvalConfig.feature_layer,
-    export_mode: str = "script",
-    data_dir: str | None = None,
-    cache_dir: str = DataConfig.cache_dir,
-    offline: bool = DataConfig.offline,
-    resume: bool = False,
-    output_dir: str = "outputs",
-    checkpoint: str | None = None,
-    experiment: str = GAN_EXPERIMENT,
-) -> GanSummary:
+@takes_options(GAN_OPTIONS)
+def gan_pipeline(**options: Any) -> GanSummary:
     """Train a GAN (``arch``: mlp or dcgan) on ``train``, judge what it generates against ``test`` with a
     classifier (``judge``: an MLflow model URI; None: one is trained first on ``train``), export the
     generator. Unset options take the architecture's defaults (:data:`digitflow.config.GAN_ARCH_DEFAULTS`);
     ``test`` follows ``train`` as in the classifier pipeline (``mnist:test[:8000]`` -> ``mnist:test[8000:]``).
     """
     quiet_expected_errors()
-    config = build_gan_config(
-        train=train,
-        test=test,
-        arch=arch,
-        epochs=epochs,
-        batch_size=batch_size,
-        latent_dim=latent_dim,
-        width=width,
-        optimizer=optimizer,
-        optimizer_kwargs=optimizer_kwargs,
-        param_groups=param_groups,
-        seed=seed,
-        device=device,
-        amp=amp,
-        real_label=real_label,
-        ema_decay=ema_decay,
-        loss=loss,
-        spectral_norm=spectral_norm,
-        judge=judge,
-        judge_epochs=judge_epochs,
-        fid_images=fid_images,
-        eval_every=eval_every,
-        feature_layer=feature_layer,
-        export_mode=export_mode,
-        data_dir=data_dir,
-        cache_dir=cache_dir,
-        offline=offline,
-        resume=resume,
-        output_dir=output_dir,
-        checkpoint=checkpoint,
-    )
+    options = {**defaults(GAN_OPTIONS), **options}
+    config = build_gan_config(**options)
+    experiment = options["experiment"]
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
@@ -234,12 +170,7 @@ def gan_pipeline(
     # number of classes, ends the run in seconds, before data, training or a parent run in MLflow.
     num_classes = DATASETS[parse_spec(data.train).name].num_classes
     judge_model = load_judge(config.evaluation.judge, num_classes) if config.evaluation.judge else None
-    tags = {
-        "prefect.flow_run_id": str(flow_run.id),
-        "prefect.flow_run_name": str(flow_run.name),
-        "git.commit": git_commit(),
-        **source_tags(str(flow_run.flow_name), deployment.name),
-    }
+    tags = flow_run_tags()
     if config.evaluation.judge:
         tags["gan.judge"] = config.evaluation.judge
     with tracked_run(run_name=gan_run_name(config), tags=tags) as parent:

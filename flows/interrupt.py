@@ -4,7 +4,7 @@ What a signal does (:class:`RunSignals`):
 
 1. The first SIGINT or SIGTERM unwinds the run as an exception (``KeyboardInterrupt``, or Prefect's
    ``TerminationSignal`` for SIGTERM): Prefect marks the task and flow runs Crashed, the MLflow runs
-   end KILLED (``tasks.tracking.tracked_run``), and ``digitflow`` prints one line (where training got
+   end KILLED (``tracking.runs.tracked_run``), and ``digitflow`` prints one line (where training got
    to, and the command that continues it with ``--resume``) and exits 130 (SIGINT) or 143 (SIGTERM).
    On the way out Prefect stops its temporary server (an ``atexit`` hook).
 2. A signal that arrives while MLflow is writing (SQLAlchemy on SQLite, say) is held back until that
@@ -220,7 +220,7 @@ def _resent_by_prefect(frame: FrameType | None) -> bool:
 
 def _training_progress() -> Any:
     # Not imported here: a signal may arrive before the tasks are (and importing in a handler is unwise).
-    progress = sys.modules.get("tasks.progress")
+    progress = sys.modules.get("reporting.progress")
     return getattr(progress, "training_progress", None)
 
 

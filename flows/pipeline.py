@@ -7,22 +7,13 @@ that calls one ``digitflow`` function and logs to MLflow under this flow run's p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import deployment, flow_run
 
-from digitflow.config import (
-    DataConfig,
-    ExportConfig,
-    OptimizerConfig,
-    RunConfig,
-    SchedulerConfig,
-    TrainConfig,
-    flatten,
-)
-from digitflow.distributed import check_data_parallel
-from flows.params import (
+from digitflow.config import flatten
+from digitflow.config.options import RUN_OPTIONS, defaults
+from digitflow.params.run import (
     augment_family,
     build_config,
     check_experiment,
@@ -31,143 +22,56 @@ from flows.params import (
     default_run_config,
     source_only_config,
 )
+from digitflow.training.data_parallel import check_data_parallel
+from flows.signature import takes_options
 from flows.summary import PipelineSummary, publish_summary
-from tasks import runlog
+from reporting.logs import quiet_expected_errors
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
-from tasks.logs import quiet_expected_errors
 from tasks.robustness import robustness_test
-from tasks.tracking import (
+from tasks.train import train_model
+from tracking import runlog
+from tracking.naming import parent_run_name
+from tracking.runs import (
     CHECKPOINT_TAG,
-    DEFAULT_EXPERIMENT,
     RESUMES_TAG,
     continue_interrupted_runs,
-    git_commit,
-    parent_run_name,
-    setup_tracking,
-    source_tags,
+    flow_run_tags,
     tracked_run,
 )
-from tasks.train import train_model
+from tracking.store import setup_tracking
 
 
 @flow(name="digitflow-pipeline", log_prints=True)
-def pipeline(
-    train: str = DataConfig.train,
-    test: str | None = None,
-    target: list[str] | None = None,
-    target_preprocess: Literal["mnist-frame", "resize"] = DataConfig.target_preprocess,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    optimizer: str = OptimizerConfig.name,
-    optimizer_kwargs: dict[str, Any] | None = None,
-    param_groups: dict[str, dict[str, Any]] | None = None,
-    scheduler: str | None = SchedulerConfig.name,
-    scheduler_kwargs: dict[str, Any] | None = None,
-    augment: list[str] | None = None,
-    seed: int = TrainConfig.seed,
-    device: str = TrainConfig.device,
-    amp: bool | None = None,
-    label_smoothing: float | None = None,
-    cuda_graphs: bool | None = None,
-    export_mode: Literal["script", "trace"] = ExportConfig.mode,
-    data_dir: str | None = None,
-    cache_dir: str = DataConfig.cache_dir,
-    offline: bool = DataConfig.offline,
-    resume: bool = RunConfig.resume,
-    output_dir: str = RunConfig.output_dir,
-    checkpoint: str | None = RunConfig.checkpoint,
-    experiment: str = DEFAULT_EXPERIMENT,
-    adapt: Literal["dann"] | None = None,
-    adapt_target: str | None = None,
-    adapt_options: dict[str, Any] | None = None,
-    attack: list[str] | None = None,
-    epsilons: list[float] | None = None,
-    pgd_steps: int | None = None,
-    attack_images: int | None = None,
-    adv_train: Literal["fgsm-rs", "pgd"] | None = None,
-    adv_eps: float | None = None,
-    adv_steps: int | None = None,
-    adv_ramp_epochs: float | None = None,
-    nproc: int = 1,
-) -> PipelineSummary:
+@takes_options(RUN_OPTIONS)
+def pipeline(**options: Any) -> PipelineSummary:
     """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
 
-    Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``, ``usps:test[:50%]``. Unset,
-    ``test``, ``target`` and ``augment`` follow the training dataset (flows/params.py: its test split,
-    its cross-domain partner, its family's augmentation); the training settings (epochs, batch size,
-    amp, label smoothing, CUDA graphs, the optimizer's options) follow the device the run trains on
-    (``digitflow.config.train_defaults``) and, for the batch size and options, the optimizer (LBFGS);
-    given ``optimizer_kwargs`` add to the defaults. ``data_dir`` defaults to ``$DIGITFLOW_DATA_DIR`` of
-    the process that runs the flow (for a deployment: the worker's environment), else ``./data``;
-    ``offline`` never downloads. ``scheduler=None`` trains at a constant learning rate.
-
-    ``adapt="dann"`` adapts the model to the unlabeled images of ``adapt_target`` (DANN; settings in
-    ``adapt_options``, see ``digitflow.config.AdaptConfig``) and trains the source-only model beside
-    it, so every cross-domain figure has its baseline (``cross/<key>/source_only_accuracy``).
-    Robustness (``digitflow.config.RobustnessConfig``; None = its default): ``attack`` the attacks run
-    on the held-out split after evaluation (``[]`` or ``["none"]``: none), at ``epsilons`` with
-    ``pgd_steps``, on the first ``attack_images`` images. Adversarial training
-    (``AdversarialTrainingConfig``): ``adv_train`` "fgsm-rs" or "pgd" at ``adv_eps``, ``adv_steps``
-    PGD steps, epsilon ramped over ``adv_ramp_epochs``.
-    ``nproc`` > 1 trains data-parallel on that many processes (torchrun; gloo on the CPU, nccl on CUDA).
+    One parameter per option of ``digitflow run`` (digitflow/config/options.py, where each is defined
+    with its type, default and help). Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``,
+    ``usps:test[:50%]``. Unset, ``test``, ``target`` and ``augment`` follow the training dataset, and the
+    training settings the device and the optimizer (digitflow/params/run.py). ``data_dir`` defaults to
+    ``$DIGITFLOW_DATA_DIR`` of the process that runs the flow (for a deployment: the worker's
+    environment), else ``./data``. ``adapt="dann"`` also trains the source-only model, so every
+    cross-domain figure has its baseline; ``nproc`` > 1 trains data-parallel on that many processes.
     """
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
-    config = build_config(
-        train=train,
-        test=test,
-        target=target,
-        target_preprocess=target_preprocess,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        optimizer_kwargs=optimizer_kwargs,
-        param_groups=param_groups,
-        scheduler=scheduler,
-        scheduler_kwargs=scheduler_kwargs,
-        augment=augment,
-        seed=seed,
-        device=device,
-        amp=amp,
-        label_smoothing=label_smoothing,
-        cuda_graphs=cuda_graphs,
-        export_mode=export_mode,
-        data_dir=data_dir,
-        cache_dir=cache_dir,
-        offline=offline,
-        resume=resume,
-        output_dir=output_dir,
-        checkpoint=checkpoint,
-        adapt=adapt,
-        adapt_target=adapt_target,
-        adapt_options=adapt_options,
-        attack=attack,
-        epsilons=epsilons,
-        pgd_steps=pgd_steps,
-        attack_images=attack_images,
-        adv_train=adv_train,
-        adv_eps=adv_eps,
-        adv_steps=adv_steps,
-        adv_ramp_epochs=adv_ramp_epochs,
-    )
+    options = {**defaults(RUN_OPTIONS), **options}
+    config = build_config(**options)
+    experiment, nproc = options["experiment"], options["nproc"]
     check_data_parallel(config, nproc)
     check_experiment(experiment, how_to_change="the experiment parameter (-p experiment=NAME)")
     check_output_dir(config.output_dir, how_to_change="the output_dir parameter (-p output_dir=DIR)")
     data = config.data
     experiment_id = setup_tracking(experiment, output_dir=config.output_dir)
-    tags = {
-        "prefect.flow_run_id": str(flow_run.id),
-        "prefect.flow_run_name": str(flow_run.name),
-        "git.commit": git_commit(),
-        **source_tags(str(flow_run.flow_name), deployment.name),
-    }
+    tags = flow_run_tags()
     with tracked_run(
         run_name=parent_run_name(config, default_run_config(config)), tags=tags
     ) as parent:  # ends KILLED on Ctrl-C / SIGTERM
         run_id = parent.info.run_id
         runlog.log_params(flatten(config))
-        if augment is None:  # train.augment.* say what was used; this tag says why
+        if options["augment"] is None:  # train.augment.* say what was used; this tag says why
             runlog.set_tag("train.augment.default_for", augment_family(config.data.train))
 
         # 1. data: download + transform every split the run needs, before any long work starts

@@ -1,7 +1,7 @@
 """The promotion flow: does a pipeline run's model become the ``champion``?
 
 Read top to bottom, :func:`promote` finds the run's registered model version, compares it with the
-version that holds the alias ``champion`` (digitflow.promotion: held-out and cross-domain accuracy,
+version that holds the alias ``champion`` (digitflow.evaluation.promotion: held-out and cross-domain accuracy,
 with a margin; export verification must have passed) and moves the alias only when it is better. The
 decision and the figures both ways go onto the model version as tags and into a Prefect markdown
 artifact. The deployment ``evaluate-and-promote`` (prefect.yaml) runs it whenever a nightly training
@@ -16,9 +16,9 @@ from prefect.runtime import flow_run
 
 from digitflow.config import PromotionConfig
 from digitflow.errors import ConfigError
-from tasks.logs import quiet_expected_errors
+from reporting.logs import quiet_expected_errors
 from tasks.promotion import Outcome, find_candidate, promote_if_better
-from tasks.tracking import setup_tracking
+from tracking.store import setup_tracking
 
 
 @flow(name="digitflow-promote", log_prints=True)

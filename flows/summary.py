@@ -9,7 +9,7 @@ import mlflow
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from tasks.tracking import open_ui_line, run_url, ui_command
+from tracking.ui import open_ui_line, run_url, ui_command
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PipelineSummary:
     step: str = "eager"
     exported: dict[str, Any] = field(default_factory=dict)
     robust_accuracy: dict[str, float] = field(default_factory=dict)  # "robust/<attack>/accuracy_eps<step>"
-    ui_command: str = "make ui"  # see tasks.tracking.ui_command
+    ui_command: str = "make ui"  # see tracking.ui.ui_command
 
     @classmethod
     def collect(

@@ -10,7 +10,6 @@ trial's model exported and registered, ready for ``digitflow promote``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -26,11 +25,10 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
 
 from digitflow.config import RunConfig
-from digitflow.errors import ConfigError
-from digitflow.sweep_space import (
+from digitflow.config.options import SWEEP_FIXED_OPTIONS
+from digitflow.config.sweep_space import (
     Dimension,
     check_direction,
     default_direction,
@@ -40,12 +38,11 @@ from digitflow.sweep_space import (
     trial_parameters,
     workers_and_threads,
 )
-from flows.params import build_config, check_experiment, check_output_dir
-from tasks import runlog
-from tasks.comparison import render
+from digitflow.errors import ConfigError
+from digitflow.params.run import build_config, check_experiment, check_output_dir
+from reporting.logs import quiet_expected_errors
 from tasks.data import prepare_data
 from tasks.export import export_model
-from tasks.logs import quiet_expected_errors
 from tasks.sweep import (
     PARENT_ATTR,
     PruneSettings,
@@ -62,18 +59,12 @@ from tasks.sweep import (
     tell,
     trials_table,
 )
-from tasks.tracking import (
-    DEFAULT_EXPERIMENT,
-    git_commit,
-    open_ui_line,
-    run_url,
-    setup_tracking,
-    source_tags,
-    tracked_run,
-    tracking_uri,
-    ui_command,
-)
 from tasks.train import TrainedModel
+from tracking import runlog
+from tracking.comparison import render
+from tracking.runs import flow_run_tags, tracked_run
+from tracking.store import DEFAULT_EXPERIMENT, setup_tracking, tracking_uri
+from tracking.ui import open_ui_line, run_url, ui_command
 
 Kind = Literal["grid", "random", "optuna"]
 RUNNERS = ("threads", "dask", "ray")
@@ -82,8 +73,8 @@ RAY_MISSING = "--runner ray needs prefect-ray and ray, which are an optional ext
 
 
 def sweepable_keys() -> set[str]:
-    """Every keyword of ``build_config``: any option of ``digitflow run`` can be swept or fixed."""
-    return set(inspect.signature(build_config).parameters)
+    """Every option of ``digitflow run`` a trial takes: any of them can be swept or fixed."""
+    return {option.name for option in SWEEP_FIXED_OPTIONS}
 
 
 def cpu_cores() -> int:
@@ -235,7 +226,7 @@ def sweep(
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> SweepSummary:
     """Train and evaluate the classifier for each configuration of ``space`` (``["lr=0.02,0.05",
-    "epochs=3,6"]``: digitflow.sweep_space), with every other option from ``fixed`` (keywords of
+    "epochs=3,6"]``: digitflow.config.sweep_space), with every other option from ``fixed`` (keywords of
     ``digitflow run``'s flow, e.g. ``{"train": "mnist:test[:8000]", "offline": True}``).
 
     ``kind``: ``grid`` (every combination of listed values), ``random`` (``trials`` samples from the
@@ -293,15 +284,7 @@ def sweep(
     else:
         to_run = max(0, total - sum(finished(t) for t in the_study.trials))
 
-    tags = {
-        "prefect.flow_run_id": str(flow_run.id),
-        "prefect.flow_run_name": str(flow_run.name),
-        "git.commit": git_commit(),
-        "digitflow.kind": "sweep",
-        "sweep.study": study_name,
-        "sweep.storage": storage,
-        **source_tags(str(flow_run.flow_name)),
-    }
+    tags = {**flow_run_tags(), "digitflow.kind": "sweep", "sweep.study": study_name, "sweep.storage": storage}
     if parent_id is not None:
         start: dict[str, Any] = {"run_id": parent_id}
     else:
@@ -458,7 +441,7 @@ def _export_best(
         get_run_logger().warning("the best trial's weights are not at %s: its model is not exported", weights)
         return None
     config = build_config(**trial_parameters(fixed, best["values"]))
-    from digitflow.engine import build_model
+    from digitflow.training.classifier import build_model
 
     model = build_model(prepared["train"].num_classes, config.train.seed)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

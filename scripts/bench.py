@@ -2,7 +2,7 @@
 
 The seed loop: torchvision's MNIST dataset with per-sample ``ToTensor`` + ``Normalize``, a
 ``DataLoader`` (batch 50, 2 workers, shuffled), forward/backward/SGD step. The engine: the same
-images prepared once as a tensor on the device, batches drawn by index (``digitflow.engine``).
+images prepared once as a tensor on the device, batches drawn by index (``digitflow.training.classifier``).
 Same data (the MNIST split in ``--data-dir``), same LeNet, same optimizer. Prints images per second
 for both and their ratio, as medians of interleaved rounds (a shared 2-core machine swings by 20%
 from one minute to the next). The engine runs its defaults (bfloat16 autocast on CUDA and on CPUs
@@ -34,9 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from digitflow.augment import build_augment
 from digitflow.config import TrainConfig, train_defaults
-from digitflow.cuda_graph import CudaGraphStep, graph_unsupported_reason
 from digitflow.data import load_dataset
 from digitflow.data.framing import model_inputs
 from digitflow.device import (
@@ -46,10 +44,14 @@ from digitflow.device import (
     resolve_device,
     training_precision,
 )
-from digitflow.engine import Augment, TrainStep, build_model, evaluate, fit, train_one_epoch
 from digitflow.errors import DigitflowError
+from digitflow.evaluation.classifier import evaluate
 from digitflow.models import MNIST_MEAN, MNIST_STD
-from digitflow.optim import build_optimizer
+from digitflow.training.augment import build_augment
+from digitflow.training.classifier import build_model, fit, train_one_epoch
+from digitflow.training.cuda_graph import CudaGraphStep, graph_unsupported_reason
+from digitflow.training.optim import build_optimizer
+from digitflow.training.step import Augment, TrainStep
 
 
 class PreloadedMNIST(datasets.MNIST):

@@ -3,7 +3,7 @@
 Trains on labeled ``mnist:test[:8000]`` and the unlabeled images of ``usps:test[:1000]``, tests on
 ``usps:test[1000:]`` (never seen in training) and held-out ``mnist:test[8000:]``, and prints one line
 per seed and setting, then the mean and worst seed. The source-only model is today's defaults
-(:func:`digitflow.engine.fit`); DANN settings are named ``KEY=VALUE`` overrides of
+(:func:`digitflow.training.classifier.fit`); DANN settings are named ``KEY=VALUE`` overrides of
 :class:`digitflow.config.AdaptConfig` and :class:`digitflow.config.TrainConfig` (``epochs``).
 
     python scripts/dann_bench.py --data-dir ../shared/data --seeds 3
@@ -22,13 +22,14 @@ import time
 import torch
 from torch import nn
 
-from digitflow.augment import build_augment
 from digitflow.config import AdaptConfig, TrainConfig
-from digitflow.dann import fit_dann, recompute_batch_norm
 from digitflow.data import load_dataset
 from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
-from digitflow.engine import build_model, evaluate, fit
+from digitflow.evaluation.classifier import evaluate
+from digitflow.training.augment import build_augment
+from digitflow.training.classifier import build_model, fit
+from digitflow.training.dann import fit_dann, recompute_batch_norm
 from flows.cli.options import literal  # "64" -> 64, "True" -> True, "hinge" stays a string
 
 

@@ -2,8 +2,8 @@
 training seconds (evaluation not counted) beside them.
 
 Trains a LeNet judge once (the classifier's defaults, on ``--train``), then each setting's GAN on the
-same images with :func:`digitflow.gan.fit_gan`, judged every ``--eval-every`` epochs by a
-:class:`digitflow.gan.GeneratorJudge` exactly as the flow does (N generated vs N of ``--test``, floor:
+same images with :func:`digitflow.training.gan.fit_gan`, judged every ``--eval-every`` epochs by a
+:class:`digitflow.training.gan.GeneratorJudge` exactly as the flow does (N generated vs N of ``--test``, floor:
 N training images vs the same N of ``--test``). A setting is a name and ``KEY=VALUE`` overrides of
 :class:`digitflow.config.GanTrainConfig` (``lr=``, ``lr_d=`` and ``betas=`` set the optimizer).
 
@@ -25,8 +25,8 @@ from digitflow.config import GanEvalConfig, GanTrainConfig, TrainConfig
 from digitflow.data import load_dataset
 from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
-from digitflow.engine import build_model, fit
-from digitflow.gan import GeneratorJudge, fit_gan, generate
+from digitflow.training.classifier import build_model, fit
+from digitflow.training.gan import GeneratorJudge, fit_gan, generate
 from flows.cli.options import literal  # "64" -> 64, "True" -> True, "hinge" stays a string
 
 

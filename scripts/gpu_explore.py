@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench
 from bench import EngineLoop, describe_time_to_accuracy, time_to_accuracy
 
-from digitflow.augment import build_augment
 from digitflow.config import OptimizerConfig, SchedulerConfig, TrainConfig, train_defaults
 from digitflow.data import load_dataset
 from digitflow.data.framing import model_inputs
 from digitflow.device import channels_last_helps
+from digitflow.training.augment import build_augment
 
 
 def throughput(images, labels, base: TrainConfig, augment, repeats: int) -> None:

@@ -23,7 +23,6 @@ import sys
 import time
 from typing import Any
 
-from digitflow.augment import build_augment
 from digitflow.config import (
     BATCH_SIZE_BY_OPTIMIZER,
     OPTIMIZER_DEFAULTS,
@@ -35,8 +34,10 @@ from digitflow.config import (
 from digitflow.data import load_dataset
 from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
-from digitflow.engine import build_model, evaluate, fit
 from digitflow.errors import DigitflowError, TrainingDivergedError
+from digitflow.evaluation.classifier import evaluate
+from digitflow.training.augment import build_augment
+from digitflow.training.classifier import build_model, fit
 
 OLD_AFFINE: dict[str, Any] = dict(
     degrees=15, translate=0.1, scale_min=0.85, scale_max=1.15, shear=10

@@ -20,9 +20,9 @@ from digitflow.data.cache import CACHE_VERSION
 from digitflow.data.files import urllib_download
 from digitflow.data.framing import frame_images
 from digitflow.errors import DownloadError, MissingDataError
-from tasks import runlog
-from tasks.progress import run_logger
-from tasks.tracking import child_run
+from reporting.progress import run_logger
+from tracking import runlog
+from tracking.runs import child_run
 
 
 def _network_failure(task, task_run, state) -> bool:

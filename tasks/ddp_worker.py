@@ -1,7 +1,7 @@
 """One rank of ``digitflow run --nproc N``: started by torchrun from the train task (tasks/train.py).
 
 Every rank loads the prepared training data (the cache the flow's prepare task wrote), builds the
-same LeNet and trains it with :func:`digitflow.engine.fit` (``data_parallel=True``: DDP, a shard of
+same LeNet and trains it with :func:`digitflow.training.classifier.fit` (``data_parallel=True``: DDP, a shard of
 every batch). Rank 0 alone logs the per-epoch figures to the train task's MLflow run, prints one
 line per epoch (the task forwards them to its log) and writes the checkpoint, from which the task
 takes the trained model. ``--resume`` continues from the checkpoint on every rank.
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from digitflow import distributed
-from digitflow.augment import build_augment
 from digitflow.device import resolve_device
-from digitflow.engine import build_model, fit
+from digitflow.training import data_parallel
+from digitflow.training.augment import build_augment
+from digitflow.training.classifier import build_model, fit
 
 
 def cpu_threads(world: int) -> int:
@@ -41,7 +41,7 @@ def main(spec_path: str) -> int:
         spec: dict[str, Any] = pickle.load(f)  # written by the train task of this run, just before
     config, data = spec["config"], spec["data"]
     cfg = config.train
-    device = distributed.init(resolve_device(cfg.device))
+    device = data_parallel.init(resolve_device(cfg.device))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(cpu_threads(world))
 

@@ -11,13 +11,13 @@ from prefect.cache_policies import NO_CACHE
 from digitflow.config import DataConfig
 from digitflow.data import PreparedDataset, parse_spec
 from digitflow.data.framing import model_inputs
-from digitflow.engine import EvalResult, evaluate
-from digitflow.plots import misclassified_grid
-from tasks import runlog
+from digitflow.evaluation.classifier import EvalResult, evaluate
+from digitflow.evaluation.plots import misclassified_grid
+from reporting.progress import run_logger
 from tasks.data import load_prepared, log_dataset_input
-from tasks.progress import run_logger
-from tasks.tracking import child_run, log_confusion
 from tasks.train import TrainedModel
+from tracking import runlog
+from tracking.runs import child_run, log_confusion
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)

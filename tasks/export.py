@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from digitflow.config import RunConfig
 from digitflow.data import PreparedDataset
 from digitflow.data.framing import model_inputs
-from digitflow.export import (
+from digitflow.export.exporters import (
     compare_latency,
     eager_logits,
     export_program,
@@ -25,11 +25,12 @@ from digitflow.export import (
     load_export,
     verify_export,
 )
-from tasks import runlog
+from reporting.progress import run_logger
 from tasks.data import load_prepared
-from tasks.progress import run_logger
-from tasks.tracking import child_run, image_signature, torch_requirement, unwrap
 from tasks.train import TrainedModel
+from tracking import runlog
+from tracking.runs import child_run, image_signature, torch_requirement
+from tracking.store import unwrap
 
 
 @task(name="export", cache_policy=NO_CACHE, persist_result=False)

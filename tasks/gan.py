@@ -19,9 +19,13 @@ from digitflow.data import PreparedDataset
 from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device, training_precision
 from digitflow.errors import ConfigError
-from digitflow.export import export_program, export_torchscript, verify_export
+from digitflow.evaluation.generative import as_lenet, check_judge
+from digitflow.evaluation.plots import gan_curves
+from digitflow.export.exporters import export_program, export_torchscript, verify_export
 from digitflow.fileio import one_line
-from digitflow.gan import (
+from digitflow.models import LeNet
+from digitflow.params.run import build_config
+from digitflow.training.gan import (
     GeneratorJudge,
     build_step,
     collapse_reasons,
@@ -31,16 +35,13 @@ from digitflow.gan import (
     generate,
     image_grid,
 )
-from digitflow.generative_metrics import as_lenet, check_judge
-from digitflow.models import LeNet
-from digitflow.plots import gan_curves
-from flows.params import build_config
-from tasks import runlog
+from reporting.progress import EpochProgress, run_logger, training_progress
 from tasks.data import load_prepared, log_dataset_input
 from tasks.export import _register, _without_pickle_warning
-from tasks.progress import EpochProgress, run_logger, training_progress
-from tasks.tracking import child_run, torch_requirement, unwrap
 from tasks.train import train_model
+from tracking import runlog
+from tracking.runs import child_run, torch_requirement
+from tracking.store import unwrap
 
 GAN_METRICS = ("d_loss", "g_loss", "d_real", "d_fake")  # logged as gan/<name> per epoch
 
@@ -295,7 +296,7 @@ def export_generator(trained: TrainedGan, config: GanConfig, parent_run_id: str 
             runlog.log_artifact(str(path), "export")
         runlog.log_metrics(metrics)
 
-        from digitflow.export import load_export
+        from digitflow.export.exporters import load_export
 
         scripted = load_export(torchscript)
         example = noise[:2].double().numpy()

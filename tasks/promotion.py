@@ -1,5 +1,5 @@
 """Promotion tasks: find a pipeline run's registered model, and move the ``champion`` alias to it when
-the rule in :mod:`digitflow.promotion` says it is better.
+the rule in :mod:`digitflow.evaluation.promotion` says it is better.
 
 The alias is read, compared and moved under one lock, so that two promotions at the same moment
 cannot both compare with the same old champion (the one that wrote last would win, better or not):
@@ -22,9 +22,9 @@ from prefect.cache_policies import NO_CACHE
 
 from digitflow.config import PromotionConfig
 from digitflow.errors import ConfigError
-from digitflow.promotion import Decision, decide
-from tasks.progress import run_logger
-from tasks.tracking import sqlite_folder, store_lock, tracking_uri
+from digitflow.evaluation.promotion import Decision, decide
+from reporting.progress import run_logger
+from tracking.store import sqlite_folder, store_lock, tracking_uri
 
 FLOW_RUN_PREFIX = "prefect.flow-run."  # an event's resource id: prefect.flow-run.<uuid>
 TAG_PREFIX = "promotion."  # the tags a decision leaves on the candidate's model version

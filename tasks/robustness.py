@@ -9,18 +9,18 @@ from mlflow.entities import Metric
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from digitflow.attacks import eps_step, robustness_curve
 from digitflow.config import DataConfig, RobustnessConfig
 from digitflow.data import PreparedDataset
 from digitflow.data.framing import model_inputs
-from digitflow.engine import eval_batch_size
-from digitflow.plots import adversarial_grid, robustness_figure
-from tasks import runlog
+from digitflow.evaluation.attacks import eps_step, robustness_curve
+from digitflow.evaluation.classifier import eval_batch_size
+from digitflow.evaluation.plots import adversarial_grid, robustness_figure
+from reporting.progress import run_logger
 from tasks.data import load_prepared
 from tasks.evaluate import _log_to_parent
-from tasks.progress import run_logger
-from tasks.tracking import child_run
 from tasks.train import TrainedModel
+from tracking import runlog
+from tracking.runs import child_run
 
 
 def headline_key(eps: float) -> str:

@@ -23,21 +23,22 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from digitflow.augment import build_augment
 from digitflow.config import RunConfig, flatten
+from digitflow.config.sweep_space import Choice, Dimension, Range, describe
 from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device
-from digitflow.engine import EvalResult, build_model, evaluate, fit
 from digitflow.errors import DigitflowError
-from digitflow.plots import metric_against_param, training_curves
-from digitflow.sweep_space import Choice, Dimension, Range, describe
-from flows.params import build_config
-from tasks import runlog
-from tasks.comparison import KEY_PARAMS, runs_table
+from digitflow.evaluation.classifier import EvalResult, evaluate
+from digitflow.evaluation.plots import metric_against_param, training_curves
+from digitflow.params.run import build_config
+from digitflow.training.augment import build_augment
+from digitflow.training.classifier import build_model, fit
+from reporting.progress import run_logger
 from tasks.data import load_prepared
 from tasks.evaluate import target_key
-from tasks.progress import run_logger
-from tasks.tracking import child_run
+from tracking import runlog
+from tracking.comparison import KEY_PARAMS, runs_table
+from tracking.runs import child_run
 
 STATE_TAG = "sweep.state"  # complete, pruned, failed: on every trial run
 TRIAL_TAG = "sweep.trial"  # the trial's number
@@ -207,7 +208,7 @@ def median_pruner(prune: PruneSettings) -> optuna.pruners.BasePruner:
 
 
 def distribution(dimension: Dimension) -> optuna.distributions.BaseDistribution:
-    """An Optuna distribution for a parsed dimension (digitflow.sweep_space)."""
+    """An Optuna distribution for a parsed dimension (digitflow.config.sweep_space)."""
     if isinstance(dimension, Choice):
         return optuna.distributions.CategoricalDistribution(list(dimension.values))
     if dimension.integer:

@@ -22,20 +22,21 @@ from mlflow.models import infer_signature
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from digitflow.augment import build_augment
-from digitflow.checkpoint import load_checkpoint, load_model_state
 from digitflow.config import RunConfig, flatten, to_dict
-from digitflow.dann import DannResult, fit_dann
 from digitflow.data import PreparedDataset, parse_spec
 from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device, training_precision
-from digitflow.engine import FitResult, build_model, fit
 from digitflow.errors import DigitflowError
-from digitflow.plots import training_curves
-from tasks import runlog
+from digitflow.evaluation.plots import training_curves
+from digitflow.training.augment import build_augment
+from digitflow.training.checkpoint import load_checkpoint, load_model_state
+from digitflow.training.classifier import FitResult, build_model, fit
+from digitflow.training.dann import DannResult, fit_dann
+from reporting.progress import EpochProgress, run_logger
 from tasks.data import adaptation_images, load_prepared, log_dataset_input
-from tasks.progress import EpochProgress, run_logger
-from tasks.tracking import PROJECT_ROOT, child_run, torch_requirement
+from tracking import runlog
+from tracking.runs import child_run, torch_requirement
+from tracking.store import PROJECT_ROOT
 
 
 @dataclass
@@ -47,9 +48,9 @@ class TrainedModel:
     images_per_sec: float
     seconds: float
     precision: str = "float32"  # or "bfloat16 autocast"
-    step: str = "eager"  # or "cuda-graph" (digitflow.cuda_graph); with the reason if graphs were not possible
+    step: str = "eager"  # or "cuda-graph" (digitflow.training.cuda_graph); with the reason if graphs were not possible
     # Domain adaptation (--adapt): the dataset adapted to, and the model with that domain's batch-norm
-    # statistics (digitflow.dann, AdaBN), which the cross-domain stage evaluates on that dataset's images.
+    # statistics (digitflow.training.dann, AdaBN), which the cross-domain stage evaluates on that dataset's images.
     adapted_to: str | None = None
     target_model: torch.nn.Module | None = None
 
@@ -263,7 +264,7 @@ ADAPT_METRICS = ("domain_loss", "domain_accuracy", "lambda", "pseudo_labeled")  
 
 def _log_model(model: torch.nn.Module, example: torch.Tensor, name: str = "model") -> None:
     """``mlflow.pytorch.log_model`` with a signature and an input example, from a CPU copy (saved with
-    the run's kept data instead if the tracking server is lost: :func:`tasks.runlog.log_model`)."""
+    the run's kept data instead if the tracking server is lost: :func:`tracking.runlog.log_model`)."""
     model.eval()
     cpu_model = copy.deepcopy(model).cpu().eval()
     example_np = example.detach().cpu().numpy().astype(np.float32)  # (2, 1, 28, 28)

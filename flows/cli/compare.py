@@ -69,8 +69,8 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: --last takes a number of runs >= 1, got {args.last}\n")
     import mlflow  # after the options are checked: importing MLflow takes a second or two
 
-    from tasks.comparison import plot_runs, render, runs_table
-    from tasks.tracking import server_problem, tracking_uri
+    from tracking.comparison import plot_runs, render, runs_table
+    from tracking.store import server_problem, tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

@@ -1,6 +1,6 @@
-"""Options and plumbing every ``digitflow`` command shares: parsing helpers, option groups (data
-source, device and seed, optimizer and schedule, resume), and running a flow in-process with one-line
-errors and Ctrl-C handling. A command module adds its own options and calls these."""
+"""Options and plumbing every ``digitflow`` command shares: argparse options from the option tables of
+:mod:`digitflow.config.options` and back to flow parameters, parsing helpers, and running a flow
+in-process with one-line errors and Ctrl-C handling."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from digitflow.config import AdversarialTrainingConfig, DataConfig, RobustnessConfig, TrainConfig
-from digitflow.data import parse_spec
+from digitflow.config.options import Option
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
 from flows.interrupt import RunSignals, start_temporary_server
-from tasks.logs import quiet_expected_errors
+from reporting.logs import quiet_expected_errors
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -61,196 +60,58 @@ def param_groups(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
 
 def dataset_spec(text: str) -> str:
     """argparse type: validate a dataset spec early, so a typo fails before anything starts."""
+    from digitflow.data import parse_spec  # torchvision's dataset classes: only when an option is parsed
+
     try:
         return str(parse_spec(text))
     except DataError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_data_source_options(group: argparse._ArgumentGroup, *, train_help: str | None = None) -> None:
-    """``--train``, ``--data-dir``, ``--cache-dir``, ``--offline``."""
-    d = DataConfig()
-    group.add_argument(
-        "--train",
-        type=dataset_spec,
-        default=d.train,
-        metavar="SPEC",
-        help=train_help or f"training split (default {d.train})",
-    )
-    group.add_argument(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help=f"where the official files are, torchvision layout (default $DIGITFLOW_DATA_DIR or ./{d.data_dir})",
-    )
-    group.add_argument(
-        "--cache-dir", default=d.cache_dir, metavar="DIR", help=f"transformed-tensor cache (default {d.cache_dir})"
-    )
-    group.add_argument("--offline", action="store_true", help="never download; use the files already in the data dir")
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Add ``options`` (:mod:`digitflow.config.options`) to ``parser``, each under its group's heading,
+    with its flag, type, choices, default and help; an option's ``dest`` is its flow parameter's name."""
+    groups: dict[str, Any] = {}
+    for option in options:
+        flag = option.cli_flag
+        if flag is None:
+            continue
+        if option.group not in groups:
+            groups[option.group] = parser.add_argument_group(option.group) if option.group else parser
+        group = groups[option.group]
+        common: dict[str, Any] = {"dest": option.name, "help": option.help}
+        if option.kind == "flag":
+            group.add_argument(flag, action="store_true", **common)
+        elif option.kind == "toggle":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **common)
+        elif option.kind in ("pairs", "groups"):
+            group.add_argument(flag, action="append", default=None, metavar=option.metavar, **common)
+        else:
+            group.add_argument(
+                flag,
+                type=dataset_spec if option.spec else option.value_type,
+                nargs=option.nargs,
+                choices=option.choices,
+                default=option.default,
+                metavar=option.metavar,
+                **common,
+            )
+        if option.off is not None:
+            off_flag, off_help = option.off
+            group.add_argument(off_flag, dest=option.name, action="store_const", const=[], help=off_help)
 
 
-def add_seed_and_device_options(group: argparse._ArgumentGroup) -> None:
-    """``--seed``, ``--device``."""
-    t = TrainConfig()
-    group.add_argument(
-        "--seed", type=int, default=t.seed, help=f"same seed, same metrics on the same device (default {t.seed})"
-    )
-    group.add_argument(
-        "--device", default=t.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default auto)"
-    )
-
-
-def add_optimizer_options(
-    group: argparse._ArgumentGroup, *, default_optimizer: str, opt_defaults: str, param_group_example: str
-) -> None:
-    """``--optimizer``, ``--opt``, ``--lr``, ``--param-group``, ``--scheduler``, ``--sched``.
-
-    ``opt_defaults`` completes the sentence "adds to the defaults, which are torch's except ...".
-    """
-    group.add_argument(
-        "--optimizer",
-        default=default_optimizer,
-        metavar="NAME",
-        help=f"any torch.optim class: SGD, Adam, AdamW, LBFGS, ... (default {default_optimizer})",
-    )
-    group.add_argument(
-        "--opt",
-        action="append",
-        metavar="KEY=VALUE",
-        help=f"optimizer keyword argument, repeatable; adds to the defaults, which are torch's except {opt_defaults}",
-    )
-    group.add_argument("--lr", type=float, default=None, help="shortcut for --opt lr=LR")
-    group.add_argument(
-        "--param-group",
-        action="append",
-        metavar="PREFIX:KEY=VALUE",
-        help=f"options for parameters whose name starts with PREFIX ({param_group_example}), repeatable",
-    )
-
-
-def add_scheduler_options(group: argparse._ArgumentGroup, *, default_scheduler: str | None) -> None:
-    """``--scheduler``, ``--sched``."""
-    group.add_argument(
-        "--scheduler",
-        default=default_scheduler,
-        metavar="NAME",
-        help="any torch.optim.lr_scheduler class, stepped per epoch; T_max/total_iters/total_steps "
-        f"default to the epochs; 'none' for a constant rate (default {default_scheduler or 'none'})",
-    )
-    group.add_argument("--sched", action="append", metavar="KEY=VALUE", help="scheduler keyword argument, repeatable")
-
-
-def add_resume_options(group: argparse._ArgumentGroup, *, checkpoint_default: str) -> None:
-    """``--resume``, ``--checkpoint``."""
-    group.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run with the same options from its last checkpoint",
-    )
-    group.add_argument(
-        "--checkpoint",
-        default=None,
-        metavar="FILE",
-        help=f"checkpoint file written after every epoch and read by --resume (default: {checkpoint_default})",
-    )
-
-
-def add_adversarial_training_options(group: argparse._ArgumentGroup) -> None:
-    """``--adv-train``, ``--adv-eps``, ``--adv-steps``, ``--adv-ramp-epochs``."""
-    a = AdversarialTrainingConfig()
-    group.add_argument(
-        "--adv-train",
-        choices=["fgsm-rs", "pgd"],
-        default=None,
-        help="adversarial training: each batch replaced by its attacked images; fgsm-rs: FGSM from a random "
-        "start, step 1.25 x eps (Wong et al. 2020), pgd: --adv-steps steps of 2.5 x eps / steps from a random "
-        "start (Madry et al. 2018) (default: off)",
-    )
-    group.add_argument(
-        "--adv-eps",
-        type=float,
-        default=None,
-        metavar="EPS",
-        help=f"L-infinity epsilon on the pixel scale [0, 1] for adversarial training (default {a.eps:g})",
-    )
-    group.add_argument(
-        "--adv-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"PGD steps per batch with --adv-train pgd (default {a.steps})",
-    )
-    group.add_argument(
-        "--adv-ramp-epochs",
-        type=float,
-        default=None,
-        metavar="EPOCHS",
-        help=f"grow epsilon linearly from 0 over the first EPOCHS epochs (default {a.ramp_epochs:g})",
-    )
-
-
-def add_robustness_options(group: argparse._ArgumentGroup) -> None:
-    """``--attack``, ``--epsilons``, ``--pgd-steps``, ``--attack-images``."""
-    r = RobustnessConfig()
-    group.add_argument(
-        "--attack",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help=f"attacks on the held-out split after training: fgsm, pgd, or none (default {' '.join(r.attacks)})",
-    )
-    group.add_argument(
-        "--epsilons",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="EPS",
-        help=f"L-infinity epsilons on the pixel scale [0, 1] (default {' '.join(f'{e:g}' for e in r.epsilons)})",
-    )
-    group.add_argument(
-        "--pgd-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"PGD steps, each 2.5 x eps / N, from a random start (default {r.pgd_steps})",
-    )
-    group.add_argument(
-        "--attack-images",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"attack the first N held-out images (default {r.num_images})",
-    )
-
-
-def adversarial_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The robustness and adversarial-training options as flow parameters (None: the config's default)."""
-    return {
-        "attack": args.attack,
-        "epsilons": args.epsilons,
-        "pgd_steps": args.pgd_steps,
-        "attack_images": args.attack_images,
-        "adv_train": args.adv_train,
-        "adv_eps": args.adv_eps,
-        "adv_steps": args.adv_steps,
-        "adv_ramp_epochs": args.adv_ramp_epochs,
-    }
-
-
-def optimizer_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The optimizer and scheduler options as flow parameters. ``--opt`` and ``--lr`` add to the
-    optimizer's defaults, which the flow fills in (for the device and the optimizer)."""
-    optimizer_kwargs = key_values(args.opt, "--opt")
-    if args.lr is not None:
-        optimizer_kwargs["lr"] = args.lr
-    params: dict[str, Any] = {
-        "optimizer": args.optimizer,
-        "optimizer_kwargs": optimizer_kwargs or None,
-        "param_groups": param_groups(args.param_group) or None,
-    }
-    if hasattr(args, "scheduler"):
-        params["scheduler"] = args.scheduler
-        params["scheduler_kwargs"] = key_values(args.sched, "--sched") or None
+def flow_params(args: argparse.Namespace, options: Sequence[Option]) -> dict[str, Any]:
+    """Parsed options -> the flow's keyword arguments, one per option (``KEY=VALUE`` lists become dicts;
+    a one-line ConfigError if one is malformed)."""
+    params: dict[str, Any] = {}
+    for option in options:
+        value = getattr(args, option.name, option.default)
+        if option.kind == "pairs":
+            value = key_values(value, str(option.cli_flag)) or None
+        elif option.kind == "groups":
+            value = param_groups(value) or None
+        params[option.name] = value
     return params
 
 

@@ -70,7 +70,7 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     try:
         from flows.interrupt import start_temporary_server
         from flows.promote import promote  # imports Prefect and MLflow: only once the options are valid
-        from tasks.logs import quiet_expected_errors
+        from reporting.logs import quiet_expected_errors
 
         quiet_expected_errors(full_in_log=False)
         start_temporary_server()

@@ -48,8 +48,8 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: nothing kept to replay in {folder}\n")
     import mlflow  # after the folder is checked: importing MLflow takes a second or two
 
-    from tasks.runlog import replay
-    from tasks.tracking import server_problem
+    from tracking.runlog import replay
+    from tracking.store import server_problem
 
     failed = 0
     for run in runs:

@@ -7,12 +7,11 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from digitflow.data import fetch
+from digitflow.config.options import EXPERIMENT, SWEEP_FIXED_OPTIONS
+from digitflow.config.sweep_space import check_direction, default_direction, grid, parse_space, workers_and_threads
 from digitflow.errors import DigitflowError
-from digitflow.sweep_space import check_direction, default_direction, grid, parse_space, workers_and_threads
-from flows.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, run_flow
-from flows.cli.run import add_run_options, flow_parameters
-from flows.params import build_config, check_experiment, check_output_dir
+from flows.cli.checks import check_before_start, exit_unless_tracking_server_answers
+from flows.cli.options import EXIT_BAD_INPUT, add_options, flow_params, run_flow
 
 NAME = "sweep"
 EPILOG = """\
@@ -93,7 +92,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     where.add_argument(
         "--resume", action="store_true", help="continue an interrupted sweep: finished trials are not run again"
     )
-    add_run_options(sweep, resume=False)
+    add_options(sweep, (*SWEEP_FIXED_OPTIONS, EXPERIMENT))  # digitflow run's options: fixed for all trials
     return sweep
 
 
@@ -111,7 +110,7 @@ def sweep_parameters(args: argparse.Namespace) -> dict[str, Any]:
             raise DigitflowError(f"sweep: --{kind} needs --space KEY=RANGE ... (e.g. --space lr=log:0.005:0.2)")
         if trials < 1:
             raise DigitflowError(f"sweep: --{kind} takes a number of trials >= 1, got {trials}")
-    fixed = {k: v for k, v in flow_parameters(args).items() if k not in ("experiment", "resume", "checkpoint")}
+    fixed = flow_params(args, SWEEP_FIXED_OPTIONS)
     return dict(
         space=list(items),
         kind=kind,
@@ -133,6 +132,8 @@ def sweep_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
     """Check every option, then run :func:`flows.sweep.sweep` in this process on the chosen task runner."""
+    from digitflow.params.run import build_config  # torch: only once the options parse
+
     try:
         params = sweep_parameters(args)
         config = build_config(**params["fixed"])
@@ -143,21 +144,20 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         if params["kind"] == "grid":
             grid(space)
         check_direction(params["direction"] or default_direction(params["metric"]))
-        if config.data.offline:
-            for spec in (config.data.train, config.data.test, *config.data.targets):
-                fetch(spec, config.data.data_dir, offline=True)
-        check_experiment(args.experiment)
-        check_output_dir(config.output_dir)
+        data = config.data
+        check_before_start(
+            experiment=args.experiment,
+            output_dir=config.output_dir,
+            offline=data.offline,
+            data_dir=data.data_dir,
+            specs=(data.train, data.test, *data.targets),
+        )
         if args.workers is not None and args.workers < 1:
             raise DigitflowError(f"sweep: --workers must be at least 1, got {args.workers}")
         check_runner(args.runner)  # Ray without its extra: one line, before anything starts
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
-    from tasks.tracking import server_problem, tracking_uri
-
-    problem = server_problem(tracking_uri())
-    if problem:
-        parser.exit(EXIT_FAILED, f"digitflow: error: {problem}\n")
+    exit_unless_tracking_server_answers(parser)
 
     def start() -> Any:
         from flows.sweep import cpu_cores, sweep, task_runner

@@ -17,9 +17,9 @@ from digitflow.config import (
     TrainConfig,
 )
 from digitflow.errors import ConfigError
+from digitflow.params.run import build_config, check_experiment, check_output_dir
 from flows.cli import build_parser
 from flows.cli.run import flow_parameters
-from flows.params import build_config, check_experiment, check_output_dir
 
 
 def params(*argv: str) -> dict:
@@ -148,9 +148,15 @@ def test_empty_experiment_name_is_refused(name):
 
 
 def test_opt_and_lr_are_passed_as_given():
-    # build_config adds them to the optimizer's defaults for the device (tests/unit/test_device_defaults.py)
+    # build_config adds them to the optimizer's defaults for the device (tests/unit/params/test_device_defaults.py)
     assert params("--opt", "weight_decay=1e-4")["optimizer_kwargs"] == {"weight_decay": 1e-4}
-    assert params("--lr", "0.1", "--opt", "nesterov=True")["optimizer_kwargs"] == {"lr": 0.1, "nesterov": True}
+    given = params("--lr", "0.1", "--opt", "nesterov=True")
+    assert (given["lr"], given["optimizer_kwargs"]) == (0.1, {"nesterov": True})  # lr: a flow parameter of its own
+    assert config("--lr", "0.1", "--opt", "nesterov=True").train.optimizer.kwargs == {
+        **OptimizerConfig().kwargs,
+        "lr": 0.1,
+        "nesterov": True,
+    }
     assert config("--opt", "weight_decay=1e-4").train.optimizer.kwargs == {
         **OptimizerConfig().kwargs,
         "weight_decay": 1e-4,
@@ -161,7 +167,7 @@ def test_another_optimizer_starts_from_torch_defaults():
     assert "Adam" not in OPTIMIZER_DEFAULTS
     assert params("--optimizer", "Adam")["optimizer_kwargs"] is None
     assert config("--optimizer", "Adam").train.optimizer.kwargs == {}
-    assert params("--optimizer", "Adam", "--opt", "betas=(0.9, 0.99)", "--lr", "1e-3")["optimizer_kwargs"] == {
+    assert config("--optimizer", "Adam", "--opt", "betas=(0.9, 0.99)", "--lr", "1e-3").train.optimizer.kwargs == {
         "betas": (0.9, 0.99),
         "lr": 1e-3,
     }

@@ -1,5 +1,5 @@
 """digitflow run --nproc 2: the pipeline trains data-parallel on two CPU processes (torchrun, gloo),
-rank 0 logs and checkpoints (resuming on every rank: tests/unit/test_data_parallel.py)."""
+rank 0 logs and checkpoints (resuming on every rank: tests/unit/training/test_data_parallel.py)."""
 
 from __future__ import annotations
 

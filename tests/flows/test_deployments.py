@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from digitflow.data import parse_spec
-from flows.params import default_targets, default_test
+from digitflow.params.run import default_targets, default_test
 
 PREFECT_YAML = Path(__file__).resolve().parents[2] / "prefect.yaml"
 DEPLOYMENTS = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]

@@ -277,7 +277,7 @@ def test_a_signal_during_an_mlflow_call_waits_for_it_to_return(tmp_path):
 )
 def test_the_line_says_where_training_got_to_and_how_to_resume(monkeypatch, completed, where):
     from flows.interrupt import RunSignals
-    from tasks.progress import training_progress
+    from reporting.progress import training_progress
 
     monkeypatch.setattr(training_progress, "completed", completed)
     argv = ["run", "--train", "mnist:test[:8000]", "--epochs", "20"]

@@ -18,8 +18,8 @@ from prefect.runtime import flow_run as runtime_flow_run
 from digitflow.device import training_precision
 from flows.pipeline import pipeline
 from flows.summary import PipelineSummary, publish_summary
-from tasks.tracking import run_url, ui_command
 from tests.fakedata import fake_data_dir
+from tracking.ui import run_url, ui_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -310,7 +310,7 @@ def test_missing_data_offline_is_one_line_error(tmp_path):
 def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
     import torch
 
-    from digitflow.checkpoint import save_checkpoint
+    from digitflow.training.checkpoint import save_checkpoint
 
     bad = tmp_path / "bad.pt"
     if kind == "not a checkpoint":

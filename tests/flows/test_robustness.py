@@ -8,9 +8,9 @@ import pytest
 
 from digitflow.config import AdversarialTrainingConfig, RobustnessConfig
 from digitflow.errors import ConfigError
+from digitflow.params.run import build_config
 from flows.cli import build_parser
 from flows.cli.run import flow_parameters
-from flows.params import build_config
 from tests.fakedata import fake_data_dir
 from tests.flows.test_pipeline import cli, runs_by_name, tiny_run
 

@@ -10,10 +10,10 @@ from typing import Any
 import mlflow
 
 from flows.cli import main as cli_main
-from tasks import runlog
 from tests.fakedata import fake_data_dir
 from tests.faults import LostServer
 from tests.flows.test_pipeline import runs_by_name, tiny_run
+from tracking import runlog
 
 
 def after_epoch_1(*args: Any, **kwargs: Any) -> bool:

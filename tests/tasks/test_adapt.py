@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from digitflow.config import AdaptConfig, DataConfig, TrainConfig
-from digitflow.dann import fit_dann
 from digitflow.data import prepare
-from digitflow.engine import build_model
+from digitflow.training.classifier import build_model
+from digitflow.training.dann import fit_dann
 from tasks.data import adaptation_images
 from tests.fakedata import fake_data_dir, fake_split, patch_registry, write_usps
 

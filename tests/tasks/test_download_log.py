@@ -1,6 +1,7 @@
 """Download progress as log lines: one per quarter of a file, and the end."""
 
 import logging
+from typing import Any
 
 from tasks.data import DownloadLog
 
@@ -44,8 +45,8 @@ class _Records(logging.Handler):
 def test_a_failed_download_is_said_short_at_each_retry_and_in_full_once(
     tmp_path, monkeypatch, mlflow_store, prefect_server
 ):
+    import reporting.logs
     import tasks.data
-    import tasks.logs
     from flows.pipeline import pipeline
     from tests.fakedata import fake_data_dir
 
@@ -53,11 +54,11 @@ def test_a_failed_download_is_said_short_at_each_retry_and_in_full_once(
     (data_dir / "USPS" / "usps.t.bz2").unlink()  # its mirror is fake://, which urllib cannot reach
     fast = tasks.data.download_dataset.with_options(retry_delay_seconds=0, retry_jitter_factor=0.0)  # 0: no jitter
     monkeypatch.setattr(tasks.data, "download_dataset", fast)
-    monkeypatch.setattr(tasks.logs, "_installed", None)  # the flow installs a fresh filter, as in a worker
+    monkeypatch.setattr(reporting.logs, "_installed", None)  # the flow installs a fresh filter, as in a worker
     records = _Records()
     logging.getLogger().addHandler(records)
     try:
-        state = pipeline(
+        state: Any = pipeline(  # return_state=True: the flow run's final State
             train="usps:test",
             target=[],
             epochs=1,
@@ -86,7 +87,7 @@ def test_a_failed_download_is_said_short_at_each_retry_and_in_full_once(
 
 def test_full_message_left_to_the_caller():
     from digitflow.errors import DownloadError
-    from tasks.logs import OneLineErrors
+    from reporting.logs import OneLineErrors
 
     error = DownloadError(
         "x:test needs f.gz, not found in /d and no mirror could provide it (u: boom)",

@@ -27,9 +27,9 @@ from digitflow.config import DataConfig, ExportConfig, RunConfig, TrainConfig
 from digitflow.data.framing import model_inputs
 from tasks.data import download_dataset, load_prepared, prepare_dataset
 from tasks.export import export_model
-from tasks.tracking import setup_tracking
 from tasks.train import train_model
 from tests.fakedata import fake_data_dir
+from tracking.store import setup_tracking
 
 MODEL_URI = "models:/digitflow-lenet@candidate"
 

@@ -15,9 +15,9 @@ from digitflow.errors import DataError, TrainingDivergedError
 from tasks.data import download_dataset, prepare_dataset
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
-from tasks.tracking import setup_tracking
 from tasks.train import train_model
 from tests.fakedata import fake_data_dir
+from tracking.store import setup_tracking
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Export: TorchScript and torch.export files, verified in a torch-only process (verifier.py), timed."""

@@ -1,0 +1,111 @@
+"""Standalone verifier for an exported digitflow model: imports only torch and the standard library.
+
+:func:`digitflow.export.exporters.verify_export` runs this file in a fresh interpreter
+(``python -I _verify_export.py MODEL INPUTS OUTPUT``, cwd = a temporary folder) to prove that the
+exported file works without any of this project's code. It refuses to import the project's packages
+(``digitflow``, ``flows``, ``tasks``) even where they are installed, so an export that secretly
+depends on them fails here instead of in a user's hands.
+
+Protocol:
+    MODEL   a TorchScript ``.pt`` (``torch.jit.load``) or torch.export ``.pt2``
+            (``torch.export.load(...).module()``) file.
+    INPUTS  a ``torch.save``-d float tensor (N, 1, 28, 28) (a classifier's images) or (N, latent)
+            (a generator's noise), loaded with ``weights_only=True``.
+    OUTPUT  where the output tensor (logits (N, num_classes), or images) is ``torch.save``-d.
+
+Exit status 0 on success. On failure it writes exactly one line, starting with ``verify-export:``,
+to stderr and exits with 2 (model file cannot be loaded), 3 (the model failed to run on the inputs)
+or 4 (bad inputs or usage).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # the verifier imports torch only once its import guard is in place (main)
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
+    import torch
+
+FORBIDDEN = frozenset({"digitflow", "flows", "tasks"})
+PREFIX = "verify-export:"
+
+
+class _ForbidProject(importlib.abc.MetaPathFinder):
+    """Make ``import digitflow`` (and the other project packages) fail inside this process."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:  # importlib's MetaPathFinder protocol
+        if fullname.split(".", 1)[0] in FORBIDDEN:
+            raise ImportError(f"the verifier may not import project package {fullname!r}")
+        return None
+
+
+def _fail(code: int, what: str, exc: BaseException) -> NoReturn:
+    lines = str(exc).strip().splitlines()
+    detail = lines[0].strip() if lines else ""
+    if len(detail) > 200:
+        detail = detail[:197] + "..."
+    message = f"{PREFIX} {what}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    sys.stderr.write(message + "\n")
+    sys.exit(code)
+
+
+def _load(path: str) -> torch.nn.Module:
+    import torch
+
+    if path.endswith(".pt2"):
+        program: torch.nn.Module = torch.export.load(path).module()
+        return program
+    # TorchScript is deprecated in torch 2.x and jit.load says so with a FutureWarning on every
+    # call; this script exists to load TorchScript, so that one message is noise here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        model: torch.jit.ScriptModule = torch.jit.load(path, map_location="cpu")
+    return model.eval()
+
+
+def main(argv: list[str]) -> int:
+    """Load MODEL, run it on INPUTS under inference mode, save the logits to OUTPUT."""
+    if len(argv) != 3:
+        sys.stderr.write(f"{PREFIX} usage: _verify_export.py MODEL INPUTS OUTPUT\n")
+        return 4
+    model_path, inputs_path, output_path = argv
+    sys.meta_path.insert(0, _ForbidProject())
+
+    import torch
+
+    try:
+        images = torch.load(inputs_path, map_location="cpu", weights_only=True)
+        # images (N, 1, 28, 28) for a classifier, noise (N, latent) for a GAN's generator
+        if not isinstance(images, torch.Tensor) or images.dim() < 2:
+            raise ValueError("inputs must be a batch tensor: (N, 1, 28, 28) images or (N, latent) noise")
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        _fail(4, "cannot read inputs", exc)
+    try:
+        model = _load(model_path)
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        _fail(2, "cannot load the model file", exc)
+    try:
+        with torch.inference_mode():
+            logits = model(images)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"model returned {type(logits).__name__}, expected a logits tensor")
+        torch.save(logits.detach().to("cpu").contiguous().clone(), output_path)
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        _fail(3, "the model failed on the inputs", exc)
+    leaked = sorted(name for name in sys.modules if name.split(".", 1)[0] in FORBIDDEN)
+    if leaked:
+        sys.stderr.write(f"{PREFIX} project modules were imported: {', '.join(leaked)}\n")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
