@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run lint test test-fast ui serve stop bench lock clean
+.PHONY: help setup run lint test test-fast docs ui serve stop bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup ## run the pipeline (pass options with ARGS="--epochs 3 ...")
 	$(BIN)/digitflow run $(ARGS)
 
-lint: setup ## ruff (lint + format check) and mypy (strict on src/digitflow, basic on flows, tasks, scripts, tests)
+lint: setup ## ruff (lint + format check), mypy (strict on src/digitflow, basic elsewhere), mkdocs build --strict
 	@status=0; \
 	$(BIN)/ruff check . || status=1; \
 	$(BIN)/ruff format --check . || status=1; \
 	$(BIN)/mypy || status=1; \
+	$(BIN)/mkdocs build --strict --quiet || status=1; \
 	exit $$status
 
 test: setup ## the whole test suite, real-data runs included (skipped without ../shared/data)
@@ -36,6 +37,9 @@ test: setup ## the whole test suite, real-data runs included (skipped without ..
 
 test-fast: setup ## unit, task and flow tests on tiny data only
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+docs: setup ## build the docs site into site/ (mkdocs build --strict)
+	$(BIN)/mkdocs build --strict
 
 ui: setup ## MLflow UI on the store runs log to (MLFLOW_TRACKING_URI, else mlflow/mlflow.db), http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH mlflow/ui.sh
@@ -54,4 +58,4 @@ lock: setup ## regenerate constraints.txt from the current environment
 	@mv constraints.txt.new constraints.txt
 
 clean: ## remove caches and outputs (keeps .venv, data/ and the MLflow store)
-	rm -rf .cache outputs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .cache outputs site .pytest_cache .mypy_cache .ruff_cache
