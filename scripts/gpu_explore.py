@@ -4,7 +4,7 @@ Prints (1) training images/s over batch sizes, eager against CUDA graph, channel
 default layout, with and without augmentation, and (2) time to a held-out accuracy on the 8k
 protocol (train ``mnist:test[:8000]``, test ``mnist:test[8000:]``, evaluation after every epoch)
 for candidate settings, over several seeds. ``digitflow.config.CUDA_TRAIN_DEFAULTS`` and
-``digitflow.device.CUDA_CHANNELS_LAST_MIN_BATCH`` were chosen from its output (README: "Training on
+``digitflow.device.CUDA_CHANNELS_LAST_MIN_BATCH`` were chosen from its output (docs/training.md: "Training on
 a GPU").
 
     PYTHONPATH=src:. python3 scripts/gpu_explore.py --data-dir DIR [--seeds 5]

@@ -1,4 +1,4 @@
-"""Reproduce the README's tables of training settings: the MNIST -> USPS domain gap, the default
+"""Reproduce the tables of training settings in docs/measurements.md: the MNIST -> USPS domain gap, the default
 augmentation of each dataset family, the LBFGS defaults.
 
 By default, trains LeNet on ``mnist:test[:8000]`` (no USPS data at all) for each named setting and

@@ -91,8 +91,8 @@ def run_trial(
 
     ``data`` holds the sweep's prepared splits (``train``, ``test``, ``targets``), prepared once by the
     flow; ``tracking`` is the MLflow store and experiment id. The trial's torch threads are set to
-    ``threads`` (see the README: in the threads runner this sets the trial's own thread, in Dask and
-    Ray workers the worker process). An error (a diverging loss, options that do not go together)
+    ``threads`` (see docs/sweeps.md "Where trials run": in the threads runner this sets the trial's own
+    thread, in Dask and Ray workers the worker process). An error (a diverging loss, options that do not go together)
     ends the trial ``failed`` with that error and is not raised: the sweep goes on. With ``prune``,
     the sweep's metric is reported to Optuna after every epoch and the trial stops when its pruner says so.
     The trained weights are saved to ``weights`` (a state dict), from which the sweep exports the best trial.

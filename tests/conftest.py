@@ -46,5 +46,5 @@ def mlflow_store(tmp_path, monkeypatch) -> Iterator[str]:
 def shared_data() -> Path:
     """The official files in ../shared/data; skips, saying why, where that folder is absent."""
     if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real data not found at {SHARED_DATA} (see README: running offline from pre-placed files)")
+        pytest.skip(f"real data not found at {SHARED_DATA} (see docs/data.md: where files go, and offline use)")
     return SHARED_DATA

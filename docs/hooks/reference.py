@@ -4,26 +4,46 @@
 each of its commands, from the parser itself (``flows.cli.build_parser``), whatever commands it has.
 ``docs/reference/config.md`` holds :data:`CONFIG_MARKER`; it becomes a section per dataclass that
 ``digitflow.config`` exports, in source order: the class's docstring and a table of its fields (name, type,
-default, and the ``help`` of the field's metadata). mkdocs.yml names this file under ``hooks:``;
-tests/unit/test_docs.py imports it by path. It imports the checkout it lives in, never an installed copy.
+default, help). A field's help is the ``help`` of its metadata if it has one, else its comment in the source
+(``src/digitflow/config/schema.py``): the trailing ``# comment`` on its line, else the comment lines directly
+above it, read with :mod:`ast` and :mod:`tokenize` (:func:`field_comments`).
+``docs/reference/options.md`` holds :data:`OPTIONS_MARKER`; it becomes a table per flow of its parameters
+(:data:`FLOWS`, from the option tables of ``digitflow.config.options``): name, CLI flag, type, default, help.
+mkdocs.yml names this file under ``hooks:``; tests/unit/test_docs.py imports it by path. It imports the
+checkout it lives in, never an installed copy, and nothing of it that loads torch, Prefect or MLflow.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
 import importlib
 import inspect
+import io
 import os
 import re
 import sys
+import tokenize
+import types
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from digitflow.config.options import Option
 
 CLI_MARKER = "<!-- reference:cli -->"
 CONFIG_MARKER = "<!-- reference:config -->"
+OPTIONS_MARKER = "<!-- reference:options -->"
+# (flow name, the command that runs it, its option table in digitflow.config.options, the flow's function)
+FLOWS = (
+    ("digitflow-pipeline", "digitflow run", "RUN_OPTIONS", "flows/pipeline.py:pipeline"),
+    ("digitflow-gan", "digitflow gan", "GAN_OPTIONS", "flows/gan.py:gan_pipeline"),
+)
 HELP_COLUMNS = "100"  # argparse wraps --help to $COLUMNS: fixed, so the page is the same on every machine
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: flows/ and src/digitflow/ of this checkout
@@ -121,17 +141,73 @@ def _default(f: dataclasses.Field[Any]) -> str:
     return "(required)"
 
 
+_MARKDOWN_ESCAPES = str.maketrans({"|": "\\|", "*": "\\*", "_": "\\_", "<": "&lt;", ">": "&gt;"})
+
+
 def _cell(text: str, code: bool = False) -> str:
-    """One table cell on one line; a pipe outside a code span is escaped (inside one, Markdown keeps it)."""
+    """One table cell on one line. In a code span Markdown keeps every character (a pipe included); in
+    text, pipes, emphasis marks and angle brackets (``lenet-<hash>.pt`` is no HTML tag) are escaped."""
     text = " ".join(str(text).split())
     if code and text:
         return f"`{text}`"
-    return text.replace("|", "\\|")
+    return text.translate(_MARKDOWN_ESCAPES)
 
 
 def _docstring(cls: type) -> str:
     doc = inspect.getdoc(cls) or ""
     return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", doc)  # Sphinx roles (:mod:`x`) as code
+
+
+_NOT_HELP = re.compile(r"(type:|noqa\b|pragma\b|fmt:)")  # tool directives, not a field's meaning
+
+
+@functools.cache
+def field_comments(path: Path) -> dict[str, dict[str, str]]:
+    """``{class name: {field name: comment}}`` for the classes of the Python file ``path``, read from its
+    source without importing it. A field is an annotated assignment in a class body; its comment is the
+    trailing ``# comment`` on its line(s), else the run of comment lines directly above it, joined."""
+    source = path.read_text(encoding="utf-8")
+    trailing: dict[int, str] = {}  # line -> a comment that follows code on that line
+    own_line: dict[int, str] = {}  # line -> a comment that is the whole line
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            text = token.string.lstrip("#").strip()
+            if _NOT_HELP.match(text):
+                continue
+            on_its_own = not token.line[: token.start[1]].strip()
+            (own_line if on_its_own else trailing)[token.start[0]] = text
+    comments: dict[str, dict[str, str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = comments.setdefault(node.name, {})
+        for statement in node.body:
+            if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+                continue
+            end = statement.end_lineno or statement.lineno
+            after = [trailing[line] for line in range(statement.lineno, end + 1) if line in trailing]
+            above: list[str] = []
+            line = statement.lineno - 1
+            while line in own_line:
+                above.insert(0, own_line[line])
+                line -= 1
+            text = " ".join(after or above)
+            if text:
+                fields[statement.target.id] = text
+    return comments
+
+
+def field_help(cls: type, f: dataclasses.Field[Any]) -> str:
+    """A field's help: the ``help`` of its metadata, else its comment in the class's source file."""
+    if f.metadata.get("help"):
+        return str(f.metadata["help"])
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:  # a class without a source file
+        return ""
+    if path is None:
+        return ""
+    return field_comments(Path(path)).get(cls.__name__, {}).get(f.name, "")
 
 
 def render_config() -> str:
@@ -141,7 +217,7 @@ def render_config() -> str:
     for cls in config_classes(config):
         rows = [
             f"| {_cell(f.name, code=True)} | {_cell(_type(f), code=True)} | {_cell(_default(f), code=True)} "
-            f"| {_cell(f.metadata.get('help', ''))} |"
+            f"| {_cell(field_help(cls, f))} |"
             for f in dataclasses.fields(cls)
         ]
         table = "\n".join(["| field | type | default | help |", "|---|---|---|---|", *rows])
@@ -149,9 +225,63 @@ def render_config() -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def annotation(value: Any) -> str:
+    """A type as it is written: ``int | None``, ``list[str] | None``, ``Literal['script', 'trace']``."""
+    if value is None or value is type(None):
+        return "None"
+    if value is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(value), typing.get_args(value)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(annotation(arg) for arg in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or str(origin).removeprefix("typing.")
+        return f"{name}[{', '.join(annotation(arg) for arg in args)}]" if args else name
+    if value is Any:
+        return "Any"
+    if isinstance(value, type):
+        return value.__name__
+    return str(value).removeprefix("typing.")
+
+
+def _flags(option: Option) -> str:
+    """The option's CLI flag(s): ``--amp`` / ``--no-amp`` for a toggle, its ``off`` flag beside it."""
+    flag = option.cli_flag
+    if flag is None:
+        return "(none: a flow parameter only)"
+    flags = [flag]
+    if option.kind == "toggle":
+        flags.append("--no-" + flag.removeprefix("--"))
+    if option.off is not None:
+        flags.append(option.off[0])
+    return " / ".join(f"`{f}`" for f in flags)
+
+
+def render_options() -> str:
+    """A section per flow of :data:`FLOWS`: a table of its parameters, in the order of its option table."""
+    options = importlib.import_module("digitflow.config.options")
+    parts = []
+    for flow, command, table_name, function in FLOWS:
+        table = getattr(options, table_name)
+        rows = [
+            f"| {_cell(o.name, code=True)} | {_flags(o)} | {_cell(annotation(o.annotation), code=True)} "
+            f"| {_cell(repr(o.default), code=True)} | {_cell(o.help)} |"
+            for o in table
+        ]
+        lines = ["| parameter | CLI flag | type | default | help |", "|---|---|---|---|---|", *rows]
+        intro = (
+            f"The parameters of `{function}`, from `digitflow.config.options.{table_name}`; "
+            f"`{command}` takes the same options."
+        )
+        parts.append(f"## {flow}\n\n{intro}\n\n" + "\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """MkDocs event: put the generated reference where a page has a marker line."""
-    for marker, render in ((CLI_MARKER, render_cli), (CONFIG_MARKER, render_config)):
+    for marker, render in ((CLI_MARKER, render_cli), (CONFIG_MARKER, render_config), (OPTIONS_MARKER, render_options)):
         if marker in markdown:
             markdown = markdown.replace(marker, render())
     return markdown

@@ -56,7 +56,7 @@ def training_precision(device: torch.device, amp: bool) -> str:
 
 # Batch size from which channels-last (NHWC) beats the default layout for an eagerly run LeNet step on
 # a CUDA device, bf16 autocast; a step replayed as a CUDA graph gains from it at every batch size.
-# Measured on an H200 (scripts/gpu_explore.py; README "Training on a GPU").
+# Measured on an H200 (scripts/gpu_explore.py; docs/training.md "Training on a GPU").
 CUDA_CHANNELS_LAST_MIN_BATCH = 1024
 
 
