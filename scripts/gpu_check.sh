@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent GPU machine (README: "Training on a GPU").
+# The GPU checks, as one script for a lent GPU machine (docs/training.md: "Training on a GPU").
 # Usage: scripts/gpu_check.sh DATA_DIR [STAGE ...]
 #   DATA_DIR holds MNIST/raw/t10k-*.gz and USPS/usps.t.bz2 (and FashionMNIST/raw/*.gz for --fashion-mnist).
 #   STAGES (default: tests bench): tests, explore (scripts/gpu_explore.py: the measurements behind the
 #   CUDA defaults), bench (scripts/bench.py at the GPU defaults: throughput, Fashion-MNIST epochs/s,
 #   time to 0.99), run (a full `digitflow run`; needs Prefect and MLflow: wheels in .whl/, see the
-#   device notes in README).
+#   docs/development.md).
 # Uses the machine's own python3 with torch and torchvision. Each stage has its own time limit, so one
 # that hangs cannot take the others with it. Logs go to $OUT (if set) as well as stdout.
 set -uo pipefail

@@ -41,7 +41,8 @@ def robustness_test(
 
     Logs ``robust/fgsm/accuracy`` and ``robust/pgd/accuracy`` with step = round(epsilon x 100), the
     accuracy-versus-epsilon plot and a grid of clean and adversarial images; the parent run gets
-    PGD's accuracy at ``robustness.headline_eps`` (``robust/pgd/accuracy_eps10``). Returns
+    PGD's accuracy at ``robustness.headline_eps`` (``robust/pgd/accuracy_eps10``) and its standard error
+    (``robust/pgd/accuracy_eps10_stderr``). Returns
     ``{"robust/<attack>/accuracy_eps<step>": accuracy}`` for every attack and epsilon.
     """
     logger = run_logger()
@@ -95,7 +96,9 @@ def robustness_test(
             )
     metrics = {f"{name}_eps{step}": value for name, value, step in curve.metrics()}
     if "pgd" in curve.accuracy and robustness.headline_eps in curve.epsilons:
-        _log_to_parent(parent_run_id, {headline_key(robustness.headline_eps): curve.at("pgd", robustness.headline_eps)})
+        eps, key = robustness.headline_eps, headline_key(robustness.headline_eps)
+        # the headline and its standard error: what the figure could move by with other images (n matters)
+        _log_to_parent(parent_run_id, {key: curve.at("pgd", eps), f"{key}_stderr": curve.stderr("pgd", eps)})
     for attack, values in curve.accuracy.items():
         logger.info(
             "accuracy under %s: %s",

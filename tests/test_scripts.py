@@ -1,5 +1,5 @@
 """The benchmark script runs end to end on tiny data (one round, no workers) and refuses bad input
-in one line: it is a README command, so a crash there is a bug. Its figures are not checked."""
+in one line: it is a documented command, so a crash there is a bug. Its figures are not checked."""
 
 from __future__ import annotations
 

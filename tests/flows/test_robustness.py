@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from digitflow.config import AdversarialTrainingConfig, RobustnessConfig
+from digitflow.config import AdversarialTrainingConfig, RobustnessConfig, robustness_defaults
 from digitflow.errors import ConfigError
 from digitflow.params.run import build_config
 from flows.cli import build_parser
@@ -36,6 +36,7 @@ def test_adversarial_training_and_robustness_end_to_end(tmp_path, monkeypatch, m
     assert params["train.adversarial.eps"] == "0.2"
     assert params["robustness.epsilons"] == str(list(RobustnessConfig().epsilons))
     headline = parent.data.metrics["robust/pgd/accuracy_eps10"]
+    assert "robust/pgd/accuracy_eps10_stderr" in parent.data.metrics  # its standard error beside it
 
     children = runs_by_name(summary.run_id)
     train = children["train"]
@@ -81,7 +82,7 @@ def options(*argv: str):
 
 def test_options_reach_the_configs():
     c = options()
-    assert c.robustness == RobustnessConfig()
+    assert c.robustness == robustness_defaults("cpu")  # the tests train on the CPU
     assert c.train.adversarial == AdversarialTrainingConfig()
     c = options("--attack", "pgd", "--epsilons", "0.3", "0", "0.1", "--pgd-steps", "40", "--attack-images", "500")
     assert c.robustness == RobustnessConfig(attacks=("pgd",), epsilons=(0.0, 0.1, 0.3), pgd_steps=40, num_images=500)

@@ -4,6 +4,7 @@ sweeps' search spaces (:mod:`digitflow.config.sweep_space`). Pure Python: import
 from digitflow.config.schema import (
     AUGMENT_BY_FAMILY,
     BATCH_SIZE_BY_OPTIMIZER,
+    CPU_ROBUSTNESS_DEFAULTS,
     CUDA_TRAIN_DEFAULTS,
     DATASET_FAMILIES,
     DEFAULT_TARGETS,
@@ -32,6 +33,7 @@ from digitflow.config.schema import (
     TrainConfig,
     flatten,
     gan_train_defaults,
+    robustness_defaults,
     to_dict,
     train_defaults,
 )
@@ -39,6 +41,7 @@ from digitflow.config.schema import (
 __all__ = [
     "AUGMENT_BY_FAMILY",
     "BATCH_SIZE_BY_OPTIMIZER",
+    "CPU_ROBUSTNESS_DEFAULTS",
     "CUDA_TRAIN_DEFAULTS",
     "DATASET_FAMILIES",
     "DEFAULT_TARGETS",
@@ -67,6 +70,7 @@ __all__ = [
     "TrainConfig",
     "flatten",
     "gan_train_defaults",
+    "robustness_defaults",
     "to_dict",
     "train_defaults",
 ]

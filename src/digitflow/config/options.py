@@ -50,6 +50,7 @@ from digitflow.config.schema import (
     TargetPreprocess,
     TrainConfig,
     gan_train_defaults,
+    robustness_defaults,
     train_defaults,
 )
 from digitflow.errors import ConfigError
@@ -117,6 +118,7 @@ def _either(cpu: Any, cuda: Any) -> str:
 
 _T, _GPU, _D = TrainConfig(), train_defaults("cuda"), DataConfig()
 _A, _R, _E, _RUN = AdversarialTrainingConfig(), RobustnessConfig(), ExportConfig(), RunConfig()
+_R_CPU = robustness_defaults("cpu")
 _OPT = OptimizerConfig()
 
 
@@ -240,7 +242,7 @@ def _in(group: str, *options: Option) -> tuple[Option, ...]:
 # --- digitflow run: the classifier pipeline ----------------------------------------------------------------------
 
 ADAPT = "domain adaptation (the source-only model is trained beside it, as the baseline of every target)"
-ROBUSTNESS = "robustness (attacks on the held-out split after training)"
+ROBUSTNESS = "robustness (attacks on the held-out split after training; defaults: CPU / CUDA)"
 
 RUN_OPTIONS: tuple[Option, ...] = (
     TRAIN,
@@ -441,7 +443,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
             "pgd_steps",
             int | None,
             None,
-            f"PGD steps, each 2.5 x eps / N, from a random start (default {_R.pgd_steps})",
+            f"PGD steps, each 2.5 x eps / N, from a random start (default {_either(_R_CPU.pgd_steps, _R.pgd_steps)})",
             value_type=int,
             metavar="N",
         ),
@@ -449,7 +451,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
             "attack_images",
             int | None,
             None,
-            f"attack the first N held-out images (default {_R.num_images})",
+            f"attack the first N held-out images, the same at every epsilon "
+            f"(default {_either(_R_CPU.num_images, _R.num_images)})",
             value_type=int,
             metavar="N",
         ),

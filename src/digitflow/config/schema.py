@@ -43,9 +43,9 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 class AugmentConfig:
     """Training-time augmentation, drawn independently for every image on the training device."""
 
-    # Defaults chosen by a sweep (scripts/sweep.py; README "Cross-domain testing"): a mild affine gave
-    # the best held-out MNIST and USPS accuracy; a stronger one lowered both, and elastic distortion
-    # added nothing at alpha 10 and cost accuracy at 34, so it is available but off.
+    # Defaults chosen by a sweep (scripts/sweep.py; docs/cross-domain.md "The defaults are tuned for the domain
+    # gap"): a mild affine gave the best held-out MNIST and USPS accuracy; a stronger one lowered both, and elastic
+    # distortion added nothing at alpha 10 and cost accuracy at 34, so it is available but off.
     affine: bool = True
     degrees: float = 10.0  # rotation range, +/- degrees
     translate: float = 0.08  # fraction of the image size, +/-
@@ -59,7 +59,7 @@ class AugmentConfig:
     extra: tuple[str, ...] = ()  # torchvision.transforms.v2 class names, e.g. "RandomErasing"
 
 
-# The augmentation a run gets when it names none, by the family of its training dataset (README
+# The augmentation a run gets when it names none, by the family of its training dataset (docs/training.md
 # "Default augmentation per dataset family"; measured with scripts/sweep.py). Handwriting: the mild
 # affine above, tuned for MNIST -> USPS; KMNIST (handwritten characters) gets it too, unmeasured (no
 # KMNIST files on the development machines). Clothing: none, which in the default 6 epochs on all of
@@ -92,7 +92,7 @@ class OptimizerConfig:
 # Options and batch size for an optimizer other than the default one, when a run gives none (any
 # optimizer not listed gets torch's defaults and TrainConfig.batch_size). LBFGS with torch's defaults
 # (lr 1, no line search, 20 iterations a step) on batches of 64 diverges in the first epoch; with a
-# strong-Wolfe line search, 5 iterations a step and batches of 1000 it trains (README "LBFGS":
+# strong-Wolfe line search, 5 iterations a step and batches of 1000 it trains (docs/training.md "LBFGS":
 # 0.983 held-out on mnist:test[8000:] after 6 epochs on mnist:test[:8000]).
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "LBFGS": {"line_search_fn": "strong_wolfe", "max_iter": 5},
@@ -155,7 +155,7 @@ class TrainConfig:
 # batch grows, with the learning rate; label smoothing and two more epochs of the cosine schedule make
 # 0.99 on the 8k protocol reliable at that batch. bfloat16 autocast is off: for a network this small
 # its cast kernels cost more than its faster convolutions save (float32, TF32 convolutions, trained
-# 1.2-1.3x more images/s at every batch size). Chosen by measurement on an H200 (README "Training
+# 1.2-1.3x more images/s at every batch size). Chosen by measurement on an H200 (docs/training.md "Training
 # on a GPU"; scripts/gpu_explore.py prints the comparison); explicit options always win.
 CUDA_TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 8,
@@ -189,7 +189,7 @@ class AdaptConfig:
     method: AdaptMethod | None = None  # None: no adaptation (source-only training)
     target: str | None = None  # dataset spec of the unlabeled target images, e.g. usps:test[:1000]
     domain_hidden: int = 500  # width of the domain classifier's two hidden layers
-    domain_weight: float = 0.3  # the gradient reversal weight lambda reaches (1 cost MNIST accuracy: README)
+    domain_weight: float = 0.3  # gradient reversal weight lambda reaches (1 cost MNIST accuracy: docs/cross-domain.md)
     gamma: float = 10.0  # steepness of the lambda ramp (Ganin's 10)
     target_augment: bool = True  # augment target images like the source ones
     pseudo_label_threshold: float = 0.8  # target predictions at least this confident become labels
@@ -238,10 +238,23 @@ class RobustnessConfig:
     pgd_step_size: float | None = None  # None: 2.5 * eps / pgd_steps
     random_start: bool = True
     # The first N held-out images; None: all. 2,000 (the 8k protocol's whole held-out split) keep the
-    # default evaluation to minutes on a CPU (it costs pgd_steps + 2 passes per epsilon and image) and
-    # the curve's standard error near 1 point; all 10,000 of mnist:test would take five times as long.
+    # curve's standard error near 1 point; all 10,000 of mnist:test would take five times as long.
     num_images: int | None = 2000
     headline_eps: float = 0.1
+
+
+# What a run attacks with by default where it is not on CUDA: the same curve (seven epsilons, FGSM and
+# PGD, the same images at every epsilon) on 1,000 images with PGD-10, so that on a CPU the step costs a
+# fraction of training instead of more than it (docs/measurements.md "Robustness of the default model"); the headline's
+# standard error is logged beside it. On CUDA the whole curve is cheap and stays the default.
+CPU_ROBUSTNESS_DEFAULTS: dict[str, Any] = {"num_images": 1000, "pgd_steps": 10}
+
+
+def robustness_defaults(device_type: str) -> RobustnessConfig:
+    """The default robustness evaluation on a device of this type ("cpu", "cuda", "mps")."""
+    if device_type == "cuda":
+        return RobustnessConfig()
+    return dataclasses.replace(RobustnessConfig(), **CPU_ROBUSTNESS_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -308,12 +321,17 @@ class GanTrainConfig:
     arch: GanArch = "dcgan"
     latent_dim: int = 100
     # DCGAN channel width w (generator 2w -> w -> 1, discriminator 1 -> w -> 2w; MLP: unused), batch, loss and
-    # spectral norm: chosen by 50-epoch probes on the 8k protocol (README "Generating digits", scripts/gan_bench.py).
-    # With the bce loss and batch norm every setting tried (batch 32 or 64, width 32 or 64, a moving average,
-    # minibatch-std) stayed at class entropy 2.22-2.25; the hinge loss with a spectrally normalised
-    # discriminator (SN-GAN) reached 2.26-2.27 at FID/floor 2.6-2.8. Width 64 gains a little FID for twice the time.
+    # spectral norm: chosen by 50-epoch probes on the 8k protocol (docs/measurements.md "How the GAN defaults were
+    # chosen", scripts/gan_bench.py). With the bce loss and batch norm every setting tried (batch 32 or 64, width
+    # 32 or 64, a moving average, minibatch-std) stayed at class entropy 2.22-2.25; the hinge loss with a spectrally
+    # normalised discriminator (SN-GAN) reached 2.26-2.27 at FID/floor 2.6-2.8. Width 64 gains a little FID for
+    # twice the time.
     width: int = 32
-    epochs: int = 30
+    # 60 epochs meet the GAN targets with margin on the 8k protocol (FID at most 3x its floor, coverage 10/10,
+    # entropy at least 2.25): 30 gave 3.61x and 2.223; 50 gave 2.93x and 2.261 with little margin; in a 100-epoch
+    # run every epoch from 51 on stayed under 2.91x and at 2.257 nats or more (docs/measurements.md "The GAN").
+    # About 3.6 s an epoch on the 2-core CPU: 60 epochs train in under 4 minutes.
+    epochs: int = 60
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"

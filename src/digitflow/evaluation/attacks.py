@@ -21,6 +21,7 @@ the function its loss is computed with.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -60,15 +61,23 @@ def input_gradient(forward: Forward, images: torch.Tensor, labels: torch.Tensor)
     """Gradient of the summed cross-entropy loss with respect to ``images`` only (no parameter's
     ``.grad`` is touched). Summed, not averaged, so an image's gradient does not shrink with the
     batch size (which would underflow in bfloat16)."""
+    return gradient_and_logits(forward, images, labels)[0]
+
+
+def gradient_and_logits(
+    forward: Forward, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`input_gradient` and the logits of the forward pass it took (the model's prediction on
+    ``images``, for free)."""
     x = images.detach().clone().requires_grad_(True)  # clone: a tensor made under inference mode works too
     with torch.enable_grad():
         logits = forward(x)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         if not loss.requires_grad:  # nothing in the model depends on anything trainable or on x
-            return torch.zeros_like(x)
+            return torch.zeros_like(x), logits.detach()
         # allow_unused + materialize_grads: a model that ignores its input has a zero gradient
         (grad,) = torch.autograd.grad(loss, [x], allow_unused=True, materialize_grads=True)
-    return grad
+    return grad, logits.detach()
 
 
 def fgsm(
@@ -116,17 +125,64 @@ def pgd(
     return adv
 
 
+def pgd_survivors(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    *,
+    steps: int,
+    step_size: float | None = None,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Which images PGD (as :func:`pgd`) does not break: a bool mask, False for an image the model
+    gets wrong at any point PGD tries (its random start, an iterate, the last one).
+
+    An image is dropped from the batch as soon as one point breaks it, and the attack stops when none
+    is left: the rest of its steps could only find more points in the same ball. The prediction at
+    each iterate comes with the gradient's forward pass, so checking it costs nothing.
+    """
+    if steps < 1:
+        raise ValueError(f"PGD needs at least one step, got {steps}")
+    x = images.detach()
+    held = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    if eps == 0 or x.shape[0] == 0:
+        held &= _predict(model, x) == labels
+        return held
+    alpha = default_step_size(eps, steps) if step_size is None else step_size
+    lower, upper = (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
+    adv = x.clone()
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        adv = torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper)
+    active = torch.arange(x.shape[0], device=x.device)  # images no point has broken yet
+    with buffers_kept(model):
+        for _ in range(steps):
+            grad, logits = gradient_and_logits(model, adv, labels[active])
+            right = logits.argmax(1) == labels[active]
+            held[active[~right]] = False
+            active, adv, grad = active[right], adv[right], grad[right]
+            if active.numel() == 0:
+                return held
+            adv = torch.min(torch.max(adv + alpha * grad.sign(), lower[active]), upper[active])
+    held[active] &= _predict(model, adv) == labels[active]
+    return held
+
+
 @dataclass
 class RobustnessCurve:
     """A model's accuracy under attack, per epsilon, on ``num_images`` images.
 
-    ``accuracy["pgd"]`` counts an image as withstanding PGD only if the model gets it right clean,
-    after FGSM (when run) and after PGD: the worst case per image over the points tried in the
-    epsilon ball, as robustness evaluations report it, so PGD is never weaker than FGSM.
-    ``pgd_alone`` is PGD's own accuracy (on a model without gradient masking the same or close: the
-    difference says how often the one-step attack found what PGD missed). ``example_*`` are the first
-    images, clean (row 0, epsilon 0) and attacked at each epsilon (by the strongest attack run), with
-    the model's predictions.
+    ``accuracy["pgd"]`` counts an image as withstanding PGD only if the model gets it right at every
+    point tried in the epsilon ball: clean, FGSM's, each PGD iterate, and the points that broke it at a
+    smaller epsilon (they lie in this ball too) - the worst case per image, as robustness evaluations
+    report it, so PGD is never weaker than FGSM and the curve never rises. ``pgd_alone`` is PGD's own
+    accuracy (its iterates at this and smaller epsilons; on a model without gradient masking the same
+    or close: the difference says how often the one-step attack found what PGD missed).
+    ``accuracy["fgsm"]`` is FGSM's own, one step per epsilon on every image. ``example_*`` are the
+    first images, clean (row 0, epsilon 0) and attacked at each epsilon (by the strongest attack run),
+    with the model's predictions.
     """
 
     epsilons: list[float]
@@ -140,6 +196,12 @@ class RobustnessCurve:
     def at(self, attack: str, eps: float) -> float:
         """Accuracy under ``attack`` at ``eps`` (one of :attr:`epsilons`)."""
         return self.accuracy[attack][self.epsilons.index(eps)]
+
+    def stderr(self, attack: str, eps: float) -> float:
+        """The standard error of :meth:`at` (binomial: ``sqrt(p (1 - p) / n)``), what the figure could
+        move by with other images of the same distribution."""
+        p = self.at(attack, eps)
+        return math.sqrt(p * (1 - p) / self.num_images)
 
     def metrics(self) -> list[tuple[str, float, int]]:
         """``(name, value, step)`` per attack and epsilon: ``robust/<attack>/accuracy`` with step
@@ -173,51 +235,54 @@ def robustness_curve(
     """Accuracy of ``model`` on ``images``/``labels`` under each of ``attacks`` ("fgsm", "pgd") at
     each epsilon (epsilon 0: clean accuracy). The model is attacked in eval mode and handed back in
     the mode it came in; PGD's random starts are drawn from a generator seeded with ``seed``, so the
-    same model gives the same curve."""
+    same model gives the same curve.
+
+    PGD costs what is left to break: epsilons are taken in increasing order, and PGD attacks only the
+    images no point has broken yet (an image misclassified clean or broken at a smaller epsilon is
+    broken in every larger ball), dropping each as soon as one iterate breaks it
+    (:func:`pgd_survivors`). On a model with little robustness most images fall at the first epsilons.
+    """
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
     was_training = model.training
     model.eval()
-    device = images.device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=images.device).manual_seed(seed)
     n, k = images.shape[0], min(num_examples, images.shape[0])
+    order = sorted(range(len(epsilons)), key=lambda i: epsilons[i])  # nested balls: smallest first
     correct = {attack: [0] * len(epsilons) for attack in attacks}
     alone = [0] * len(epsilons)
-    shown = [images[:k].detach().cpu().clone() for _ in epsilons]
-    shown_pred = [torch.zeros(k, dtype=torch.long) for _ in epsilons]
     try:
         for start in range(0, n, batch_size):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            with torch.no_grad():
-                clean_right = model(x).argmax(1) == y
-            for i, eps in enumerate(epsilons):
-                adv: dict[str, torch.Tensor] = {}  # attack -> adversarial images
-                raw: dict[str, torch.Tensor] = {}  # attack -> right under that attack alone
-                if eps > 0 and "fgsm" in attacks:
-                    adv["fgsm"] = fgsm(model, x, y, eps)
-                if eps > 0 and "pgd" in attacks:
-                    adv["pgd"] = pgd(
-                        model,
-                        x,
-                        y,
-                        eps,
-                        steps=pgd_steps,
-                        step_size=pgd_step_size,
-                        random_start=random_start,
-                        generator=generator,
-                    )
-                for attack in attacks:
-                    raw[attack] = _predict(model, adv[attack]) == y if attack in adv else clean_right
-                for attack in attacks:
-                    if attack == "pgd":  # the worst case over every point tried: clean, FGSM's, PGD's
-                        correct[attack][i] += int(torch.stack([clean_right, *raw.values()]).all(0).sum())
-                    else:
-                        correct[attack][i] += int(raw[attack].sum())
+            clean_right = _predict(model, x) == y
+            held = clean_right.clone()  # right at every point tried so far (all attacks, all smaller epsilons)
+            pgd_held = clean_right.clone()  # right at every point PGD tried so far
+            for i in order:
+                eps = epsilons[i]
+                if "fgsm" in attacks:
+                    fgsm_right = _predict(model, fgsm(model, x, y, eps)) == y if eps > 0 else clean_right
+                    correct["fgsm"][i] += int(fgsm_right.sum())
+                    held &= fgsm_right
                 if "pgd" in attacks:
-                    alone[i] += int(raw["pgd"].sum())
-                if start == 0 and k:
-                    shown[i], shown_pred[i] = _strongest(model, x[:k], adv, raw, attacks, k)
+                    todo = pgd_held.nonzero().squeeze(1)
+                    if eps > 0 and todo.numel():
+                        pgd_held[todo] = pgd_survivors(
+                            model,
+                            x[todo],
+                            y[todo],
+                            eps,
+                            steps=pgd_steps,
+                            step_size=pgd_step_size,
+                            random_start=random_start,
+                            generator=generator,
+                        )
+                    held &= pgd_held
+                    correct["pgd"][i] += int(held.sum())
+                    alone[i] += int(pgd_held.sum())
+        shown, shown_pred = _examples(
+            model, images[:k], labels[:k], epsilons, attacks, pgd_steps, pgd_step_size, random_start, seed
+        )
     finally:
         model.train(was_training)
     return RobustnessCurve(
@@ -229,6 +294,43 @@ def robustness_curve(
         example_predictions=torch.stack(shown_pred) if k else None,
         example_labels=labels[:k].detach().cpu().clone() if k else None,
     )
+
+
+def _examples(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilons: Sequence[float],
+    attacks: Sequence[str],
+    pgd_steps: int,
+    pgd_step_size: float | None,
+    random_start: bool,
+    seed: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The example grid's rows: ``x`` attacked at each epsilon by every attack (a full PGD, as
+    :func:`pgd` runs it), each image as the strongest attack left it, and the model's predictions."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    shown, predictions = [], []
+    for eps in epsilons:
+        adv: dict[str, torch.Tensor] = {}
+        if eps > 0 and "fgsm" in attacks:
+            adv["fgsm"] = fgsm(model, x, y, eps)
+        if eps > 0 and "pgd" in attacks:
+            adv["pgd"] = pgd(
+                model,
+                x,
+                y,
+                eps,
+                steps=pgd_steps,
+                step_size=pgd_step_size,
+                random_start=random_start,
+                generator=generator,
+            )
+        raw = {attack: (_predict(model, adv[attack]) == y) if attack in adv else y == y for attack in attacks}
+        image, prediction = _strongest(model, x, adv, raw, attacks, x.shape[0])
+        shown.append(image)
+        predictions.append(prediction)
+    return shown, predictions
 
 
 @torch.no_grad()

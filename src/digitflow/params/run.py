@@ -28,6 +28,7 @@ from digitflow.config import (
     RunConfig,
     SchedulerConfig,
     TrainConfig,
+    robustness_defaults,
     to_dict,
     train_defaults,
 )
@@ -147,7 +148,8 @@ def build_config(**options: Any) -> RunConfig:
     target = default_targets(train) if o["target"] is None else o["target"]
     for spec in (test, *target):
         parse_spec(spec)
-    defaults = train_defaults(resolve_device(o["device"]).type)
+    device_type = resolve_device(o["device"]).type
+    defaults = train_defaults(device_type)
     epochs = defaults.epochs if o["epochs"] is None else o["epochs"]
     batch_size = default_batch_size(optimizer, defaults) if o["batch_size"] is None else o["batch_size"]
     amp = defaults.amp if o["amp"] is None else o["amp"]
@@ -171,7 +173,9 @@ def build_config(**options: Any) -> RunConfig:
             hflip="hflip" in augment,
             extra=tuple(a for a in augment if a not in GEOMETRIC_AUGMENTS),
         )
-    robustness = robustness_config(o["attack"], o["epsilons"], o["pgd_steps"], o["attack_images"])
+    robustness = robustness_config(
+        o["attack"], o["epsilons"], o["pgd_steps"], o["attack_images"], robustness_defaults(device_type)
+    )
     adversarial = adversarial_training_config(
         o["adv_train"], o["adv_eps"], o["adv_steps"], o["adv_ramp_epochs"], o["adv_relative_step"]
     )
@@ -310,11 +314,16 @@ def check_epsilon(eps: float, what: str) -> None:
 
 
 def robustness_config(
-    attack: list[str] | None, epsilons: list[float] | None, pgd_steps: int | None, num_images: int | None
+    attack: list[str] | None,
+    epsilons: list[float] | None,
+    pgd_steps: int | None,
+    num_images: int | None,
+    defaults: RobustnessConfig | None = None,
 ) -> RobustnessConfig:
     """The robustness evaluation's config: ``attack`` None = both attacks, ``[]`` or ``["none"]`` = none;
-    None elsewhere = the default. Epsilons in [0, 1], at least one PGD step and one image."""
-    defaults = RobustnessConfig()
+    None elsewhere = the default of the device (``defaults``: :func:`digitflow.config.robustness_defaults`;
+    None: the whole curve). Epsilons in [0, 1], at least one PGD step and one image."""
+    defaults = defaults or RobustnessConfig()
     attacks = defaults.attacks if attack is None else tuple(dict.fromkeys(a for a in attack if a != "none"))
     for name in attacks:
         if name not in ATTACKS:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from digitflow.config import OptimizerConfig, SchedulerConfig, TrainConfig
-from digitflow.evaluation.attacks import buffers_kept, fgsm, pgd, robustness_curve
+from digitflow.evaluation.attacks import buffers_kept, fgsm, pgd, pgd_survivors, robustness_curve
 from digitflow.evaluation.classifier import evaluate
 from digitflow.training.classifier import build_model, fit
 from tests.unit.training.test_classifier import blocks
@@ -155,6 +155,31 @@ def test_robustness_curve_figures(trained, data):
     only_fgsm = robustness_curve(trained, images, labels, EPSILONS, attacks=("fgsm",))
     assert only_fgsm.accuracy == {"fgsm": curve.accuracy["fgsm"]}
     assert only_fgsm.pgd_alone == []
+
+
+def test_pgd_survivors_are_the_images_pgd_does_not_break_at_any_point(trained, data):
+    images, labels = data
+    for eps in (0.05, 0.1, 0.3):
+        start = torch.Generator().manual_seed(7)
+        held = pgd_survivors(trained, images, labels, eps, steps=5, generator=start)
+        final = pgd(trained, images, labels, eps, steps=5, generator=torch.Generator().manual_seed(7))
+        right_at_the_end = trained(final).argmax(1) == labels
+        # the same random start and steps per image: a survivor is right at PGD's last point too, and
+        # an image it drops was broken by some point PGD tried (so at most as many survive)
+        assert not (held & ~right_at_the_end).any()
+        assert held.sum() <= right_at_the_end.sum()
+    assert pgd_survivors(trained, images, labels, 0.0, steps=5).tolist() == [True] * len(labels)
+
+
+def test_the_curve_only_falls_and_pgd_is_at_least_as_strong_as_each_attack_alone(trained, data):
+    images, labels = data
+    curve = robustness_curve(trained, images, labels, (0.3, 0.0, 0.1, 0.05), pgd_steps=4, seed=1)
+    by_eps = sorted(zip(curve.epsilons, curve.accuracy["pgd"], strict=True))
+    assert [a for _, a in by_eps] == sorted((a for _, a in by_eps), reverse=True)
+    for i in range(len(curve.epsilons)):
+        assert curve.accuracy["pgd"][i] <= min(curve.accuracy["fgsm"][i], curve.pgd_alone[i])
+    p = curve.at("pgd", 0.1)
+    assert curve.stderr("pgd", 0.1) == pytest.approx((p * (1 - p) / len(labels)) ** 0.5)
 
 
 def test_bad_attack_arguments():
