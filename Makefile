@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run lint test test-fast docs ui serve stop bench lock clean
+.PHONY: help setup run lint test test-fast docs ui serve stop bench bench-run lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ stop: ## end the processes make serve started (by pid file)
 
 bench: setup ## seed-notes loop vs. this engine, images per second (ARGS="--data-dir DIR")
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+bench-run: setup ## where a whole run's time goes, 8k and 60k protocols, cold and warm (ARGS="--data-dir DIR")
+	$(BIN)/python scripts/bench_run.py $(ARGS)
 
 lock: setup ## regenerate constraints.txt from the current environment
 	@{ sed -n '1,/^# .make lock/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new

@@ -26,6 +26,7 @@ from digitflow.training.data_parallel import check_data_parallel
 from flows.signature import takes_options
 from flows.summary import PipelineSummary, publish_summary
 from reporting.logs import quiet_expected_errors
+from reporting.timing import RunClock
 from tasks.data import prepare_data
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
@@ -56,6 +57,7 @@ def pipeline(**options: Any) -> PipelineSummary:
     environment), else ``./data``. ``adapt="dann"`` also trains the source-only model, so every
     cross-domain figure has its baseline; ``nproc`` > 1 trains data-parallel on that many processes.
     """
+    clock = RunClock()  # where the wall time goes: start-up (process start to here), then a lap per step
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     options = {**defaults(RUN_OPTIONS), **options}
     config = build_config(**options)
@@ -73,6 +75,7 @@ def pipeline(**options: Any) -> PipelineSummary:
         runlog.log_params(flatten(config))
         if options["augment"] is None:  # train.augment.* say what was used; this tag says why
             runlog.set_tag("train.augment.default_for", augment_family(config.data.train))
+        clock.lap("tracking")
 
         # 1. data: download + transform every split the run needs, before any long work starts
         train_data = prepare_data(data.train, data.data_dir, data.cache_dir, data.offline, run_id)
@@ -80,6 +83,7 @@ def pipeline(**options: Any) -> PipelineSummary:
         target_data = [prepare_data(t, data.data_dir, data.cache_dir, data.offline, run_id) for t in data.targets]
         runlog.set_tags({"dataset.train.digest": train_data.digest, "dataset.test.digest": test_data.digest})
         runlog.set_tags({f"dataset.target.{target_key(t.spec)}.digest": t.digest for t in target_data})
+        clock.lap("data")
 
         # 1b. domain adaptation: the unlabeled target images, and the source-only baseline trained beside it
         adapt_data, baseline = None, None
@@ -104,20 +108,27 @@ def pipeline(**options: Any) -> PipelineSummary:
         if nproc > 1:
             runlog.set_tag("train.nproc", str(nproc))
         trained = train_model(train_data, config, checkpoint, run_id, adapt_data=adapt_data, nproc=nproc)
+        clock.lap("training")
         test_metrics = evaluate_model(trained, test_data, data, run_id)
+        clock.lap("evaluation")
         cross_metrics = [cross_domain_test(trained, t, data, run_id, baseline=baseline) for t in target_data]
+        clock.lap("cross_domain")
         # 4b. robustness: the held-out split under FGSM and PGD attacks (--attack none: skipped)
         robust_metrics = (
             robustness_test(trained, test_data, data, config.robustness, config.train.seed, run_id)
             if config.robustness.attacks
             else {}
         )
+        clock.lap("robustness")
 
         # 5. export (TorchScript + torch.export), verify, register
         exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)
+        clock.lap("export")
 
+        times = clock.breakdown()  # 6. where the time went: time/* metrics and a line of the summary
+        runlog.log_metrics(times)
         summary = PipelineSummary.collect(
-            parent, experiment_id, trained, test_metrics, cross_metrics, exported, robust_metrics=robust_metrics
+            parent, experiment_id, trained, test_metrics, cross_metrics, exported, robust_metrics, times
         )
     publish_summary(summary)
     return summary

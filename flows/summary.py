@@ -9,6 +9,7 @@ import mlflow
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from reporting.timing import breakdown_line
 from tracking.ui import open_ui_line, run_url, ui_command
 
 
@@ -33,6 +34,7 @@ class PipelineSummary:
     exported: dict[str, Any] = field(default_factory=dict)
     robust_accuracy: dict[str, float] = field(default_factory=dict)  # "robust/<attack>/accuracy_eps<step>"
     ui_command: str = "make ui"  # see tracking.ui.ui_command
+    times: dict[str, float] = field(default_factory=dict)  # reporting.timing: time/<phase>, time/wall, time/own
 
     @classmethod
     def collect(
@@ -44,6 +46,7 @@ class PipelineSummary:
         cross_metrics,
         exported,
         robust_metrics: dict[str, float] | None = None,
+        times: dict[str, float] | None = None,
     ) -> PipelineSummary:
         """Gather the summary from the task results of one flow run."""
         cross = {
@@ -76,6 +79,7 @@ class PipelineSummary:
             exported=dict(exported or {}),
             robust_accuracy=dict(robust_metrics or {}),
             ui_command=ui_command(),
+            times=dict(times or {}),
         )
 
     def lines(self) -> list[str]:
@@ -92,6 +96,8 @@ class PipelineSummary:
             f"training: {self.train_seconds:.1f} s, {self.images_per_sec:,.0f} images/s on {self.device} "
             f"({self.precision}{graphs})"
         )
+        if self.times:
+            out.append(breakdown_line(self.times))
         for key in ("torchscript_path", "program_path"):
             if key in self.exported:
                 out.append(f"exported: {self.exported[key]}")

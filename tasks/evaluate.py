@@ -13,6 +13,7 @@ from digitflow.data import PreparedDataset, parse_spec
 from digitflow.data.framing import model_inputs
 from digitflow.evaluation.classifier import EvalResult, evaluate
 from digitflow.evaluation.plots import misclassified_grid
+from reporting import timing
 from reporting.progress import run_logger
 from tasks.data import load_prepared, log_dataset_input
 from tasks.train import TrainedModel
@@ -61,7 +62,8 @@ def cross_domain_test(
         if baseline is not None:
             dataset = load_prepared(data, config.data_dir, config.cache_dir)
             images, labels = model_inputs(dataset, config.target_preprocess, baseline.device)
-            base = evaluate(baseline.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
+            with timing.work("cross_domain"):
+                base = evaluate(baseline.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
             headline.update({f"{prefix}/source_only_accuracy": base.accuracy, f"{prefix}/source_only_loss": base.loss})
             runlog.log_metrics(headline)
     _log_to_parent(parent_run_id, headline)
@@ -89,7 +91,8 @@ def _evaluate_and_log(
 ) -> EvalResult:
     dataset = load_prepared(data, config.data_dir, config.cache_dir)
     images, labels = model_inputs(dataset, config.target_preprocess, trained.device)
-    result = evaluate(trained.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
+    with timing.work("evaluation" if prefix == "test" else "cross_domain"):
+        result = evaluate(trained.model_for(data.spec), images, labels, num_classes=dataset.num_classes)
     log_dataset_input(dataset, context="evaluation")
     runlog.log_metrics(result.metrics(prefix))
     classes = list(dataset.classes)

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from mlflow.models import Model
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from digitflow.config import RunConfig
+from digitflow.config import ExportConfig, RunConfig
 from digitflow.data import PreparedDataset
 from digitflow.data.framing import model_inputs
 from digitflow.export.exporters import (
@@ -23,8 +24,9 @@ from digitflow.export.exporters import (
     export_program,
     export_torchscript,
     load_export,
-    verify_export,
+    verify_exports,
 )
+from reporting import timing
 from reporting.progress import run_logger
 from tasks.data import load_prepared
 from tasks.train import TrainedModel
@@ -61,42 +63,26 @@ def export_model(
         reference = eager_logits(trained.model, images)
         runlog.log_params({"mode": cfg.mode, "verify_images": len(images), "max_abs_diff": cfg.max_abs_diff})
 
-        torchscript = export_torchscript(trained.model, images[:1], out_dir / "lenet.pt", mode=cfg.mode)
-        program = export_program(trained.model, images[:1], out_dir / "lenet.pt2")
+        with timing.part("export", "files"):
+            torchscript = export_torchscript(trained.model, images[:1], out_dir / "lenet.pt", mode=cfg.mode)
+            program = export_program(trained.model, images[:1], out_dir / "lenet.pt2")
         metrics: dict[str, float] = {}
-        for name, path in (("torchscript", torchscript), ("program", program)):
-            check = verify_export(path, images, reference, max_abs_diff=cfg.max_abs_diff)
+        with timing.part("export", "verification"):  # both files in one torch-only process
+            checks = verify_exports([torchscript, program], images, reference, max_abs_diff=cfg.max_abs_diff)
+        for name, path, check in (("torchscript", torchscript, checks[0]), ("program", program, checks[1])):
             metrics[f"export/{name}_max_abs_diff"] = check["max_abs_diff"]
             metrics[f"export/{name}_mismatched_predictions"] = check["mismatched_predictions"]
             logger.info(
                 "%s verified on %d images: max |logit diff| %.2e", path.name, check["num_images"], check["max_abs_diff"]
             )
             runlog.log_artifact(str(path), "export")
-        metrics.update(compare_latency(trained.model, torchscript, program, repeats=cfg.latency_repeats))
+        with timing.part("export", "latency"):
+            metrics.update(compare_latency(trained.model, torchscript, program, repeats=cfg.latency_repeats))
         runlog.log_metrics(metrics)
 
-        scripted = load_export(torchscript)
-        signature, example = image_signature(scripted, images)
-        with _without_pickle_warning():
-            info = Model.log(  # mlflow.pytorch.log_model, on the parent run (log_model only takes the active run)
-                artifact_path=None,
-                name="torchscript-model",
-                flavor=mlflow.pytorch,
-                run_id=parent_run_id,
-                pytorch_model=scripted,
-                serialization_format="pickle",  # the only format MLflow takes for TorchScript
-                signature=signature,
-                input_example=example,
-                pip_requirements=[torch_requirement()],
-            )
-        version = _register(
-            info.model_uri, cfg.registered_model_name, cfg.alias, {**test_metrics, **_headline(cross_metrics)}
-        )
-        mlflow.MlflowClient().update_model_version(
-            cfg.registered_model_name,
-            version,
-            description=_MODEL_DESCRIPTION.format(mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias),
-        )
+        with timing.part("export", "registration"):
+            figures = {**test_metrics, **_headline(cross_metrics)}
+            version = _log_and_register(torchscript, images, parent_run_id, figures, cfg)
         logger.info("registered %s version %s with alias %s", cfg.registered_model_name, version, cfg.alias)
 
     return {
@@ -107,6 +93,34 @@ def export_model(
         "alias": cfg.alias,
         **metrics,
     }
+
+
+def _log_and_register(
+    torchscript: Path, images: torch.Tensor, parent_run_id: str | None, figures: dict[str, float], cfg: ExportConfig
+) -> str:
+    """Log the TorchScript model on the parent run (signature, input example) and register it as a new
+    version of ``cfg.registered_model_name`` with alias ``cfg.alias``, tagged with ``figures``; its version."""
+    scripted = load_export(torchscript)
+    signature, example = image_signature(scripted, images)
+    with _without_pickle_warning():
+        info = Model.log(  # mlflow.pytorch.log_model, on the parent run (log_model only takes the active run)
+            artifact_path=None,
+            name="torchscript-model",
+            flavor=mlflow.pytorch,
+            run_id=parent_run_id,
+            pytorch_model=scripted,
+            serialization_format="pickle",  # the only format MLflow takes for TorchScript
+            signature=signature,
+            input_example=example,
+            pip_requirements=[torch_requirement()],
+        )
+    version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, figures)
+    mlflow.MlflowClient().update_model_version(
+        cfg.registered_model_name,
+        version,
+        description=_MODEL_DESCRIPTION.format(mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias),
+    )
+    return version
 
 
 _MODEL_DESCRIPTION = unwrap("""\

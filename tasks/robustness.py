@@ -15,6 +15,8 @@ from digitflow.data.framing import model_inputs
 from digitflow.evaluation.attacks import eps_step, robustness_curve
 from digitflow.evaluation.classifier import eval_batch_size
 from digitflow.evaluation.plots import adversarial_grid, robustness_figure
+from digitflow.training import cpu_share
+from reporting import timing
 from reporting.progress import run_logger
 from tasks.data import load_prepared
 from tasks.evaluate import _log_to_parent
@@ -46,24 +48,26 @@ def robustness_test(
     ``{"robust/<attack>/accuracy_eps<step>": accuracy}`` for every attack and epsilon.
     """
     logger = run_logger()
+    cpu_share.apply()  # this run's share of the cores, now
     dataset = load_prepared(data, config.data_dir, config.cache_dir)
     images, labels = model_inputs(dataset, config.target_preprocess, trained.device)
     if robustness.num_images is not None:
         images, labels = images[: robustness.num_images], labels[: robustness.num_images]
     with child_run("robustness", parent_run_id, tags={"dataset.test.digest": data.digest}) as run:
         runlog.log_params({"spec": data.spec, "num_images": len(labels)})
-        curve = robustness_curve(
-            trained.model,
-            images,
-            labels,
-            robustness.epsilons,
-            attacks=robustness.attacks,
-            pgd_steps=robustness.pgd_steps,
-            pgd_step_size=robustness.pgd_step_size,
-            random_start=robustness.random_start,
-            seed=seed,
-            batch_size=eval_batch_size(images.device),
-        )
+        with timing.work("attacks"):
+            curve = robustness_curve(
+                trained.model,
+                images,
+                labels,
+                robustness.epsilons,
+                attacks=robustness.attacks,
+                pgd_steps=robustness.pgd_steps,
+                pgd_step_size=robustness.pgd_step_size,
+                random_start=robustness.random_start,
+                seed=seed,
+                batch_size=eval_batch_size(images.device),
+            )
         curves = curve.metrics() + [
             ("robust/pgd/accuracy_alone", value, eps_step(eps))
             for eps, value in zip(curve.epsilons, curve.pgd_alone, strict=True)

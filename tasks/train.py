@@ -28,10 +28,12 @@ from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device, training_precision
 from digitflow.errors import DigitflowError
 from digitflow.evaluation.plots import training_curves
+from digitflow.training import cpu_share
 from digitflow.training.augment import build_augment
 from digitflow.training.checkpoint import load_checkpoint, load_model_state
 from digitflow.training.classifier import FitResult, build_model, fit
 from digitflow.training.dann import DannResult, fit_dann
+from reporting import timing
 from reporting.progress import EpochProgress, run_logger
 from tasks.data import adaptation_images, load_prepared, log_dataset_input
 from tracking import runlog
@@ -112,10 +114,13 @@ def train_model(
         log_dataset_input(dataset, context="training")
 
         progress = EpochProgress(logger, cfg.epochs)
+        cpu_share.join()  # counted among the digitflow runs on this machine while this process lives
+        threads = [cpu_share.apply()]  # torch threads: this run's share of the cores, epoch by epoch
 
         def on_epoch(record: dict[str, float]) -> None:
             progress.on_epoch(record)
-            _log_epoch(record)
+            _log_epoch({**record, "threads": threads[-1]})
+            threads.append(cpu_share.apply())  # another run may have started or ended: the next epoch's share
 
         target_model = None
         result: FitResult | DannResult
@@ -174,6 +179,7 @@ def train_model(
             _log_epoch(record)
 
         seconds = sum(h["seconds"] for h in result.history)
+        timing.add_work("training", sum(h["seconds"] for h in result.history[result.resumed_from_epoch :]))
         images_per_sec = len(labels) * len(result.history) / seconds if seconds else 0.0
         runlog.log_metrics({"train/images_per_sec": images_per_sec, "train/seconds": seconds})
         runlog.log_figure(training_curves(result.history), "plots/training_curves.png")
@@ -253,6 +259,8 @@ def _log_epoch(record: dict[str, float]) -> None:
     metrics = {"train/loss": record["loss"], "train/accuracy": record["accuracy"], "train/lr": record["lr"]}
     if "adv_eps" in record:  # adversarial training: loss and accuracy are on the attacked batches
         metrics["train/adv_eps"] = record["adv_eps"]
+    if "threads" in record:  # the CPU threads the epoch trained with (digitflow.training.cpu_share)
+        metrics["train/threads"] = record["threads"]
     runlog.log_metrics(metrics, step=int(record["epoch"]))
     adapt = {f"adapt/{key}": record[key] for key in ADAPT_METRICS if key in record}
     if adapt:

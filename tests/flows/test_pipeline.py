@@ -96,6 +96,14 @@ def test_flow_logs_parent_and_child_runs(tmp_path, monkeypatch, mlflow_store, pr
     assert f"on cpu ({expected_precision})" in "\n".join(summary.lines())
     assert summary.test_accuracy == parent.data.metrics["test/accuracy"]
     assert "usps" in summary.cross_accuracy
+    # where the wall time went: every phase, the work inside, the pipeline's own time
+    times = {k: v for k, v in parent.data.metrics.items() if k.startswith("time/")}
+    phases = ("startup", "tracking", "data", "training", "evaluation", "cross_domain", "robustness", "export")
+    assert {f"time/{p}" for p in phases} | {"time/wall", "time/own", "time/work/training"} <= set(times)
+    assert {"time/export/verification", "time/export/registration"} <= set(times)
+    assert times["time/own"] == pytest.approx(times["time/wall"] - times["time/work"])
+    assert 0 < times["time/work/training"] <= times["time/training"]
+    assert [line for line in summary.lines() if line.startswith("time: ")]
     assert Path(summary.exported["torchscript_path"]).is_file()
     # The model logged by the train task loads back and predicts a batch of any size.
     logged = mlflow.search_logged_models(filter_string="name = 'model'", output_format="list")

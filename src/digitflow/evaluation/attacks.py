@@ -113,16 +113,24 @@ def pgd(
     if eps == 0:
         return x.clone()
     alpha = default_step_size(eps, steps) if step_size is None else step_size
-    lower, upper = (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
-    adv = x.clone()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        adv = torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper)
+    adv, lower, upper = _start(x, eps, random_start, generator)
     with buffers_kept(model):
         for _ in range(steps):
             grad = input_gradient(forward or model, adv, labels)
             adv = torch.min(torch.max(adv + alpha * grad.sign(), lower), upper)
     return adv
+
+
+def _start(
+    x: torch.Tensor, eps: float, random_start: bool, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PGD's first point (uniform in the epsilon ball around ``x`` and in [0, 1], or ``x``) and the ball's
+    bounds, pixel by pixel."""
+    lower, upper = (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
+    if not random_start:
+        return x.clone(), lower, upper
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper), lower, upper
 
 
 def pgd_survivors(
@@ -151,11 +159,7 @@ def pgd_survivors(
         held &= _predict(model, x) == labels
         return held
     alpha = default_step_size(eps, steps) if step_size is None else step_size
-    lower, upper = (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
-    adv = x.clone()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        adv = torch.min(torch.max(x + (2 * noise - 1) * eps, lower), upper)
+    adv, lower, upper = _start(x, eps, random_start, generator)
     active = torch.arange(x.shape[0], device=x.device)  # images no point has broken yet
     with buffers_kept(model):
         for _ in range(steps):

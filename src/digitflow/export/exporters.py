@@ -206,10 +206,44 @@ def verify_export(
     Raises ExportError (one line, naming the file) if the file is missing, cannot be loaded or run,
     the verifier times out, or the logits disagree; ConfigError for unusable arguments.
     """
-    path = Path(path)
-    _check_export_suffix(path)
-    if not predictions:
-        return _verify_outputs(path, images, reference_logits, max_abs_diff, timeout_s)
+    [result] = verify_exports([path], images, reference_logits, max_abs_diff, timeout_s, predictions=predictions)
+    return result
+
+
+def verify_exports(
+    paths: Sequence[str | os.PathLike[str]],
+    images: torch.Tensor,
+    reference_logits: torch.Tensor,
+    max_abs_diff: float = 1e-5,
+    timeout_s: float = 120.0,
+    *,
+    predictions: bool = True,
+) -> list[dict[str, float | int]]:
+    """:func:`verify_export` for several files of one export at once: one torch-only process runs them
+    all (a Python start and a torch import, about a second, once). A result per file, in order."""
+    files = [Path(p) for p in paths]
+    for path in files:
+        _check_export_suffix(path)
+    if predictions:
+        _check_classifier_batch(images, reference_logits)
+    elif (
+        not isinstance(images, torch.Tensor)
+        or images.dim() < 2
+        or images.shape[0] < 1
+        or not images.is_floating_point()
+    ):
+        raise ConfigError("verification inputs must be a float batch with at least one row")
+    for path in files:
+        if not path.is_file():
+            raise ExportError(f"exported model file not found: {path}")
+    outputs = _run_verifier(files, images, timeout_s)
+    return [
+        _compare(path, output, reference_logits, max_abs_diff, predictions)
+        for path, output in zip(files, outputs, strict=True)
+    ]
+
+
+def _check_classifier_batch(images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 1:
         got = _shape(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ConfigError(f"verification images must be a float batch (N, 1, 28, 28), got {got}")
@@ -223,80 +257,66 @@ def verify_export(
             else type(reference_logits).__name__
         )
         raise ConfigError(f"reference logits must have shape ({n}, num_classes), got {got}")
-    if not path.is_file():
-        raise ExportError(f"exported model file not found: {path}")
 
-    logits = _run_verifier(path, images, timeout_s)
-    reference = reference_logits.detach().to("cpu", torch.float32)
-    if logits.shape != reference.shape:
+
+def _compare(
+    path: Path, output: torch.Tensor, reference: torch.Tensor, max_abs_diff: float, predictions: bool
+) -> dict[str, float | int]:
+    """One file's output against the eager one: the largest difference and, for a classifier, the
+    predictions that differ; ExportError (one line) beyond the limits."""
+    expected = reference.detach().to("cpu", torch.float32)
+    what = "logits" if predictions else "outputs"
+    if output.shape != expected.shape:
         raise ExportError(
-            f"exported model {path} returned logits of shape {_shape(logits.shape)}, expected {_shape(reference.shape)}"
+            f"exported model {path} returned {what} of shape {_shape(output.shape)}, expected {_shape(expected.shape)}"
         )
-    logits = logits.to(torch.float32)
-    diff = (logits - reference).abs()
+    output = output.to(torch.float32)
+    diff = (output - expected).abs()
     max_diff = float(diff.max()) if torch.isfinite(diff).all() else float("inf")
-    mismatched = int((logits.argmax(dim=1) != reference.argmax(dim=1)).sum())
+    n = int(output.shape[0])
+    mismatched = int((output.argmax(dim=1) != expected.argmax(dim=1)).sum()) if predictions else 0
     if not max_diff <= max_abs_diff or mismatched:
+        if predictions:
+            raise ExportError(
+                f"exported model {path} disagrees with the eager model on {n} images: "
+                f"max |logit diff| {max_diff:.3g} (limit {max_abs_diff:g}), "
+                f"{mismatched} different predictions"
+            )
         raise ExportError(
-            f"exported model {path} disagrees with the eager model on {n} images: "
-            f"max |logit diff| {max_diff:.3g} (limit {max_abs_diff:g}), "
-            f"{mismatched} different predictions"
+            f"exported model {path} disagrees with the eager model on {n} inputs: "
+            f"max |diff| {max_diff:.3g} (limit {max_abs_diff:g})"
         )
     return {"max_abs_diff": max_diff, "mismatched_predictions": mismatched, "num_images": n}
 
 
-def _verify_outputs(
-    path: Path, inputs: torch.Tensor, reference: torch.Tensor, max_abs_diff: float, timeout_s: float
-) -> dict[str, float | int]:
-    """:func:`verify_export` for a model that is not a classifier: same outputs for the same inputs."""
-    if (
-        not isinstance(inputs, torch.Tensor)
-        or inputs.dim() < 2
-        or inputs.shape[0] < 1
-        or not inputs.is_floating_point()
-    ):
-        raise ConfigError("verification inputs must be a float batch with at least one row")
-    if not path.is_file():
-        raise ExportError(f"exported model file not found: {path}")
-    outputs = _run_verifier(path, inputs, timeout_s)
-    expected = reference.detach().to("cpu", torch.float32)
-    if outputs.shape != expected.shape:
-        raise ExportError(
-            f"exported model {path} returned outputs of shape {_shape(outputs.shape)}, "
-            f"expected {_shape(expected.shape)}"
-        )
-    diff = (outputs.to(torch.float32) - expected).abs()
-    max_diff = float(diff.max()) if torch.isfinite(diff).all() else float("inf")
-    if not max_diff <= max_abs_diff:
-        raise ExportError(
-            f"exported model {path} disagrees with the eager model on {inputs.shape[0]} inputs: "
-            f"max |diff| {max_diff:.3g} (limit {max_abs_diff:g})"
-        )
-    return {"max_abs_diff": max_diff, "mismatched_predictions": 0, "num_images": int(inputs.shape[0])}
-
-
-def _run_verifier(path: Path, images: torch.Tensor, timeout_s: float) -> torch.Tensor:
+def _run_verifier(paths: list[Path], images: torch.Tensor, timeout_s: float) -> list[torch.Tensor]:
     with tempfile.TemporaryDirectory(prefix="digitflow-verify-") as tmp:
-        inputs, outputs = Path(tmp, "inputs.pt"), Path(tmp, "logits.pt")
+        inputs = Path(tmp, "inputs.pt")
+        outputs = [Path(tmp, f"output-{i}.pt") for i in range(len(paths))]
         torch.save(images.detach().to("cpu", torch.float32).contiguous(), inputs)
         # -I: no PYTHONPATH, no user site, no script folder on sys.path; cwd is the empty temp
         # folder. That is not enough on its own: an editable install (`pip install -e .`) puts
         # the project on sys.path through a .pth file in site-packages, so the verifier also
-        # blocks importing `digitflow`/`flows`/`tasks`.
-        command = [sys.executable, "-I", str(VERIFIER), str(path.resolve())]
-        command += [str(inputs), str(outputs)]
+        # blocks importing the project's packages.
+        command = [sys.executable, "-I", str(VERIFIER), str(inputs)]
+        for path, output in zip(paths, outputs, strict=True):
+            command += [str(path.resolve()), str(output)]
+        names = ", ".join(str(p) for p in paths)
         try:
             done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise ExportError(f"verifying exported model {path} timed out after {timeout_s:g} s") from exc
+            raise ExportError(f"verifying exported model {names} timed out after {timeout_s:g} s") from exc
         if done.returncode != 0:
             summary = _summarise(done.stderr, done.returncode)
-            raise ExportError(f"exported model {path} failed verification: {summary}")
-        try:
-            logits: torch.Tensor = torch.load(outputs, map_location="cpu", weights_only=True)
-            return logits
-        except Exception as exc:
-            raise ExportError(f"verifier for {path} wrote no readable logits: {one_line(exc)}") from exc
+            failed = next((p for p in paths if p.name in summary), paths[0]) if len(paths) > 1 else paths[0]
+            raise ExportError(f"exported model {failed} failed verification: {summary}")
+        results = []
+        for path, output in zip(paths, outputs, strict=True):
+            try:
+                results.append(torch.load(output, map_location="cpu", weights_only=True))
+            except Exception as exc:
+                raise ExportError(f"verifier for {path} wrote no readable logits: {one_line(exc)}") from exc
+        return results
 
 
 def _summarise(stderr: str, returncode: int) -> str:

@@ -1,21 +1,22 @@
 """Standalone verifier for an exported digitflow model: imports only torch and the standard library.
 
 :func:`digitflow.export.exporters.verify_export` runs this file in a fresh interpreter
-(``python -I _verify_export.py MODEL INPUTS OUTPUT``, cwd = a temporary folder) to prove that the
-exported file works without any of this project's code. It refuses to import the project's packages
-(``digitflow``, ``flows``, ``tasks``) even where they are installed, so an export that secretly
-depends on them fails here instead of in a user's hands.
+(``python -I verifier.py INPUTS MODEL OUTPUT [MODEL OUTPUT ...]``, cwd = a temporary folder) to prove
+that the exported files work without any of this project's code: one process for every file of an
+export. It refuses to import the project's packages (``digitflow``, ``flows``, ``tasks``, ``tracking``,
+``reporting``) even where they are installed, so an export that secretly depends on them fails here
+instead of in a user's hands.
 
 Protocol:
-    MODEL   a TorchScript ``.pt`` (``torch.jit.load``) or torch.export ``.pt2``
-            (``torch.export.load(...).module()``) file.
     INPUTS  a ``torch.save``-d float tensor (N, 1, 28, 28) (a classifier's images) or (N, latent)
             (a generator's noise), loaded with ``weights_only=True``.
-    OUTPUT  where the output tensor (logits (N, num_classes), or images) is ``torch.save``-d.
+    MODEL   a TorchScript ``.pt`` (``torch.jit.load``) or torch.export ``.pt2``
+            (``torch.export.load(...).module()``) file.
+    OUTPUT  where that model's output tensor (logits (N, num_classes), or images) is ``torch.save``-d.
 
 Exit status 0 on success. On failure it writes exactly one line, starting with ``verify-export:``,
-to stderr and exits with 2 (model file cannot be loaded), 3 (the model failed to run on the inputs)
-or 4 (bad inputs or usage).
+to stderr, naming the model file it concerns, and exits with 2 (a model file cannot be loaded), 3 (a
+model failed to run on the inputs) or 4 (bad inputs or usage).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # the verifier imports torch only once its import guard is in
 
     import torch
 
-FORBIDDEN = frozenset({"digitflow", "flows", "tasks"})
+FORBIDDEN = frozenset({"digitflow", "flows", "tasks", "tracking", "reporting"})
 PREFIX = "verify-export:"
 
 
@@ -72,11 +73,11 @@ def _load(path: str) -> torch.nn.Module:
 
 
 def main(argv: list[str]) -> int:
-    """Load MODEL, run it on INPUTS under inference mode, save the logits to OUTPUT."""
-    if len(argv) != 3:
-        sys.stderr.write(f"{PREFIX} usage: _verify_export.py MODEL INPUTS OUTPUT\n")
+    """Load each MODEL, run it on INPUTS under inference mode, save its output to its OUTPUT."""
+    if len(argv) < 3 or len(argv) % 2 != 1:
+        sys.stderr.write(f"{PREFIX} usage: verifier.py INPUTS MODEL OUTPUT [MODEL OUTPUT ...]\n")
         return 4
-    model_path, inputs_path, output_path = argv
+    inputs_path, pairs = argv[0], list(zip(argv[1::2], argv[2::2], strict=True))
     sys.meta_path.insert(0, _ForbidProject())
 
     import torch
@@ -88,18 +89,20 @@ def main(argv: list[str]) -> int:
             raise ValueError("inputs must be a batch tensor: (N, 1, 28, 28) images or (N, latent) noise")
     except Exception as exc:  # noqa: BLE001 - reported as one line
         _fail(4, "cannot read inputs", exc)
-    try:
-        model = _load(model_path)
-    except Exception as exc:  # noqa: BLE001 - reported as one line
-        _fail(2, "cannot load the model file", exc)
-    try:
-        with torch.inference_mode():
-            logits = model(images)
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(f"model returned {type(logits).__name__}, expected a logits tensor")
-        torch.save(logits.detach().to("cpu").contiguous().clone(), output_path)
-    except Exception as exc:  # noqa: BLE001 - reported as one line
-        _fail(3, "the model failed on the inputs", exc)
+    for model_path, output_path in pairs:
+        name = model_path.replace("\\", "/").rsplit("/", 1)[-1]
+        try:
+            model = _load(model_path)
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            _fail(2, f"cannot load the model file {name}", exc)
+        try:
+            with torch.inference_mode():
+                logits = model(images)
+            if not isinstance(logits, torch.Tensor):
+                raise TypeError(f"model returned {type(logits).__name__}, expected a logits tensor")
+            torch.save(logits.detach().to("cpu").contiguous().clone(), output_path)
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            _fail(3, f"{name} failed on the inputs", exc)
     leaked = sorted(name for name in sys.modules if name.split(".", 1)[0] in FORBIDDEN)
     if leaked:
         sys.stderr.write(f"{PREFIX} project modules were imported: {', '.join(leaked)}\n")

@@ -23,6 +23,7 @@ from digitflow.export.exporters import (
     load_export,
     measure_latency,
     verify_export,
+    verify_exports,
 )
 from digitflow.models import LeNet
 
@@ -90,6 +91,18 @@ def test_corrupted_file_fails_verification(exported, images, reference, tmp_path
     assert len(message) < 500
     assert str(broken) in message
     assert "cannot load" in message
+
+
+def test_one_process_verifies_every_file_of_an_export(exported, images, reference, tmp_path):
+    results = verify_exports([exported["script"], exported["program"]], images, reference)
+    assert [r["num_images"] for r in results] == [5, 5]
+    assert all(r["max_abs_diff"] <= 1e-5 for r in results)
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(b"\x00" * 64)
+    with pytest.raises(ExportError) as info:  # the file that failed is named, not its neighbour
+        verify_exports([exported["script"], broken], images, reference)
+    assert str(broken) in str(info.value)
+    assert "cannot load" in str(info.value)
 
 
 def test_perturbed_reference_fails_with_figures(exported, images, reference):
