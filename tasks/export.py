@@ -77,7 +77,11 @@ def export_model(
             )
             runlog.log_artifact(str(path), "export")
         with timing.part("export", "latency"):
-            metrics.update(compare_latency(trained.model, torchscript, program, repeats=cfg.latency_repeats))
+            metrics.update(
+                compare_latency(
+                    trained.model, torchscript, program, repeats=cfg.latency_repeats, budget_s=cfg.latency_budget_s
+                )
+            )
         runlog.log_metrics(metrics)
 
         with timing.part("export", "registration"):

@@ -67,5 +67,10 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         return gan_pipeline(**params)
 
     return run_flow(
-        argv, config.train.epochs, start, finished="digitflow gan finished", summary_lines=lambda s: s.lines()
+        argv,
+        config.train.epochs,
+        start,
+        finished="digitflow gan finished",
+        summary_lines=lambda s: s.lines(),
+        preload="flows.gan",
     )

@@ -75,5 +75,10 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         return pipeline(**params)
 
     return run_flow(
-        argv, config.train.epochs, start, finished="digitflow run finished", summary_lines=lambda s: s.lines()
+        argv,
+        config.train.epochs,
+        start,
+        finished="digitflow run finished",
+        summary_lines=lambda s: s.lines(),
+        preload="flows.pipeline",
     )

@@ -179,4 +179,5 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         finished="digitflow sweep finished",
         summary_lines=lambda s: s.lines(),
         where=where,
+        preload="flows.sweep",
     )

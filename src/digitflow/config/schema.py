@@ -206,6 +206,9 @@ class ExportConfig:
     verify_images: int = 256
     max_abs_diff: float = 1e-5
     latency_repeats: int = 50
+    # seconds per model and batch size at most (warm-up included), then the median of the passes so far: a
+    # batch of 256 takes milliseconds a pass on a CPU, and 60 passes of three models cost 4 s of every run
+    latency_budget_s: float = 0.25
     registered_model_name: str = "digitflow-lenet"
     alias: str = "candidate"
 

@@ -348,14 +348,16 @@ def measure_latency(
     repeats: int = 50,
     warmup: int = 10,
     seed: int = 0,
+    budget_s: float | None = None,
 ) -> dict[int, float]:
     """Median wall-clock milliseconds per forward pass on CPU, for each batch size.
 
     ``model`` is an eager ``nn.Module`` (timed as an eval-mode CPU copy if it is training or not
     on CPU), a loaded TorchScript module, a torch.export ``module()``, or a path to a ``.pt`` /
     ``.pt2`` file. Inputs are uniform random images (N, 1, 28, 28) from ``seed``; every pass runs
-    under ``torch.inference_mode`` with torch's current CPU thread count. Returns
-    ``{batch_size: median_ms}``.
+    under ``torch.inference_mode`` with torch's current CPU thread count. ``budget_s`` caps the seconds
+    spent per batch size (warm-up included): past it, the median of the passes so far (at least 5).
+    Returns ``{batch_size: median_ms}``.
     """
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -368,13 +370,16 @@ def measure_latency(
         for batch_size in batch_sizes:
             batch_size = int(batch_size)
             images = torch.rand(batch_size, 1, 28, 28, generator=generator)
+            began = time.perf_counter()
             for _ in range(warmup):
                 runner(images)
-            times = []
+            times: list[float] = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 runner(images)
                 times.append(time.perf_counter() - start)
+                if budget_s is not None and len(times) >= 5 and time.perf_counter() - began > budget_s:
+                    break
             result[batch_size] = statistics.median(times) * 1000.0
     return result
 
@@ -386,8 +391,10 @@ def compare_latency(
     batch_sizes: Sequence[int] = (1, 256),
     repeats: int = 50,
     warmup: int = 10,
+    budget_s: float | None = None,
 ) -> dict[str, float]:
-    """Eager vs exported CPU latency as flat metric keys (median ms per batch).
+    """Eager vs exported CPU latency as flat metric keys (median ms per batch; ``budget_s``: see
+    :func:`measure_latency`).
 
     ``scripted_model`` / ``program_model`` are loaded modules or paths to the ``.pt`` / ``.pt2``
     files; ``program_model`` is optional. Keys, for each batch size B (default 1 and 256):
@@ -401,7 +408,7 @@ def compare_latency(
         models["program"] = program_model
     metrics: dict[str, float] = {}
     for name, model in models.items():
-        timings = measure_latency(model, batch_sizes=batch_sizes, repeats=repeats, warmup=warmup)
+        timings = measure_latency(model, batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, budget_s=budget_s)
         for batch_size, ms in timings.items():
             metrics[f"export/{name}_ms_b{batch_size}"] = ms
     return metrics

@@ -6,6 +6,7 @@ are exported once per module and the subprocess round trips are kept to the ones
 
 import ast
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -202,3 +203,16 @@ def test_verifier_refuses_project_imports():
     imported |= {(n.module or "").split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom)}
     stdlib = {"importlib", "sys", "warnings", "__future__", "collections", "types", "typing"}  # the last 4: annotations
     assert imported <= {"torch", *stdlib}, imported  # torch + stdlib only
+
+
+def test_latency_stops_at_its_budget():
+    passes = []
+
+    def slow(images):
+        passes.append(1)
+        time.sleep(0.02)
+        return images
+
+    ms = measure_latency(slow, batch_sizes=(1,), repeats=100, warmup=0, budget_s=0.05)
+    assert 5 <= len(passes) < 100  # at least 5 passes, then the budget ends it
+    assert ms[1] >= 20
