@@ -48,14 +48,13 @@ def robustness_test(
     ``{"robust/<attack>/accuracy_eps<step>": accuracy}`` for every attack and epsilon.
     """
     logger = run_logger()
-    cpu_share.apply()  # this run's share of the cores, now
     dataset = load_prepared(data, config.data_dir, config.cache_dir)
     images, labels = model_inputs(dataset, config.target_preprocess, trained.device)
     if robustness.num_images is not None:
         images, labels = images[: robustness.num_images], labels[: robustness.num_images]
     with child_run("robustness", parent_run_id, tags={"dataset.test.digest": data.digest}) as run:
         runlog.log_params({"spec": data.spec, "num_images": len(labels)})
-        with timing.work("attacks"):
+        with timing.work("attacks"), cpu_share.share():  # this run's share of the cores, while it attacks
             curve = robustness_curve(
                 trained.model,
                 images,

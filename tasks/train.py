@@ -114,51 +114,52 @@ def train_model(
         log_dataset_input(dataset, context="training")
 
         progress = EpochProgress(logger, cfg.epochs)
-        cpu_share.join()  # counted among the digitflow runs on this machine while this process lives
-        threads = [cpu_share.apply()]  # torch threads: this run's share of the cores, epoch by epoch
+        threads: list[int] = []  # torch threads, epoch by epoch: this run's share of the cores (cpu_share)
 
         def on_epoch(record: dict[str, float]) -> None:
             progress.on_epoch(record)
             _log_epoch({**record, "threads": threads[-1]})
             threads.append(cpu_share.apply())  # another run may have started or ended: the next epoch's share
 
-        target_model = None
-        result: FitResult | DannResult
-        if nproc > 1:  # data-parallel on nproc processes (torchrun); rank 0 logs to this run
-            runlog.log_param("train.nproc", nproc)
-            run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]  # inside child_run
-            result = fit_on_ranks(model, data, config, checkpoint, run_id=run_id, nproc=nproc)
-        else:
-            with progress.running():
-                if adapting:
-                    assert adapt_data is not None
-                    adapted = fit_dann(
-                        model,
-                        images,
-                        labels,
-                        adaptation_images(adapt_data, config.data, device),  # images only: no target label
-                        cfg,
-                        config.adapt,
-                        augment=build_augment(cfg.augment),
-                        checkpoint_path=checkpoint,
-                        resume=config.resume,
-                        on_batch=progress.on_batch,
-                        on_epoch=on_epoch,
-                    )
-                    result = adapted
-                    target_model = adapted.target_model
-                else:
-                    result = fit(
-                        model,
-                        images,
-                        labels,
-                        cfg,
-                        augment=build_augment(cfg.augment),
-                        checkpoint_path=checkpoint,
-                        resume=config.resume,
-                        on_batch=progress.on_batch,
-                        on_epoch=on_epoch,
-                    )
+        with cpu_share.share() as share:  # counted among the digitflow runs on this machine while it trains
+            threads.append(share)
+            target_model = None
+            result: FitResult | DannResult
+            if nproc > 1:  # data-parallel on nproc processes (torchrun); rank 0 logs to this run
+                runlog.log_param("train.nproc", nproc)
+                run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]  # inside child_run
+                result = fit_on_ranks(model, data, config, checkpoint, run_id=run_id, nproc=nproc)
+            else:
+                with progress.running():
+                    if adapting:
+                        assert adapt_data is not None
+                        adapted = fit_dann(
+                            model,
+                            images,
+                            labels,
+                            adaptation_images(adapt_data, config.data, device),  # images only: no target label
+                            cfg,
+                            config.adapt,
+                            augment=build_augment(cfg.augment),
+                            checkpoint_path=checkpoint,
+                            resume=config.resume,
+                            on_batch=progress.on_batch,
+                            on_epoch=on_epoch,
+                        )
+                        result = adapted
+                        target_model = adapted.target_model
+                    else:
+                        result = fit(
+                            model,
+                            images,
+                            labels,
+                            cfg,
+                            augment=build_augment(cfg.augment),
+                            checkpoint_path=checkpoint,
+                            resume=config.resume,
+                            on_batch=progress.on_batch,
+                            on_epoch=on_epoch,
+                        )
         step = result.step if isinstance(result, FitResult) else "eager (DANN)"
         if config.resume and not result.resumed_from_epoch:
             logger.info("no checkpoint at %s: trained from scratch", checkpoint)

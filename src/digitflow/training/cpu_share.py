@@ -2,11 +2,12 @@
 
 Two runs that each start torch's default thread pool (one thread per core) on the same cores do not
 share them, they collapse: their OpenMP threads spin waiting for each other, and on 2 cores each trained
-at a tenth of its speed alone. So every run registers itself while it trains (:func:`join`: a file in a
+at a tenth of its speed alone. So every run registers itself while it computes (:func:`share`: a file in a
 folder shared by all runs of this user, held with an exclusive ``flock`` that the kernel drops when the
-process dies, so a killed run never counts) and sets its torch threads to the cores divided among the
-runs registered now (:func:`apply`, called again every epoch, so a run that started alone hands half its
-cores over when another one starts, and takes them back when it ends).
+process dies, so a killed run never counts, and removed when the computing ends, so a process that lives
+on, a notebook or a test session, does not count either) and sets its torch threads to the cores divided
+among the runs registered now (:func:`apply`, called again every epoch, so a run that started alone hands
+half its cores over when another one starts, and takes them back when it ends).
 
 Thread settings given by the user win: with ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` set, nothing
 changes. Linux and macOS only (``fcntl``); elsewhere each run keeps torch's default.
@@ -14,8 +15,10 @@ changes. Linux and macOS only (``fcntl``); elsewhere each run keeps torch's defa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -50,8 +53,32 @@ def managed() -> bool:
     return not any(os.environ.get(name) for name in USER_THREAD_SETTINGS)
 
 
+@contextlib.contextmanager
+def share() -> Iterator[int]:
+    """This process counted among the runs using the cores for the body, with its torch threads set to
+    its share (yielded); nested uses share the outer registration."""
+    if _held is not None or not managed():
+        yield apply()
+        return
+    join()
+    try:
+        yield apply()
+    finally:
+        leave()
+
+
+def leave() -> None:
+    """No longer count this process (its file removed, its lock released)."""
+    global _held
+    if _held is None:
+        return
+    (runs_folder() / f"{os.getpid()}.run").unlink(missing_ok=True)
+    _held.close()
+    _held = None
+
+
 def join() -> None:
-    """Register this process as a run using the cores, until it exits (idempotent)."""
+    """Register this process as a run using the cores, until :func:`leave` or its exit (idempotent)."""
     global _held
     if _held is not None or not managed():
         return

@@ -52,11 +52,22 @@ def test_live_runs_are_counted_and_a_dead_ones_file_is_removed(runs_dir):
         other.wait(timeout=30)
     assert cpu_share.active_runs() == 1  # the other process is gone: its file with it
     assert sorted(p.name for p in runs_dir.iterdir()) == [f"{__import__('os').getpid()}.run"]
+    cpu_share.leave()
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_a_run_counts_only_while_it_computes(runs_dir):
+    with cpu_share.share() as threads:
+        assert threads == cpu_share.fair_threads(cpu_share.cpu_cores(), 1)
+        assert len(list(runs_dir.glob("*.run"))) == 1
+        with cpu_share.share():  # nested: the same registration
+            assert len(list(runs_dir.glob("*.run"))) == 1
+    assert list(runs_dir.glob("*.run")) == []  # a process that lives on (a notebook, a test session) no longer counts
 
 
 def test_a_thread_count_set_by_the_user_wins(runs_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
-    cpu_share.join()
-    assert not runs_dir.exists() or not list(runs_dir.iterdir())
+    with cpu_share.share():
+        assert not runs_dir.exists() or not list(runs_dir.iterdir())
     assert cpu_share.apply() == before
