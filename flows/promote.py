@@ -10,25 +10,24 @@ run completes, with that flow run's id.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from digitflow.config import PromotionConfig
+from digitflow.config.options import PROMOTE_OPTIONS, defaults
 from digitflow.errors import ConfigError
+from flows.signature import takes_options
 from reporting.logs import quiet_expected_errors
 from tasks.promotion import Outcome, find_candidate, promote_if_better
 from tracking.store import setup_tracking
 
 
 @flow(name="digitflow-promote", log_prints=True)
-def promote(
-    run_id: str | None = None,
-    flow_run_id: str | None = None,
-    margin: float = PromotionConfig.margin,
-    figures: list[str] | None = None,
-    alias: str = PromotionConfig.champion_alias,
-) -> Outcome:
+@takes_options(PROMOTE_OPTIONS)
+def promote(**options: Any) -> Outcome:
     """Promote the model of one pipeline run to ``alias`` if it beats the model that holds it.
 
     Name the pipeline run by its MLflow parent run id (``run_id``) or by the Prefect flow run that
@@ -37,6 +36,8 @@ def promote(
     better or worse only by more than ``margin``. The first model ever becomes the champion.
     """
     quiet_expected_errors()
+    o = {**defaults(PROMOTE_OPTIONS), **options}
+    run_id, flow_run_id, margin, figures, alias = o["run_id"], o["flow_run_id"], o["margin"], o["figures"], o["alias"]
     if margin < 0:
         raise ConfigError(f"the promotion margin must be >= 0, got {margin}")
     config = PromotionConfig(

@@ -9,6 +9,7 @@ shows each parameter with its default and help, as if the function had been writ
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -20,20 +21,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def takes_options(options: Sequence[Option]) -> Callable[[F], F]:
-    """Give the decorated ``fn(**options)`` the signature and ``Args:`` docs of ``options``."""
+    """Give the decorated ``fn(**options)`` the signature and ``Args:`` docs of ``options``; it is called
+    with every argument by name (Prefect passes positional-or-keyword parameters positionally)."""
 
     def decorate(fn: F) -> F:
         returns = inspect.signature(fn).return_annotation
-        parameters = [
-            inspect.Parameter(
-                o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=o.default, annotation=o.annotation
-            )
-            for o in options
-        ]
-        fn.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
-        fn.__annotations__ = {**{o.name: o.annotation for o in options}, "return": returns}
+        signature = inspect.Signature(
+            [inspect.Parameter(o.name, KEYWORD, default=o.default, annotation=o.annotation) for o in options],
+            return_annotation=returns,
+        )
+
+        @functools.wraps(fn)
+        def by_name(*args: Any, **kwargs: Any) -> Any:
+            return fn(**signature.bind(*args, **kwargs).arguments)
+
+        by_name.__signature__ = signature  # type: ignore[attr-defined]
+        by_name.__annotations__ = {**{o.name: o.annotation for o in options}, "return": returns}
         args = "\n".join(f"    {o.name}: {o.help or o.name}" for o in options)
-        fn.__doc__ = f"{inspect.cleandoc(fn.__doc__ or '')}\n\nArgs:\n{args}\n"
-        return fn
+        by_name.__doc__ = f"{inspect.cleandoc(fn.__doc__ or '')}\n\nArgs:\n{args}\n"
+        return by_name  # type: ignore[return-value]
 
     return decorate

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import mlflow
 import optuna
@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from digitflow.config import RunConfig
-from digitflow.config.options import SWEEP_FIXED_OPTIONS
+from digitflow.config.options import SWEEP_FIXED_OPTIONS, SWEEP_OPTIONS, defaults
 from digitflow.config.sweep_space import (
     Dimension,
     check_direction,
@@ -40,6 +40,7 @@ from digitflow.config.sweep_space import (
 )
 from digitflow.errors import ConfigError
 from digitflow.params.run import build_config, check_experiment, check_output_dir
+from flows.signature import takes_options
 from reporting.logs import quiet_expected_errors
 from tasks.data import prepare_data
 from tasks.export import export_model
@@ -63,10 +64,9 @@ from tasks.train import TrainedModel
 from tracking import runlog
 from tracking.comparison import render
 from tracking.runs import flow_run_tags, tracked_run
-from tracking.store import DEFAULT_EXPERIMENT, setup_tracking, tracking_uri
+from tracking.store import setup_tracking, tracking_uri
 from tracking.ui import open_ui_line, run_url, ui_command
 
-Kind = Literal["grid", "random", "optuna"]
 RUNNERS = ("threads", "dask", "ray")
 PROGRESS = {"finished": 0, "total": 0}  # of the sweep running in this process: for the line Ctrl-C prints
 RAY_MISSING = "--runner ray needs prefect-ray and ray, which are an optional extra: pip install -e '.[ray]'"
@@ -208,23 +208,8 @@ class SweepSummary:
 
 
 @flow(name="digitflow-sweep", log_prints=True)
-def sweep(
-    space: list[str],
-    kind: Kind = "grid",
-    trials: int | None = None,
-    metric: str = "test/accuracy",
-    direction: str | None = None,
-    fixed: dict[str, Any] | None = None,
-    runner: str = "threads",
-    workers: int | None = None,
-    study: str | None = None,
-    storage: str | None = None,
-    resume: bool = False,
-    prune: bool = True,
-    sampler_seed: int = 0,
-    export_best: bool = True,
-    experiment: str = DEFAULT_EXPERIMENT,
-) -> SweepSummary:
+@takes_options(SWEEP_OPTIONS)
+def sweep(**options: Any) -> SweepSummary:
     """Train and evaluate the classifier for each configuration of ``space`` (``["lr=0.02,0.05",
     "epochs=3,6"]``: digitflow.config.sweep_space), with every other option from ``fixed`` (keywords of
     ``digitflow run``'s flow, e.g. ``{"train": "mnist:test[:8000]", "offline": True}``).
@@ -238,7 +223,11 @@ def sweep(
     began = time.perf_counter()
     logger = get_run_logger()
     quiet_expected_errors()
-    fixed = dict(fixed or {})
+    o = {**defaults(SWEEP_OPTIONS), **options}
+    space, kind, trials, metric, direction = o["space"], o["kind"], o["trials"], o["metric"], o["direction"]
+    runner, workers, study, storage, resume = o["runner"], o["workers"], o["study"], o["storage"], o["resume"]
+    prune, sampler_seed, export_best, experiment = o["prune"], o["sampler_seed"], o["export_best"], o["experiment"]
+    fixed = dict(o["fixed"] or {})
     parsed = parse_space(space, sweepable_keys())
     if not parsed:
         raise ConfigError("sweep: nothing to sweep; give --grid KEY=VALUES... or --space KEY=RANGE...")

@@ -43,6 +43,8 @@ OPTIONS_MARKER = "<!-- reference:options -->"
 FLOWS = (
     ("digitflow-pipeline", "digitflow run", "RUN_OPTIONS", "flows/pipeline.py:pipeline"),
     ("digitflow-gan", "digitflow gan", "GAN_OPTIONS", "flows/gan.py:gan_pipeline"),
+    ("digitflow-sweep", "digitflow sweep", "SWEEP_OPTIONS", "flows/sweep.py:sweep"),
+    ("digitflow-promote", "digitflow promote", "PROMOTE_OPTIONS", "flows/promote.py:promote"),
 )
 HELP_COLUMNS = "100"  # argparse wraps --help to $COLUMNS: fixed, so the page is the same on every machine
 
@@ -267,7 +269,8 @@ def render_options() -> str:
         table = getattr(options, table_name)
         rows = [
             f"| {_cell(o.name, code=True)} | {_flags(o)} | {_cell(annotation(o.annotation), code=True)} "
-            f"| {_cell(repr(o.default), code=True)} | {_cell(o.help)} |"
+            f"| {'required' if o.default is options.REQUIRED else _cell(repr(o.default), code=True)} "
+            f"| {_cell(o.help)} |"
             for o in table
         ]
         lines = ["| parameter | CLI flag | type | default | help |", "|---|---|---|---|---|", *rows]

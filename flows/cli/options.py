@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from digitflow.config.options import Option
+from digitflow.config.options import REQUIRED, Option
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
 from flows.interrupt import RunSignals, start_temporary_server
 from reporting.logs import quiet_expected_errors
@@ -74,7 +74,7 @@ def dataset_spec(text: str) -> str:
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     """Add ``options`` (:mod:`digitflow.config.options`) to ``parser``, each under its group's heading,
     with its flag, type, choices, default and help; an option's ``dest`` is its flow parameter's name."""
-    groups: dict[str, Any] = {}
+    groups: dict[str, Any] = {g.title: g for g in parser._action_groups if g.title}  # a command's own, by title
     for option in options:
         flag = option.cli_flag
         if flag is None:
@@ -86,7 +86,11 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
         if option.kind == "flag":
             group.add_argument(flag, action="store_true", **common)
         elif option.kind == "toggle":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **common)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=option.default, **common)
+        elif option.kind == "repeat":
+            group.add_argument(
+                flag, action="append", type=option.value_type, default=None, metavar=option.metavar, **common
+            )
         elif option.kind in ("pairs", "groups"):
             group.add_argument(flag, action="append", default=None, metavar=option.metavar, **common)
         else:
@@ -95,7 +99,7 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
                 type=dataset_spec if option.spec else option.value_type,
                 nargs=option.nargs,
                 choices=option.choices,
-                default=option.default,
+                default=None if option.default is REQUIRED else option.default,
                 metavar=option.metavar,
                 **common,
             )

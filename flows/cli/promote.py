@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from digitflow.config import PromotionConfig
+from digitflow.config.options import PROMOTE_OPTIONS
 from digitflow.errors import ConfigError, DataError, DigitflowError
-from flows.cli.options import EXIT_BAD_INPUT, EXIT_FAILED
+from flows.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, add_options, flow_params
 
 NAME = "promote"
 EPILOG = """\
@@ -35,38 +36,19 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    which = promote.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run-id", metavar="ID", help="the MLflow parent run of the pipeline run")
-    which.add_argument(
-        "--flow-run-id",
-        metavar="ID",
-        help="the Prefect flow run of the pipeline run (its MLflow tag prefect.flow_run_id)",
-    )
-    promote.add_argument(
-        "--margin",
-        type=float,
-        default=p.margin,
-        help=f"a figure is better or worse only by more than this, absolute (default {p.margin:g})",
-    )
-    promote.add_argument(
-        "--figure",
-        action="append",
-        metavar="PATTERN",
-        help=f"metric (fnmatch pattern) to compare, repeatable (default: {' '.join(p.figures)})",
-    )
-    promote.add_argument("--alias", default=p.champion_alias, help=f"the alias to move (default {p.champion_alias})")
+    add_options(promote, PROMOTE_OPTIONS)
     return promote
 
 
 def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
     """Run :func:`flows.promote.promote` in this process and print its decision."""
+    if (args.run_id is None) == (args.flow_run_id is None):
+        parser.exit(EXIT_BAD_INPUT, "digitflow: error: promote needs one of --run-id ID and --flow-run-id ID\n")
     if args.margin < 0:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: --margin must be >= 0, got {args.margin:g}\n")
     if not args.alias.strip():
         parser.exit(EXIT_BAD_INPUT, "digitflow: error: --alias is empty\n")
-    params: dict[str, Any] = dict(
-        run_id=args.run_id, flow_run_id=args.flow_run_id, margin=args.margin, figures=args.figure, alias=args.alias
-    )
+    params: dict[str, Any] = flow_params(args, PROMOTE_OPTIONS)
     try:
         from flows.interrupt import start_temporary_server
         from flows.promote import promote  # imports Prefect and MLflow: only once the options are valid

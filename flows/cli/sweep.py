@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from digitflow.config.options import EXPERIMENT, SWEEP_FIXED_OPTIONS
+from digitflow.config.options import SWEEP_FIXED_OPTIONS, SWEEP_OPTIONS
 from digitflow.config.sweep_space import check_direction, default_direction, grid, parse_space, workers_and_threads
 from digitflow.errors import DigitflowError
 from flows.cli.checks import check_before_start, exit_unless_tracking_server_answers
@@ -47,52 +47,13 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     how.add_argument("--grid", nargs="+", metavar="KEY=A,B", help="a grid: every combination of the listed values")
     how.add_argument("--random", type=int, metavar="N", help="N random samples from --space")
     how.add_argument("--optuna", type=int, metavar="N", help="N trials suggested by Optuna (TPE) from --space")
-    search.add_argument(
-        "--space", nargs="+", metavar="KEY=RANGE", help="what --random and --optuna draw from: ranges or lists"
-    )
-    search.add_argument(
-        "--metric",
-        default="test/accuracy",
-        metavar="KEY",
-        help="what picks the best trial: test/accuracy, test/loss, cross/usps/accuracy, ... (default test/accuracy)",
-    )
-    search.add_argument(
-        "--direction", choices=["maximize", "minimize"], default=None, help="(default: maximize accuracies)"
-    )
-    search.add_argument("--no-prune", action="store_true", help="--optuna: never stop a trial early")
-    search.add_argument("--sampler-seed", type=int, default=0, help="seed of the random and Optuna samplers")
-    search.add_argument("--no-export", action="store_true", help="do not export and register the best trial's model")
-
-    where = sweep.add_argument_group("where trials run")
-    where.add_argument(
-        "--runner",
-        choices=["threads", "dask", "ray"],
-        default="threads",
-        help="threads in this process (default), a Dask cluster (prefect-dask) or Ray (prefect-ray, optional)",
-    )
-    where.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="trials at once (default: one per core); each gets cores/N torch threads",
-    )
+    add_options(sweep, SWEEP_OPTIONS[:-1])  # the sweep's own options (its experiment comes last)
+    where = next(g for g in sweep._action_groups if g.title == "where trials run")
     where.add_argument(
         "--dask-address", metavar="tcp://HOST:PORT", help="an existing Dask scheduler (default: a LocalCluster)"
     )
     where.add_argument("--ray-address", metavar="ADDRESS", help="an existing Ray cluster (default: a local Ray)")
-    where.add_argument(
-        "--study", metavar="NAME", help="Optuna study name (default: sweep-<hash of the sweep's options>)"
-    )
-    where.add_argument(
-        "--storage",
-        metavar="URL",
-        help="Optuna storage (default: sqlite optuna.db beside the MLflow SQLite store, else in --output-dir)",
-    )
-    where.add_argument(
-        "--resume", action="store_true", help="continue an interrupted sweep: finished trials are not run again"
-    )
-    add_options(sweep, (*SWEEP_FIXED_OPTIONS, EXPERIMENT))  # digitflow run's options: fixed for all trials
+    add_options(sweep, (*SWEEP_FIXED_OPTIONS, SWEEP_OPTIONS[-1]))  # digitflow run's options: fixed for all trials
     return sweep
 
 
@@ -110,24 +71,9 @@ def sweep_parameters(args: argparse.Namespace) -> dict[str, Any]:
             raise DigitflowError(f"sweep: --{kind} needs --space KEY=RANGE ... (e.g. --space lr=log:0.005:0.2)")
         if trials < 1:
             raise DigitflowError(f"sweep: --{kind} takes a number of trials >= 1, got {trials}")
-    fixed = flow_params(args, SWEEP_FIXED_OPTIONS)
-    return dict(
-        space=list(items),
-        kind=kind,
-        trials=trials,
-        metric=args.metric,
-        direction=args.direction,
-        fixed=fixed,
-        runner=args.runner,
-        workers=args.workers,
-        study=args.study,
-        storage=args.storage,
-        resume=args.resume,
-        prune=not args.no_prune,
-        sampler_seed=args.sampler_seed,
-        export_best=not args.no_export,
-        experiment=args.experiment,
-    )
+    params = flow_params(args, SWEEP_OPTIONS)
+    params.update(space=list(items), kind=kind, trials=trials, fixed=flow_params(args, SWEEP_FIXED_OPTIONS))
+    return params
 
 
 def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:

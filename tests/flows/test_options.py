@@ -10,13 +10,15 @@ import sys
 import pytest
 from prefect.utilities.callables import parameter_schema
 
-from digitflow.config.options import GAN_OPTIONS, RUN_OPTIONS, Option
+from digitflow.config.options import GAN_OPTIONS, PROMOTE_OPTIONS, RUN_OPTIONS, SWEEP_OPTIONS, Option
 from digitflow.params.run import build_config, default_run_config
 from flows.cli import build_parser
 from flows.cli.options import OneLineErrorParser, add_options, flow_params
 from flows.gan import gan_pipeline
 from flows.pipeline import pipeline
+from flows.promote import promote
 from flows.signature import takes_options
+from flows.sweep import sweep
 from tracking.naming import parent_run_name
 
 
@@ -25,7 +27,11 @@ def subcommand(name: str) -> argparse.ArgumentParser:
     return commands.choices[name]
 
 
-@pytest.mark.parametrize(("flow", "options"), [(pipeline, RUN_OPTIONS), (gan_pipeline, GAN_OPTIONS)])
+@pytest.mark.parametrize(
+    ("flow", "options"),
+    [(pipeline, RUN_OPTIONS), (gan_pipeline, GAN_OPTIONS), (sweep, SWEEP_OPTIONS), (promote, PROMOTE_OPTIONS)],
+    ids=["pipeline", "gan", "sweep", "promote"],
+)
 def test_the_flow_takes_one_parameter_per_option_with_its_type_default_and_help(flow, options):
     signature = inspect.signature(flow.fn)
     assert list(signature.parameters) == [o.name for o in options]
@@ -37,7 +43,9 @@ def test_the_flow_takes_one_parameter_per_option_with_its_type_default_and_help(
     assert {name: p.get("description") for name, p in form.items()} == {o.name: o.help for o in options}
 
 
-@pytest.mark.parametrize(("command", "options"), [("run", RUN_OPTIONS), ("gan", GAN_OPTIONS)])
+@pytest.mark.parametrize(
+    ("command", "options"), [("run", RUN_OPTIONS), ("gan", GAN_OPTIONS), ("promote", PROMOTE_OPTIONS)]
+)
 def test_the_cli_has_each_option_and_hands_the_flow_each_parameter(command, options):
     parser = subcommand(command)
     dests = {a.dest for a in parser._actions}
@@ -79,6 +87,33 @@ def test_the_relative_step_of_adversarial_training_has_an_option_that_reaches_co
 def test_lr_is_a_flat_parameter_that_wins_over_opt_lr():
     config = build_config(lr=0.01, optimizer_kwargs={"lr": 0.2, "momentum": 0.5})
     assert config.train.optimizer.kwargs == {"lr": 0.01, "momentum": 0.5}
+
+
+def test_the_sweep_command_fills_the_flows_search_parameters_from_its_shorthands():
+    from flows.cli.sweep import sweep_parameters
+
+    parser = subcommand("sweep")
+    params = sweep_parameters(parser.parse_args(["--optuna", "4", "--space", "lr=log:0.01:0.1", "--no-prune"]))
+    assert (params["kind"], params["trials"], params["space"], params["prune"]) == (
+        "optuna",
+        4,
+        ["lr=log:0.01:0.1"],
+        False,
+    )
+    assert params["fixed"]["train"] == "mnist:train"  # the run's options, fixed for every trial
+    assert set(params) == {o.name for o in SWEEP_OPTIONS}
+    grid = sweep_parameters(parser.parse_args(["--grid", "lr=0.01,0.1", "--no-export"]))
+    assert (grid["kind"], grid["space"], grid["export_best"]) == ("grid", ["lr=0.01,0.1"], False)
+
+
+def test_promote_needs_one_run_named_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "flows", "promote", "--margin", "0.01"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "digitflow: error: promote needs one of --run-id ID and --flow-run-id ID"
+    ]
 
 
 def test_flat_deployment_parameters_are_validated_by_type():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from typing import Any
 
 import mlflow
 import pytest
@@ -142,7 +143,7 @@ def test_the_flow_publishes_the_decision_as_a_markdown_artifact(mlflow_store, pr
     from flows.promote import promote as promote_flow
 
     run_id = fake_pipeline_run(0.99, 0.94)
-    state = promote_flow(run_id=run_id, return_state=True)
+    state: Any = promote_flow(run_id=run_id, return_state=True)  # the flow run's final State
     outcome = state.result()
     assert outcome.decision.promote
     with get_client(sync_client=True) as client:

@@ -139,10 +139,15 @@ def test_options_reference_lists_every_parameter_of_both_flows(hook):
     from digitflow.config import options
 
     by_flow = sections(hook.render_options())
-    assert [flow for flow, *_ in hook.FLOWS] == ["digitflow-pipeline", "digitflow-gan"]
+    assert [flow for flow, *_ in hook.FLOWS] == [
+        "digitflow-pipeline",
+        "digitflow-gan",
+        "digitflow-sweep",
+        "digitflow-promote",
+    ]
     for flow, command, table_name, function in hook.FLOWS:
         table = getattr(options, table_name)
-        assert table in (options.RUN_OPTIONS, options.GAN_OPTIONS)
+        assert table in (options.RUN_OPTIONS, options.GAN_OPTIONS, options.SWEEP_OPTIONS, options.PROMOTE_OPTIONS)
         page = by_flow[flow]
         assert f"`{command}`" in page
         for option in table:

@@ -20,6 +20,7 @@ torch, Prefect or pydantic (``digitflow --help`` stays cheap).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,6 +45,7 @@ from digitflow.config.schema import (
     GanEvalConfig,
     GanTrainConfig,
     OptimizerConfig,
+    PromotionConfig,
     RobustnessConfig,
     RunConfig,
     SchedulerConfig,
@@ -55,7 +57,8 @@ from digitflow.config.schema import (
 )
 from digitflow.errors import ConfigError
 
-Kind = Literal["value", "flag", "toggle", "pairs", "groups"]
+Kind = Literal["value", "flag", "toggle", "repeat", "pairs", "groups"]
+REQUIRED: Any = inspect.Parameter.empty  # the default of an option the flow cannot run without
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,12 @@ class Option:
     """One option of a flow.
 
     ``kind`` says how the CLI reads it: ``value`` (``--epochs 3``; a list with ``nargs="+"``), ``flag``
-    (``--offline``: True when given), ``toggle`` (``--amp`` / ``--no-amp``; None when neither),
-    ``pairs`` (repeatable ``--opt KEY=VALUE`` -> a dict of Python literals), ``groups`` (repeatable
-    ``--param-group PREFIX:KEY=VALUE`` -> ``{prefix: {key: value}}``). ``off`` is a second flag that
-    sets the value to ``[]`` (``--no-target``). ``flag`` None: a flow parameter without a CLI option.
+    (``--offline``: True when given), ``toggle`` (``--amp`` / ``--no-amp``; the default when neither),
+    ``repeat`` (``--figure A --figure B`` -> a list), ``pairs`` (repeatable ``--opt KEY=VALUE`` -> a dict of
+    Python literals), ``groups`` (repeatable ``--param-group PREFIX:KEY=VALUE`` -> ``{prefix: {key:
+    value}}``). ``off`` is a second flag that sets the value to ``[]`` (``--no-target``). ``flag`` None: a
+    flow parameter without a CLI option (the command fills it in its own way). ``default`` :data:`REQUIRED`:
+    the flow has no default for it.
     """
 
     name: str
@@ -630,6 +635,124 @@ GAN_OPTIONS: tuple[Option, ...] = (
     dataclasses.replace(EXPORT_MODE, annotation=str, help="TorchScript: script or trace (default script)"),
     OUTPUT_DIR,
     dataclasses.replace(EXPERIMENT, default="digitflow-gan", help="MLflow experiment name (default digitflow-gan)"),
+)
+
+# --- digitflow sweep: its own options (the run's options it fixes for every trial follow) ----------------------
+
+SEARCH = "search"
+WHERE = "where trials run"
+
+SWEEP_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "space",
+        list[str],
+        REQUIRED,
+        "what --random and --optuna draw from: ranges or lists, KEY=RANGE (with --grid, the grid's KEY=A,B)",
+        SEARCH,
+        nargs="+",
+        metavar="KEY=RANGE",
+    ),
+    Option("kind", Literal["grid", "random", "optuna"], "grid", "grid, random or optuna", flag=None),
+    Option("trials", int | None, None, "trials of a random or Optuna search", flag=None),
+    Option(
+        "metric",
+        str,
+        "test/accuracy",
+        "what picks the best trial: test/accuracy, test/loss, cross/usps/accuracy, ... (default test/accuracy)",
+        SEARCH,
+        metavar="KEY",
+    ),
+    Option(
+        "direction",
+        str | None,
+        None,
+        "maximize or minimize the metric (default: maximize accuracies)",
+        SEARCH,
+        choices=("maximize", "minimize"),
+    ),
+    Option("fixed", dict[str, Any] | None, None, "digitflow run's options for every trial", flag=None),
+    Option(
+        "runner",
+        str,
+        "threads",
+        "threads in this process (default), a Dask cluster (prefect-dask) or Ray (prefect-ray, optional)",
+        WHERE,
+        choices=("threads", "dask", "ray"),
+    ),
+    Option(
+        "workers",
+        int | None,
+        None,
+        "trials at once (default: one per core); each gets cores/N torch threads",
+        WHERE,
+        value_type=int,
+        metavar="N",
+    ),
+    Option(
+        "study",
+        str | None,
+        None,
+        "Optuna study name (default: sweep-<hash of the sweep's options>)",
+        WHERE,
+        metavar="NAME",
+    ),
+    Option(
+        "storage",
+        str | None,
+        None,
+        "Optuna storage (default: sqlite optuna.db beside the MLflow SQLite store, else in --output-dir)",
+        WHERE,
+        metavar="URL",
+    ),
+    Option(
+        "resume", bool, False, "continue an interrupted sweep: finished trials are not run again", WHERE, kind="flag"
+    ),
+    Option("prune", bool, True, "--optuna: stop unpromising trials early (default: on)", SEARCH, kind="toggle"),
+    Option("sampler_seed", int, 0, "seed of the random and Optuna samplers (default 0)", SEARCH, value_type=int),
+    Option(
+        "export_best",
+        bool,
+        True,
+        "export and register the best trial's model (default: on)",
+        SEARCH,
+        kind="toggle",
+        flag="--export",
+    ),
+    EXPERIMENT,
+)
+
+# --- digitflow promote ---------------------------------------------------------------------------------------
+
+_P = PromotionConfig()
+WHICH = "which pipeline run (one of the two)"
+
+PROMOTE_OPTIONS: tuple[Option, ...] = (
+    Option("run_id", str | None, None, "the MLflow parent run of the pipeline run", WHICH, metavar="ID"),
+    Option(
+        "flow_run_id",
+        str | None,
+        None,
+        "the Prefect flow run of the pipeline run (its MLflow tag prefect.flow_run_id)",
+        WHICH,
+        metavar="ID",
+    ),
+    Option(
+        "margin",
+        float,
+        _P.margin,
+        f"a figure is better or worse only by more than this, absolute (default {_P.margin:g})",
+        value_type=float,
+    ),
+    Option(
+        "figures",
+        list[str] | None,
+        None,
+        f"metric (fnmatch pattern) to compare, repeatable (default: {' '.join(_P.figures)})",
+        kind="repeat",
+        metavar="PATTERN",
+        flag="--figure",
+    ),
+    Option("alias", str, _P.champion_alias, f"the alias to move (default {_P.champion_alias})"),
 )
 
 # Options of digitflow run a sweep does not take as fixed settings of its trials: the sweep has its own
