@@ -40,6 +40,7 @@ from digitflow.config.sweep_space import (
 )
 from digitflow.errors import ConfigError
 from digitflow.params.run import build_config, check_experiment, check_output_dir
+from digitflow.training.cpu_share import cpu_cores
 from flows.signature import takes_options
 from reporting.logs import quiet_expected_errors
 from tasks.data import prepare_data
@@ -75,14 +76,6 @@ RAY_MISSING = "--runner ray needs prefect-ray and ray, which are an optional ext
 def sweepable_keys() -> set[str]:
     """Every option of ``digitflow run`` a trial takes: any of them can be swept or fixed."""
     return {option.name for option in SWEEP_FIXED_OPTIONS}
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def check_sweepable(base: RunConfig, space: Mapping[str, Any]) -> None:

@@ -72,5 +72,4 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         start,
         finished="digitflow gan finished",
         summary_lines=lambda s: s.lines(),
-        preload="flows.gan",
     )

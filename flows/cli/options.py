@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
-import importlib
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -130,24 +127,17 @@ def run_flow(
     finished: str,
     summary_lines: Callable[[Any], list[str]],
     where: Callable[[], str] | None = None,
-    preload: str | None = None,
 ) -> int:
     """Run a flow in this process: ``start()`` imports the flow (Prefect and MLflow load only once the
     options are valid) and calls it. Expected errors end as one line on stderr; Ctrl-C / SIGTERM as one
     line saying how to ``--resume`` (flows/interrupt.py), exit 130 / 143. Prints the summary at the end.
-    ``where()`` says how far the flow got, for that line (default: the epochs of its training).
-
-    ``preload`` names the flow's module: it is imported in a thread while Prefect's temporary server
-    starts (a process of its own, on another core), so the two seconds-long waits overlap."""
+    ``where()`` says how far the flow got, for that line (default: the epochs of its training)."""
     signals = RunSignals(argv, epochs, where=where)
     try:
         with signals:
             quiet_expected_errors(full_in_log=False)  # the CLI prints an expected error in full, last
-            importing = _import_in_background(preload)
             signals.replace_prefect_sigterm_handler()
             start_temporary_server()
-            if importing is not None:
-                importing.join()  # an import error, if any, shows again (in full) when start() imports it
             summary = start()
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"digitflow: error: {exc}", file=sys.stderr)
@@ -162,21 +152,6 @@ def run_flow(
         return signals.exit_code
     print("\n".join(["", finished, *("  " + line for line in summary_lines(summary))]))
     return 0
-
-
-def _import_in_background(module: str | None) -> threading.Thread | None:
-    """Start importing ``module`` in a daemon thread (Python's import locks keep the two threads' imports
-    of the same modules apart); None for no module."""
-    if module is None:
-        return None
-
-    def load() -> None:
-        with contextlib.suppress(Exception):  # start() imports it again and reports what went wrong
-            importlib.import_module(module)
-
-    thread = threading.Thread(target=load, name=f"import {module}", daemon=True)
-    thread.start()
-    return thread
 
 
 def setup_environment() -> None:

@@ -80,5 +80,4 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         start,
         finished="digitflow run finished",
         summary_lines=lambda s: s.lines(),
-        preload="flows.pipeline",
     )

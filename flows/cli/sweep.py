@@ -106,7 +106,8 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     exit_unless_tracking_server_answers(parser)
 
     def start() -> Any:
-        from flows.sweep import cpu_cores, sweep, task_runner
+        from digitflow.training.cpu_share import cpu_cores
+        from flows.sweep import sweep, task_runner
 
         total = len(grid(space)) if params["kind"] == "grid" else int(params["trials"])
         workers, _ = workers_and_threads(cpu_cores(), total, args.workers)
@@ -125,5 +126,4 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         finished="digitflow sweep finished",
         summary_lines=lambda s: s.lines(),
         where=where,
-        preload="flows.sweep",
     )
