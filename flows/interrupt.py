@@ -6,33 +6,27 @@ What a signal does (:class:`RunSignals`):
    ``TerminationSignal`` for SIGTERM): Prefect marks the task and flow runs Crashed, the MLflow runs
    end KILLED (``tracking.runs.tracked_run``), and ``digitflow`` prints one line (where training got
    to, and the command that continues it with ``--resume``) and exits 130 (SIGINT) or 143 (SIGTERM).
-   On the way out Prefect stops its temporary server (an ``atexit`` hook).
 2. A signal that arrives while MLflow is writing (SQLAlchemy on SQLite, say) is held back until that
    call returns: an exception raised in the middle of it left the store locked for 20 s and the
    runs FAILED.
 3. A second signal while the first is being handled ends the process at once (``os._exit``; the
-   temporary server is told to stop, the MLflow runs may stay RUNNING).
-4. Once the exit hooks have run (Prefect's log drain, stopping its server), the process ends without
+   MLflow runs may stay RUNNING).
+4. Once the exit hooks have run (Prefect's log drain, the local server's lease), the process ends without
    the interpreter's teardown, which takes seconds with torch, MLflow and Prefect loaded.
 
 Prefect 3.9 behaviours this works around, kept here and nowhere else:
 
-- In ephemeral mode Prefect starts its temporary API server (``SubprocessASGIServer``, uvicorn) as a
-  child in the *same process group*. Ctrl-C on a terminal signals the whole foreground group, so the
-  server shut down at the moment the run needed it to record the crash; the run then retried for a
-  minute or more, and a second Ctrl-C landed in httpx with a 100-line traceback.
-  :func:`start_temporary_server` starts that server before the flow, in a process group of its own;
-  Prefect's clients find it (it is the instance ``SubprocessASGIServer()`` returns) and use it.
 - During a flow run Prefect's own SIGTERM handler (``prefect.utilities.engine.capture_sigterm``)
   raises wherever the process is (MLflow's writes included), then restores the handler it found and
   sends SIGTERM again. With Python's default handler that killed the process on the spot, skipping
-  the ``atexit`` hook that stops the server: the server was left running. :class:`RunSignals` puts
+  the ``atexit`` hooks (Prefect's log drain among them). :class:`RunSignals` puts
   its own handler in place of Prefect's (same exception, held back during MLflow writes) and in
   front of it (where the re-sent SIGTERM lands, and is ignored).
 
-``kill -9`` cannot be caught. On Linux the server is started with ``PR_SET_PDEATHSIG``, so the kernel
-sends it SIGTERM when the ``digitflow`` process dies and it does not outlive it; elsewhere it may.
-The MLflow runs of a killed process stay RUNNING, and its Prefect flow run stays Running.
+The Prefect server a run uses is not its child (flows/local_server.py: a session of its own, so a
+terminal's Ctrl-C, which signals the whole foreground group, does not stop it while the run records
+its crash). ``kill -9`` cannot be caught: the MLflow runs of a killed process stay RUNNING, and its
+Prefect flow run stays Running; its lease on the local server counts as released.
 """
 
 from __future__ import annotations
@@ -40,12 +34,9 @@ from __future__ import annotations
 import _thread
 import atexit
 import contextlib
-import ctypes
-import functools
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -55,8 +46,6 @@ from typing import Any
 
 EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report it
 HOLD_BACK_IN = {"mlflow", "sqlalchemy", "sqlite3", "alembic"}  # top-level packages: no exception raised inside
-
-_server: Any = None  # the temporary Prefect server started by start_temporary_server, if any
 
 
 class RunSignals:
@@ -127,7 +116,6 @@ class RunSignals:
             return
         redelivery, self._redelivery = self._redelivery, False
         if self.signum is not None and not redelivery:  # a second signal: stop now
-            _stop_server_now()
             self.report()
             os._exit(self.exit_code)
         self.signum = signum
@@ -222,65 +210,3 @@ def _training_progress() -> Any:
     # Not imported here: a signal may arrive before the tasks are (and importing in a handler is unwise).
     progress = sys.modules.get("reporting.progress")
     return getattr(progress, "training_progress", None)
-
-
-def start_temporary_server() -> None:
-    """Start Prefect's temporary (ephemeral) API server now, in its own process group.
-
-    Does nothing when a server is configured (``PREFECT_API_URL``) or the temporary one already runs.
-    Prefect's clients, which would start it on first use, find this one and use it, and Prefect
-    stops it at exit as usual. See the module docstring for why.
-    """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return
-    server = SubprocessASGIServer()  # the per-process instance Prefect's get_client() uses
-    if server.running:
-        return
-    global _server
-    _server = server
-    # Prefect builds the uvicorn command and calls subprocess.Popen itself, with no way to pass
-    # options; so only while it does, Popen gets process_group=0 (a group of its own: a terminal's
-    # Ctrl-C no longer reaches the server) and, on Linux, the parent-death signal. This runs in the
-    # main thread before the flow starts, when nothing else is starting processes (and the parent-death
-    # signal follows the thread that started the child: the main thread lives as long as the process).
-    server._run_uvicorn_command = functools.partial(  # type: ignore[method-assign]  # see above
-        _in_own_process_group, server._run_uvicorn_command
-    )
-    server.start()
-
-
-def _in_own_process_group(run_command: Callable[[], subprocess.Popen]) -> subprocess.Popen:
-    popen = subprocess.Popen
-    options: dict[str, Any] = {"process_group": 0} if os.name == "posix" else {}
-    if sys.platform == "linux":
-        options["preexec_fn"] = _die_with_parent()
-    subprocess.Popen = functools.partial(popen, **options)  # type: ignore[misc, assignment]  # a class swapped for a factory
-    try:
-        return run_command()
-    finally:
-        subprocess.Popen = popen  # type: ignore[misc]
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """For ``preexec_fn``: the child gets SIGTERM when this process dies, even by ``kill -9``."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def set_parent_death_signal() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: nobody will send the signal
-            os._exit(1)
-
-    return set_parent_death_signal
-
-
-def _stop_server_now() -> None:
-    """Ask the temporary server to stop, without waiting (a second signal: no time to wait)."""
-    process = getattr(_server, "server_process", None)
-    if process is not None:
-        with contextlib.suppress(OSError):
-            process.terminate()

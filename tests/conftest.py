@@ -1,6 +1,8 @@
 """Test isolation: every session gets its own Prefect home and never talks to a configured server.
 
-Set before Prefect is imported anywhere, since Prefect reads its settings at import time.
+Set before Prefect is imported anywhere, since Prefect reads its settings at import time. Flow tests
+in this process and the ``digitflow`` commands tests start share the session's one local Prefect
+server (flows/local_server.py): it starts once, not once per command.
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="digitflow-test-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)  # never a user's real server
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their store explicitly
+os.environ["DIGITFLOW_PREFECT_SERVER_IDLE"] = "60"  # outlives the gaps between commands, not the session
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """One temporary Prefect server (SQLite in the session's PREFECT_HOME) for all flow tests."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server() -> Iterator[str]:
+    """The session's local Prefect server (SQLite in the session's PREFECT_HOME), for flows run in this
+    process and the commands it starts (PREFECT_API_URL); stopped at the end. Its API url."""
+    from flows import local_server
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    server = local_server.use_local_server()
+    assert server is not None, "conftest removed PREFECT_API_URL: the local server should be used"
+    server.wait_ready()
+    yield os.environ["PREFECT_API_URL"]
+    local_server.stop(server.folder)
 
 
 @pytest.fixture
@@ -48,3 +55,27 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real data not found at {SHARED_DATA} (see docs/data.md: where files go, and offline use)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def command(capsys, monkeypatch):
+    """``command("run", "--epochs", "0")`` runs ``digitflow run --epochs 0`` in this process (a
+    subprocess per case costs seconds of imports; each test file keeps one case as a real command):
+    its exit code, stdout and stderr. Fails the test if the command got as far as starting a flow."""
+    from flows.cli import main, options
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command started a flow; it should have refused its options first")
+
+    monkeypatch.setattr(options, "use_local_server", refuse)
+
+    def run(*args: str) -> tuple[int | str | None, str, str]:
+        code: int | str | None
+        try:
+            code = main(list(args))
+        except SystemExit as exit_info:
+            code = exit_info.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

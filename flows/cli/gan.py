@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from digitflow.config.options import GAN_OPTIONS
@@ -61,15 +62,15 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
 
-    def start() -> Any:
+    def load() -> Callable[[], Any]:
         from flows.gan import gan_pipeline  # imports Prefect and MLflow: only once the options are valid
 
-        return gan_pipeline(**params)
+        return functools.partial(gan_pipeline, **params)
 
     return run_flow(
         argv,
         config.train.epochs,
-        start,
+        load,
         finished="digitflow gan finished",
         summary_lines=lambda s: s.lines(),
     )

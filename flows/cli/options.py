@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 
 from digitflow.config.options import REQUIRED, Option
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
-from flows.interrupt import RunSignals, start_temporary_server
+from flows.interrupt import RunSignals
+from flows.local_server import use_local_server
 from reporting.logs import quiet_expected_errors
 
 EXIT_BAD_INPUT = 2
@@ -122,23 +123,28 @@ def flow_params(args: argparse.Namespace, options: Sequence[Option]) -> dict[str
 def run_flow(
     argv: Sequence[str],
     epochs: int,
-    start: Callable[[], Any],
+    load: Callable[[], Callable[[], Any]],
     *,
     finished: str,
     summary_lines: Callable[[Any], list[str]],
     where: Callable[[], str] | None = None,
 ) -> int:
-    """Run a flow in this process: ``start()`` imports the flow (Prefect and MLflow load only once the
-    options are valid) and calls it. Expected errors end as one line on stderr; Ctrl-C / SIGTERM as one
-    line saying how to ``--resume`` (flows/interrupt.py), exit 130 / 143. Prints the summary at the end.
-    ``where()`` says how far the flow got, for that line (default: the epochs of its training)."""
+    """Run a flow in this process: ``load()`` imports the flow (Prefect and MLflow load only once the
+    options are valid) and returns it bound to its parameters; it runs against the configured Prefect
+    server, else the local one (flows/local_server.py), whose start overlaps those imports. Expected
+    errors end as one line on stderr; Ctrl-C / SIGTERM as one line saying how to ``--resume``
+    (flows/interrupt.py), exit 130 / 143. Prints the summary at the end. ``where()`` says how far the
+    flow got, for that line (default: the epochs of its training)."""
     signals = RunSignals(argv, epochs, where=where)
     try:
         with signals:
+            server = use_local_server()  # before the flow's imports: Prefect reads its API url at import
             quiet_expected_errors(full_in_log=False)  # the CLI prints an expected error in full, last
             signals.replace_prefect_sigterm_handler()
-            start_temporary_server()
-            summary = start()
+            flow = load()
+            if server is not None:
+                server.wait_ready()
+            summary = flow()
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"digitflow: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

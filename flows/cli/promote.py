@@ -50,12 +50,15 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         parser.exit(EXIT_BAD_INPUT, "digitflow: error: --alias is empty\n")
     params: dict[str, Any] = flow_params(args, PROMOTE_OPTIONS)
     try:
-        from flows.interrupt import start_temporary_server
+        from flows.local_server import use_local_server
+
+        server = use_local_server()  # before Prefect is imported, which reads its API url then
         from flows.promote import promote  # imports Prefect and MLflow: only once the options are valid
         from reporting.logs import quiet_expected_errors
 
         quiet_expected_errors(full_in_log=False)
-        start_temporary_server()
+        if server is not None:
+            server.wait_ready()
         outcome = promote(**params)
     except (ConfigError, DataError) as exc:
         print(f"digitflow: error: {exc}", file=sys.stderr)

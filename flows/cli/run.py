@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from digitflow.config import DATASET_FAMILIES
@@ -69,15 +70,15 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
     exit_unless_tracking_server_answers(parser)
 
-    def start() -> Any:
+    def load() -> Callable[[], Any]:
         from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid
 
-        return pipeline(**params)
+        return functools.partial(pipeline, **params)
 
     return run_flow(
         argv,
         config.train.epochs,
-        start,
+        load,
         finished="digitflow run finished",
         summary_lines=lambda s: s.lines(),
     )

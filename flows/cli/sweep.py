@@ -4,7 +4,8 @@ on threads, Dask or Ray (the flow ``digitflow-sweep``, flows/sweep.py)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from digitflow.config.options import SWEEP_FIXED_OPTIONS, SWEEP_OPTIONS
@@ -105,14 +106,14 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
     exit_unless_tracking_server_answers(parser)
 
-    def start() -> Any:
+    def load() -> Callable[[], Any]:
         from digitflow.training.cpu_share import cpu_cores
         from flows.sweep import sweep, task_runner
 
         total = len(grid(space)) if params["kind"] == "grid" else int(params["trials"])
         workers, _ = workers_and_threads(cpu_cores(), total, args.workers)
-        chosen = task_runner(args.runner, workers, args.dask_address, args.ray_address)  # after the temporary server
-        return sweep.with_options(task_runner=chosen)(**params)
+        chosen = task_runner(args.runner, workers, args.dask_address, args.ray_address)
+        return functools.partial(sweep.with_options(task_runner=chosen), **params)
 
     def where() -> str:
         from flows.sweep import PROGRESS
@@ -122,7 +123,7 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     return run_flow(
         argv,
         config.train.epochs,
-        start,
+        load,
         finished="digitflow sweep finished",
         summary_lines=lambda s: s.lines(),
         where=where,

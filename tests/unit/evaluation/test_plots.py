@@ -8,7 +8,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from digitflow.evaluation.plots import confusion_matrix_figure, misclassified_grid, training_curves
+from digitflow.evaluation.plots import adversarial_grid, confusion_matrix_figure, misclassified_grid, training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = [str(k) for k in range(3)]
@@ -51,8 +51,8 @@ def test_misclassified_grid_shows_only_the_wrong_ones():
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     predictions = torch.tensor([0, 2, 2, 1, 1, 2, 0, 0])  # wrong at 1, 3, 7
     fig = misclassified_grid(images, predictions, labels, CLASSES)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["pred 2\ntrue 1", "pred 1\ntrue 0", "pred 0\ntrue 1"]
+    captions = [text.get_text() for ax in fig.axes for text in ax.texts]
+    assert captions == ["pred 2\ntrue 1", "pred 1\ntrue 0", "pred 0\ntrue 1"]
     assert "3 shown" in fig.get_suptitle()
     assert _png(fig).startswith(PNG_MAGIC)
 
@@ -63,5 +63,20 @@ def test_misclassified_grid_edge_counts(wrong, max_images):
     predictions = labels.clone()
     predictions[:wrong] = 1
     fig = misclassified_grid(torch.rand(12, 1, 28, 28), predictions, labels, CLASSES, max_images=max_images)
-    assert sum(1 for ax in fig.axes if ax.images) == min(wrong, max_images)
+    (ax,) = fig.axes  # one picture of the tiled images, a caption per image
+    assert len(ax.texts) == min(wrong, max_images)
+    shown = ~np.isnan(np.ma.filled(ax.images[0].get_array(), np.nan))
+    assert shown.sum() == min(wrong, max_images) * 28 * 28  # every shown image's pixels, nothing else
+    assert _png(fig).startswith(PNG_MAGIC)
+
+
+def test_adversarial_grid_captions_each_prediction_red_where_wrong_with_a_row_per_epsilon():
+    images = torch.rand(3, 2, 1, 28, 28)  # 3 epsilons x 2 images
+    labels = torch.tensor([0, 1])
+    predictions = torch.tensor([[0, 1], [0, 2], [1, 2]])
+    fig = adversarial_grid(images, predictions, labels, [0, 0.1, 0.2], CLASSES)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["pred 0", "pred 1", "pred 0", "pred 2", "pred 1", "pred 2"]
+    assert [t.get_color() for t in ax.texts] == ["black", "black", "black", "red", "red", "red"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["eps 0", "eps 0.1", "eps 0.2"]
     assert _png(fig).startswith(PNG_MAGIC)
