@@ -65,7 +65,9 @@ def test_misclassified_grid_edge_counts(wrong, max_images):
     fig = misclassified_grid(torch.rand(12, 1, 28, 28), predictions, labels, CLASSES, max_images=max_images)
     (ax,) = fig.axes  # one picture of the tiled images, a caption per image
     assert len(ax.texts) == min(wrong, max_images)
-    shown = ~np.isnan(np.ma.filled(ax.images[0].get_array(), np.nan))
+    pixels = ax.images[0].get_array()
+    assert pixels is not None
+    shown = ~np.isnan(np.ma.filled(pixels, np.nan))
     assert shown.sum() == min(wrong, max_images) * 28 * 28  # every shown image's pixels, nothing else
     assert _png(fig).startswith(PNG_MAGIC)
 
