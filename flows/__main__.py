@@ -1,5 +1,5 @@
 """``python -m flows`` is the ``digitflow`` command."""
 
-from flows.cli import main
+from flows.cli import command
 
-raise SystemExit(main())
+command()

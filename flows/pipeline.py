@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 
 from digitflow.config import flatten
 from digitflow.config.options import RUN_OPTIONS, defaults
+from digitflow.export.exporters import prestart_verifier
 from digitflow.params.run import (
     augment_family,
     build_config,
@@ -58,6 +59,7 @@ def pipeline(**options: Any) -> PipelineSummary:
     cross-domain figure has its baseline; ``nproc`` > 1 trains data-parallel on that many processes.
     """
     clock = RunClock()  # where the wall time goes: start-up (process start to here), then a lap per step
+    prestart_verifier()  # the export's verifier process imports torch meanwhile, not after the export (step 5)
     quiet_expected_errors()  # one line per expected error in the log (a deployment's worker shows it)
     options = {**defaults(RUN_OPTIONS), **options}
     config = build_config(**options)

@@ -220,6 +220,11 @@ def main() -> None:
         "the learning-rate schedule is laid out over them)",
     )
     parser.add_argument(
+        "--only-to-accuracy",
+        action="store_true",
+        help="time only the runs to --to-accuracy, without the images/s rounds",
+    )
+    parser.add_argument(
         "--fashion-mnist",
         action="store_true",
         help="also time training epochs on Fashion-MNIST's 60,000 images (FashionMNIST/raw in --data-dir)",
@@ -232,6 +237,8 @@ def main() -> None:
         parser.error(
             "--repeats, --accuracy-seeds, --max-epochs and the batch sizes must be at least 1, --workers at least 0"
         )
+    if args.only_to_accuracy and args.to_accuracy is None:
+        parser.error("--only-to-accuracy needs --to-accuracy ACCURACY")
     if args.to_accuracy is not None and not 0 < args.to_accuracy <= 1:
         parser.error(f"--to-accuracy must be in (0, 1], got {args.to_accuracy}")
 
@@ -264,29 +271,30 @@ def main() -> None:
                 dataclasses.replace(defaults, batch_size=big),
                 None,
             )
-    loops: dict[str, Callable[[], float]] = {
-        f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)": lambda: (
-            seed_loop_epoch(data, device, args.seed_batch_size, args.workers)
-        ),
-    }
-    for label, (config, aug) in setups.items():
-        loops[label] = EngineLoop(images, labels, config, aug)
-    for loop in loops.values():
-        loop()  # warm-up: worker start, kernel selection, caches
-    # Interleaved rounds: each round times every loop once, so a slow spell of a shared machine hits
-    # all of them, and each round gives its own ratios. Medians over rounds are reported.
-    rates: dict[str, list[float]] = {label: [] for label in loops}
-    for _ in range(args.repeats):
-        for label, loop in loops.items():
-            rates[label].append(loop())
-    seed_rates = next(iter(rates.values()))
-    print(f"median of {args.repeats} interleaved rounds (ratio: per round, against that round's seed loop)")
-    for label, values in rates.items():
-        ratios = [v / s for v, s in zip(values, seed_rates, strict=True)]
-        print(
-            f"{label:72s} {statistics.median(values):11,.0f} images/s   "
-            f"x{statistics.median(ratios):6.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})"
-        )
+    if not args.only_to_accuracy:  # the images/s rounds
+        loops: dict[str, Callable[[], float]] = {
+            f"seed loop (DataLoader, batch {args.seed_batch_size}, {args.workers} workers, float32)": lambda: (
+                seed_loop_epoch(data, device, args.seed_batch_size, args.workers)
+            ),
+        }
+        for label, (config, aug) in setups.items():
+            loops[label] = EngineLoop(images, labels, config, aug)
+        for loop in loops.values():
+            loop()  # warm-up: worker start, kernel selection, caches
+        # Interleaved rounds: each round times every loop once, so a slow spell of a shared machine hits
+        # all of them, and each round gives its own ratios. Medians over rounds are reported.
+        rates: dict[str, list[float]] = {label: [] for label in loops}
+        for _ in range(args.repeats):
+            for label, loop in loops.items():
+                rates[label].append(loop())
+        seed_rates = next(iter(rates.values()))
+        print(f"median of {args.repeats} interleaved rounds (ratio: per round, against that round's seed loop)")
+        for label, values in rates.items():
+            ratios = [v / s for v, s in zip(values, seed_rates, strict=True)]
+            print(
+                f"{label:72s} {statistics.median(values):11,.0f} images/s   "
+                f"x{statistics.median(ratios):6.2f} (rounds x{min(ratios):.2f}-x{max(ratios):.2f})"
+            )
 
     if args.fashion_mnist:
         fashion = load_dataset("fashion-mnist:train", args.data_dir, args.cache_dir, offline=True)

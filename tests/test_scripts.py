@@ -61,6 +61,7 @@ def test_bench_times_every_seed_to_the_target_accuracy(tmp_path, monkeypatch, ca
         "0",
         "--to-accuracy",
         "0.05",
+        "--only-to-accuracy",  # the images/s rows: the first test
         "--accuracy-seeds",
         "2",
     )
@@ -96,14 +97,32 @@ def test_bench_to_accuracy_honours_the_batch_size(tmp_path, monkeypatch, capsys)
         "0",
         "--to-accuracy",
         "0.05",
+        "--only-to-accuracy",
         "--accuracy-seeds",
         "1",
         "--max-epochs",
         "2",
     )
     out = capsys.readouterr().out
-    assert "engine defaults, batch 256," in out
     assert "(batch 256, lr 0.05, CosineAnnealingLR over 2 epochs" in out
+
+
+def test_bench_rows_honour_the_batch_size(tmp_path, monkeypatch, capsys):
+    data_dir = fake_data_dir(tmp_path, monkeypatch)
+    run_bench(
+        monkeypatch,
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--batch-size",
+        "256",
+        "--repeats",
+        "1",
+        "--workers",
+        "0",
+    )
+    assert "engine defaults, batch 256," in capsys.readouterr().out
 
 
 def test_sweep_runs_settings_on_the_splits_given(tmp_path, monkeypatch, capsys):

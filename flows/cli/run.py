@@ -71,6 +71,9 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     exit_unless_tracking_server_answers(parser)
 
     def load() -> Callable[[], Any]:
+        from digitflow.export.exporters import prestart_verifier
+
+        prestart_verifier()  # the export's verifier imports torch on the other core while this process imports
         from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid
 
         return functools.partial(pipeline, **params)

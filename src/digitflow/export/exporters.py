@@ -13,8 +13,10 @@ exported file needs no preprocessing code of ours.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
+import json
 import os
 import statistics
 import subprocess
@@ -289,25 +291,64 @@ def _compare(
     return {"max_abs_diff": max_diff, "mismatched_predictions": mismatched, "num_images": n}
 
 
+_waiting: subprocess.Popen[str] | None = None  # a verifier started ahead of its job (prestart_verifier)
+
+
+def prestart_verifier() -> None:
+    """Start the verifier process now, so that its Python start and torch import (about 3.5 s of one
+    core) overlap the run's other work instead of following the export; the next :func:`verify_exports`
+    of this process hands it its job. Does nothing if one is already waiting. A waiting verifier that
+    never gets a job is stopped when this process exits (or, killed, when the verifier sees its stdin close)."""
+    global _waiting
+    if _waiting is not None and _waiting.poll() is None:
+        return
+    _waiting = _start_verifier(["--wait"], cwd=tempfile.gettempdir(), stdin=subprocess.PIPE)
+    atexit.register(_stop_waiting, _waiting)  # still importing torch when this process ends: not left behind
+
+
+def _stop_waiting(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _start_verifier(args: list[str], cwd: str, stdin: int | None = None) -> subprocess.Popen[str]:
+    # -I: no PYTHONPATH, no user site, no script folder on sys.path; cwd is a folder without the
+    # project. That is not enough on its own: an editable install (`pip install -e .`) puts the
+    # project on sys.path through a .pth file in site-packages, so the verifier also blocks
+    # importing the project's packages.
+    return subprocess.Popen(
+        [sys.executable, "-I", str(VERIFIER), *args],
+        cwd=cwd,
+        stdin=stdin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _run_verifier(paths: list[Path], images: torch.Tensor, timeout_s: float) -> list[torch.Tensor]:
+    global _waiting
     with tempfile.TemporaryDirectory(prefix="digitflow-verify-") as tmp:
         inputs = Path(tmp, "inputs.pt")
         outputs = [Path(tmp, f"output-{i}.pt") for i in range(len(paths))]
         torch.save(images.detach().to("cpu", torch.float32).contiguous(), inputs)
-        # -I: no PYTHONPATH, no user site, no script folder on sys.path; cwd is the empty temp
-        # folder. That is not enough on its own: an editable install (`pip install -e .`) puts
-        # the project on sys.path through a .pth file in site-packages, so the verifier also
-        # blocks importing the project's packages.
-        command = [sys.executable, "-I", str(VERIFIER), str(inputs)]
+        args = [str(inputs)]
         for path, output in zip(paths, outputs, strict=True):
-            command += [str(path.resolve()), str(output)]
+            args += [str(path.resolve()), str(output)]
         names = ", ".join(str(p) for p in paths)
+        process, _waiting = _waiting, None
+        job = json.dumps(args) + "\n"
+        if process is None or process.poll() is not None:  # none started ahead, or it died: start one now
+            process, job = _start_verifier(args, cwd=tmp), ""
         try:
-            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False)
+            _, stderr = process.communicate(job or None, timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
+            process.kill()
+            process.communicate()
             raise ExportError(f"verifying exported model {names} timed out after {timeout_s:g} s") from exc
-        if done.returncode != 0:
-            summary = _summarise(done.stderr, done.returncode)
+        if process.returncode != 0:
+            summary = _summarise(stderr, process.returncode)
             failed = next((p for p in paths if p.name in summary), paths[0]) if len(paths) > 1 else paths[0]
             raise ExportError(f"exported model {failed} failed verification: {summary}")
         results = []

@@ -14,6 +14,10 @@ Protocol:
             (``torch.export.load(...).module()``) file.
     OUTPUT  where that model's output tensor (logits (N, num_classes), or images) is ``torch.save``-d.
 
+``verifier.py --wait`` starts ahead of its job (:func:`digitflow.export.exporters.prestart_verifier`):
+it imports torch and torch.export's loader first, then reads its arguments, the same ones, as one JSON
+list on stdin (and exits at once, with 0, if stdin closes first).
+
 Exit status 0 on success. On failure it writes exactly one line, starting with ``verify-export:``,
 to stderr, naming the model file it concerns, and exits with 2 (a model file cannot be loaded), 3 (a
 model failed to run on the inputs) or 4 (bad inputs or usage).
@@ -21,6 +25,7 @@ model failed to run on the inputs) or 4 (bad inputs or usage).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import sys
 import warnings
@@ -110,5 +115,22 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def wait_for_job() -> int:
+    """``--wait``: import what loading takes now, then run the job that arrives on stdin."""
+    import json
+
+    sys.meta_path.insert(0, _ForbidProject())
+    import torch  # the slow part (seconds), done before the job is known
+
+    # torch.export.load's serialisation modules, another second, imported on its first call (another
+    # torch may have them elsewhere: they then load with the first .pt2)
+    with contextlib.suppress(ImportError):
+        import torch.export.pt2_archive._package  # noqa: F401
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    return main([str(arg) for arg in json.loads(line)])
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(wait_for_job() if sys.argv[1:] == ["--wait"] else main(sys.argv[1:]))

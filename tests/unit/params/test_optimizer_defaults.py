@@ -40,9 +40,8 @@ def test_lbfgs_defaults_train_where_torch_defaults_diverge(shared_data, tmp_path
     with pytest.raises(TrainingDivergedError, match="epoch 1"):
         fit(build_model(10, 0), *train, torch_defaults)
 
-    ours = dataclasses.replace(
+    ours = dataclasses.replace(  # one epoch: 0.959 held-out here (2 epochs, 0.969, took 26 s instead of 10)
         base,
-        epochs=2,
         batch_size=BATCH_SIZE_BY_OPTIMIZER["LBFGS"],
         optimizer=OptimizerConfig(name="LBFGS", kwargs=OPTIMIZER_DEFAULTS["LBFGS"]),
     )
