@@ -3,11 +3,14 @@
     python scripts/bench_run.py --data-dir ../shared/data [--protocols 8k 60k] [-- EXTRA RUN OPTIONS]
     python scripts/bench_run.py --data-dir ../shared/data --together 2 [--protocols 8k]
 
-For each protocol it runs the default pipeline twice, each in a process of its own as a user would: cold
-(a new Prefect home, MLflow store, dataset cache and output folder) and then warm (the same ones again, now
-existing). It prints the breakdown each run logged (``time/*``: start-up, tracking, data, training,
-evaluation, cross-domain, robustness, export and its parts) beside the wall time seen from outside, and
-the pipeline's own time: the wall time less the work (training, evaluation, cross-domain testing, attacks).
+For each protocol it runs the default pipeline three times, each in a process of its own as a user would:
+cold (a new Prefect home, MLflow store, dataset cache and output folder), warm (the same ones again, with
+the local Prefect server the cold run started still up, as for runs minutes apart), and warm with that
+server stopped first (as for the first run after its idle time). It prints the breakdown each run logged
+(``time/*``: start-up, tracking, data, training, evaluation, cross-domain, robustness, export and its
+parts) beside the wall time seen from outside, and the pipeline's own time: the wall time less the work
+(training, evaluation, cross-domain testing, attacks), from the flow's clock (``time/own``) and from
+outside (``outside/own``: the process's whole life, exit included).
 Run it on a quiet machine: it measures time. ``make bench-run ARGS="--data-dir ../shared/data"``.
 
 ``--together N`` measures runs that share the machine instead: one run alone, then N started at the same
@@ -61,10 +64,19 @@ def finish(process: subprocess.Popen[str], folder: Path) -> tuple[str, dict[str,
 
 
 def run_once(protocol: str, folder: Path, data_dir: str, extra: list[str]) -> dict[str, float]:
-    """One run, waited for: its ``time/*`` metrics and ``outside/wall`` (its wall time as a user waits)."""
+    """One run, waited for: its ``time/*`` metrics, ``outside/wall`` (its wall time as a user waits) and
+    ``outside/own`` (that less the work)."""
     begin = time.perf_counter()
     _, times = finish(start(protocol, folder, data_dir, extra), folder)
-    return {**times, "outside/wall": time.perf_counter() - begin}
+    wall = time.perf_counter() - begin
+    return {**times, "outside/wall": wall, "outside/own": wall - times.get("time/work", 0.0)}
+
+
+def stop_server(folder: Path) -> None:
+    """Stop the local Prefect server the runs in ``folder`` started (flows/local_server.py)."""
+    from flows.local_server import stop
+
+    stop(folder / "prefect" / "digitflow-server")
 
 
 def speed(stdout: str) -> float:
@@ -82,6 +94,8 @@ def together(protocol: str, count: int, data_dir: str, extra: list[str]) -> None
         alone = speed(finish(start(protocol, folders[0], data_dir, extra), folders[0])[0])
         runs = [start(protocol, folder, data_dir, extra) for folder in folders]
         speeds = [speed(finish(run, folder)[0]) for run, folder in zip(runs, folders, strict=True)]
+        for folder in folders:
+            stop_server(folder)
     print(f"{protocol}: one run alone trained at {alone:,.0f} images/s; {count} at once:")
     for i, value in enumerate(speeds, 1):
         print(f"  run {i}: {value:,.0f} images/s, {value / alone:.0%} of alone")
@@ -90,7 +104,7 @@ def together(protocol: str, count: int, data_dir: str, extra: list[str]) -> None
 
 def table(results: dict[str, dict[str, float]]) -> str:
     """One row per figure, one column per run."""
-    keys = ["outside/wall", "time/wall", "time/own", "time/work"]
+    keys = ["outside/wall", "outside/own", "time/wall", "time/own", "time/work"]
     for figures in results.values():
         keys += [k for k in figures if k not in keys]
     width = max(len(k) for k in keys) + 2
@@ -115,9 +129,12 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for protocol in args.protocols:
         with tempfile.TemporaryDirectory(prefix=f"bench-run-{protocol}-") as tmp:
-            for mode in ("cold", "warm"):  # the cold run leaves the state the warm one finds
+            for mode in ("cold", "warm", "warm/new"):  # the cold run leaves the state the warm ones find
                 print(f"{protocol} {mode} ...", file=sys.stderr, flush=True)
+                if mode == "warm/new":  # the local Prefect server has idled out since
+                    stop_server(Path(tmp))
                 results[f"{protocol} {mode}"] = run_once(protocol, Path(tmp), args.data_dir, args.extra)
+            stop_server(Path(tmp))
     print(f"seconds; 'own' = wall - work (training, evaluation, cross-domain, attacks); {os.cpu_count()} cores")
     print(table(results))
 

@@ -23,6 +23,15 @@ os.environ["DIGITFLOW_PREFECT_SERVER_IDLE"] = "60"  # outlives the gaps between 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Start the session's local Prefect server as soon as a collected test needs it, without waiting:
+    its start (10 s or so: a new database) overlaps the tests that come first."""
+    if any("prefect_server" in getattr(item, "fixturenames", ()) for item in items):
+        from flows import local_server
+
+        local_server.find_or_start(local_server.prefect_home() / "digitflow-server", lease=os.getpid())
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     """The session's local Prefect server (SQLite in the session's PREFECT_HOME), for flows run in this
@@ -33,7 +42,29 @@ def prefect_server() -> Iterator[str]:
     assert server is not None, "conftest removed PREFECT_API_URL: the local server should be used"
     server.wait_ready()
     yield os.environ["PREFECT_API_URL"]
+    _drain_prefect()  # the logs and events still queued, before their server goes (as prefect_test_harness does)
     local_server.stop(server.folder)
+
+
+def _drain_prefect() -> None:
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
 
 
 @pytest.fixture

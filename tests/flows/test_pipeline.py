@@ -16,6 +16,7 @@ from prefect import flow
 from prefect.runtime import flow_run as runtime_flow_run
 
 from digitflow.device import training_precision
+from flows.cli import main as cli_main
 from flows.pipeline import pipeline
 from flows.summary import PipelineSummary, publish_summary
 from tests.fakedata import fake_data_dir
@@ -314,7 +315,9 @@ def test_missing_data_offline_is_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["not a checkpoint", "another model"])
-def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
+def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind, mlflow_store, prefect_server, capsys):
+    # in-process (test_missing_data_offline_is_one_line_error runs a real command): the flow starts,
+    # and its train task refuses the checkpoint
     import torch
 
     from digitflow.training.checkpoint import save_checkpoint
@@ -329,33 +332,35 @@ def test_resuming_from_a_bad_checkpoint_is_one_line_error(tmp_path, kind):
     data = REPO.parent / "shared" / "data"
     if not (data / "MNIST").is_dir():
         pytest.skip(f"needs the real MNIST test files in {data}")
-    result = cli(
-        "run",
-        "--train",
-        "mnist:test[:500]",
-        "--test",
-        "mnist:test[9500:]",
-        "--no-target",
-        "--offline",
-        "--data-dir",
-        str(data),
-        "--resume",
-        "--checkpoint",
-        str(bad),
-        "--epochs",
-        "1",
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    code = cli_main(
+        [
+            "run",
+            "--train",
+            "mnist:test[:500]",
+            "--test",
+            "mnist:test[9500:]",
+            "--no-target",
+            "--offline",
+            "--data-dir",
+            str(data),
+            "--resume",
+            "--checkpoint",
+            str(bad),
+            "--epochs",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
     )
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("digitflow: error:")]
+    output = capsys.readouterr()
+    assert code == 2
+    errors = [line for line in output.err.splitlines() if line.startswith("digitflow: error:")]
     assert len(errors) == 1
     assert expected in errors[0]
     assert str(bad) in errors[0]
-    assert "Traceback" not in result.stdout + result.stderr
+    assert "Traceback" not in output.out + output.err
 
 
 def test_dann_adapts_through_the_flow_with_its_baseline_and_metrics(

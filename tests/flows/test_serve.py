@@ -72,6 +72,7 @@ def test_served_nightly_run_is_promoted_by_the_trigger(tmp_path, shared_data):
     state, store, ports = tmp_path / "state", tmp_path / "store", (free_port(), free_port())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}  # this checkout's code
     env["DIGITFLOW_DATA_DIR"] = str(shared_data)
+    env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # the worker looks for new flow runs every second, not every 10
     deploy = ["--deploy", "mnist-nightly", "--deploy", "evaluate-and-promote"]  # not usps-to-mnist: no USPS train here
     api, tracking = f"http://127.0.0.1:{ports[0]}/api", f"http://127.0.0.1:{ports[1]}"
     serve_py = serve_module()
