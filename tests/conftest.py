@@ -55,14 +55,14 @@ def _drain_prefect() -> None:
 
     async def drain() -> None:
         try:
-            result = APILogWorker.instance().drain()
-            if inspect.isawaitable(result):
-                await result
+            logs = APILogWorker.instance().drain()
+            if inspect.isawaitable(logs):
+                await logs
         except RuntimeError:  # never started
             pass
-        result = EventsWorker.drain_all()
-        if inspect.isawaitable(result):
-            await result
+        events = EventsWorker.drain_all()
+        if inspect.isawaitable(events):
+            await events
 
     run_coro_as_sync(drain())
 
