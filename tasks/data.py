@@ -114,6 +114,8 @@ def prepare_dataset(
                 "num_samples": prepared.num_samples,
                 "image_size": "x".join(map(str, prepared.image_size)),
                 "digest": prepared.digest,
+                # how a user's own files were read: inversion, framing, the seeded hold-out
+                **{f"source.{key}": value for key, value in prepared.notes},
             }
         )
         log_dataset_input(load(prepared), context="prepared")

@@ -143,3 +143,25 @@ def fake_data_dir(tmp_path: Path, monkeypatch, **kwargs) -> Path:
 def md5_bytes(data: bytes) -> str:
     """md5 hex of in-memory bytes (to register a file a test is about to 'download')."""
     return hashlib.md5(data).hexdigest()
+
+
+def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, suffix: str = ".png") -> Path:
+    """One sub-folder per label (``root/3/00012.png``: image 12), the layout ``folder:DIR`` reads."""
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = Path(root) / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:05d}{suffix}")
+    return Path(root)
+
+
+def write_kaggle_csv(path: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
+    """Kaggle's Digit Recognizer layout, ``label,pixel0..pixel783`` (no label column when ``labels`` is None)."""
+    rows = images.reshape(len(images), -1).astype(np.int64)
+    header = [f"pixel{i}" for i in range(rows.shape[1])]
+    if labels is not None:
+        rows, header = np.column_stack([labels, rows]), ["label", *header]
+    lines = [",".join(header)] + [",".join(map(str, row)) for row in rows]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)

@@ -17,6 +17,8 @@ NAME = "run"
 EPILOG = """\
 dataset specs: NAME:SPLIT[START:STOP] with NAME in {datasets} and SPLIT train or test;
   bounds are indices or percentages: mnist:train, mnist:test[:8000], mnist:test[8000:], usps:test[:50%]
+your own files: idx:DIR (IDX pair), folder:DIR (a sub-folder per class), csv:FILE (Kaggle's layout),
+  e.g. 'folder:scans?invert=yes[:80%]'; without --test they hold out a seeded 10% (docs/data.md)
 examples:
   digitflow run --epochs 3
   DIGITFLOW_DATA_DIR=../shared/data digitflow run --train 'mnist:test[:8000]' --test 'mnist:test[8000:]' --offline

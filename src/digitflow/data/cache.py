@@ -1,5 +1,9 @@
 """The transform step: verified raw files -> uint8 images + int64 labels, cached as a torch file.
 
+A user's own files (``idx:``, ``folder:``, ``csv:``; :mod:`digitflow.data.own`) are cached the same way:
+the whole dataset once, keyed by its files and reading options, and each side of a seeded hold-out
+(``split=train``/``test``) in a file of its own cut from it, so slicing and loading do not change.
+
 The cache lives in its own directory (never the data dir) and holds the whole split, keyed by a
 sha256 of the raw files' bytes; slices are cut when loading, so every slice of a split shares one
 cache file and a rerun does no parsing. Cache files are written atomically (temp + replace) and
@@ -16,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from digitflow.data import registry
+from digitflow.data import own, registry
 from digitflow.data.files import Downloader, fetch
 from digitflow.data.formats import read_idx_images, read_idx_labels, read_usps
 from digitflow.data.registry import DatasetInfo
@@ -47,6 +51,8 @@ class PreparedDataset:
     image_size: tuple[int, int]  # (H, W)
     raw_digest: str = ""  # files_digest of the raw files; checked against the cache on load
     files: tuple[str, ...] = ()  # the raw files it came from
+    classes: tuple[str, ...] = ()  # class names by label; () = the registered dataset's
+    notes: tuple[tuple[str, str], ...] = ()  # how own files were read (inversion, framing, hold-out), to record
 
 
 @dataclass(eq=False)
@@ -126,6 +132,8 @@ def prepare(
 ) -> PreparedDataset:
     """Fetch the spec's raw files, transform them into the cache (unless cached), resolve the slice."""
     spec = parse_spec(str(spec))  # also validates a DatasetSpec built by hand
+    if spec.is_own:
+        return _prepare_own(spec, Path(cache_dir))
     info = registry.DATASETS[spec.name]
     paths = fetch(spec, data_dir, offline=offline, downloader=downloader)
     raw_digest = files_digest(paths)
@@ -170,7 +178,7 @@ def load(prepared: PreparedDataset) -> DigitDataset:
         # clone: a slice view would keep (and pickle) the whole split's storage.
         images = images[prepared.start : prepared.stop].clone()
         labels = labels[prepared.start : prepared.stop].clone()
-    info = registry.DATASETS[prepared.name]
+    classes = prepared.classes or tuple(registry.DATASETS[prepared.name].classes)
     return DigitDataset(
         images=images,
         labels=labels,
@@ -178,7 +186,7 @@ def load(prepared: PreparedDataset) -> DigitDataset:
         name=prepared.name,
         digest=prepared.digest,
         num_classes=prepared.num_classes,
-        classes=tuple(info.classes),
+        classes=classes,
     )
 
 
@@ -192,6 +200,50 @@ def load_dataset(
 ) -> DigitDataset:
     """:func:`prepare` then :func:`load`."""
     return load(prepare(spec, data_dir, cache_dir, offline=offline, downloader=downloader))
+
+
+def _prepare_own(spec: DatasetSpec, cache_dir: Path) -> PreparedDataset:
+    """:func:`prepare` for a user's own files: the whole dataset cached once, a hold-out side cut from it."""
+    paths = own.source_files(spec)
+    whole_digest = own.source_digest(spec, paths, files_digest(paths))
+    whole_path = cache_dir / f"{spec.name}-all-v{CACHE_VERSION}-{whole_digest[:24]}.pt"
+    data = _read_cache(whole_path, whole_digest, mmap=True)
+    if data is None:
+        read = own.read_own(spec, paths)
+        extras = {"classes": list(read.classes), "notes": [list(n) for n in read.notes]}
+        _write_cache(whole_path, read.images, read.labels, whole_digest, extras)
+        data = {"images": read.images, "labels": read.labels, **extras}
+    classes, notes = tuple(data["classes"]), tuple((str(k), str(v)) for k, v in data["notes"])
+    raw_digest, cache_path, total = whole_digest, whole_path, len(data["labels"])
+    if spec.split != "all":
+        holdout, seed = spec.option("holdout"), spec.option("seed")
+        raw_digest = hashlib.sha256(f"{whole_digest}:{spec.split}:{holdout}:{seed}".encode()).hexdigest()
+        cache_path = cache_dir / f"{spec.name}-{spec.split}-v{CACHE_VERSION}-{raw_digest[:24]}.pt"
+        indices = own.holdout_indices(total, holdout, seed, spec.split)
+        if _read_cache(cache_path, raw_digest, mmap=True) is None:
+            images, labels = data["images"][indices].clone(), data["labels"][indices].clone()
+            _write_cache(cache_path, images, labels, raw_digest, {"classes": list(classes), "notes": []})
+        notes += (("holdout", f"{holdout}% drawn with seed {seed}: {len(indices)} of {total} images in {spec.split}"),)
+        total = len(indices)
+    del data  # release the mapping
+    start, stop = spec.resolve(total)
+    slice_key = f"v{CACHE_VERSION}:{raw_digest}:{spec.name}:{spec.split}[{start}:{stop}]"
+    return PreparedDataset(
+        spec=str(spec),
+        name=spec.name,
+        split=spec.split,
+        cache_path=str(cache_path),
+        start=start,
+        stop=stop,
+        num_samples=stop - start,
+        digest=hashlib.sha256(slice_key.encode()).hexdigest(),
+        num_classes=len(classes),
+        image_size=(28, 28),
+        raw_digest=raw_digest,
+        files=tuple(str(p) for p in paths),
+        classes=classes,
+        notes=notes,
+    )
 
 
 def _read_cache(path: Path, raw_digest: str, *, mmap: bool) -> dict[str, Any] | None:
@@ -216,9 +268,11 @@ def _read_cache(path: Path, raw_digest: str, *, mmap: bool) -> dict[str, Any] | 
     return data if ok else None
 
 
-def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, raw_digest: str) -> None:
-    """Save atomically (a temp file in the same directory, then a rename)."""
-    payload = {"version": CACHE_VERSION, "raw_digest": raw_digest, "images": images, "labels": labels}
+def _write_cache(
+    path: Path, images: torch.Tensor, labels: torch.Tensor, raw_digest: str, extras: dict[str, Any] | None = None
+) -> None:
+    """Save atomically (a temp file in the same directory, then a rename); ``extras``: more plain entries."""
+    payload = {**(extras or {}), "version": CACHE_VERSION, "raw_digest": raw_digest, "images": images, "labels": labels}
     try:
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError

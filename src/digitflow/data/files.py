@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from digitflow.data import registry
+from digitflow.data import own, registry
 from digitflow.data.formats import CORRUPT_FILE_HINT, open_maybe_compressed
 from digitflow.data.registry import DatasetInfo, FileInfo
 from digitflow.data.spec import DatasetSpec, parse_spec
@@ -96,8 +96,11 @@ def fetch(
 
     Present files are verified and used without touching the network. Missing ones are downloaded
     (each mirror in turn) unless ``offline``; DataError says which file, where, and how to provide it.
+    A user's own files (``idx:``, ``folder:``, ``csv:``) are where their spec says, not in ``data_dir``.
     """
     spec = parse_spec(str(spec))  # also validates a DatasetSpec built by hand
+    if spec.is_own:  # a user's own files: nothing to download, only to find
+        return own.source_files(spec)
     info = registry.DATASETS[spec.name]
     files = info.splits[spec.split]
     paths = [locate(data_dir, info, f) for f in files]

@@ -27,16 +27,13 @@ is left as it is.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from digitflow.errors import ConfigError
-
-if TYPE_CHECKING:
-    from digitflow.data.cache import DigitDataset
 
 MODEL_SIZE = 28  # LeNet.input_shape[-1]; the canvas every preprocessor produces by default
 MNIST_BOX = 20  # the digit box inside MNIST's 28x28 canvas
@@ -182,6 +179,14 @@ def _mnist_frame_chunk(x: Tensor, size: int, box: int, threshold: float) -> Tens
     return out.clamp_(0.0, 1.0).unsqueeze(1)
 
 
+class LabeledImages(Protocol):
+    """What :func:`model_inputs` reads of a dataset (``digitflow.data.cache.DigitDataset``, named by its
+    shape only: the data layer's readers import this module, and the cache imports them)."""
+
+    images: Tensor
+    labels: Tensor
+
+
 Preprocessor = Callable[[Tensor, int], Tensor]
 
 PREPROCESSORS: dict[str, Preprocessor] = {
@@ -263,7 +268,7 @@ def to_model_input(images_uint8: Tensor, input_shape: tuple[int, int, int] = (1,
     return _as_float(images_uint8)
 
 
-def model_inputs(dataset: DigitDataset, preprocess: str, device: torch.device | str) -> tuple[Tensor, Tensor]:
+def model_inputs(dataset: LabeledImages, preprocess: str, device: torch.device | str) -> tuple[Tensor, Tensor]:
     """A dataset's images as the model takes them, float (N, 1, 28, 28) in [0, 1] (``preprocess``: see
     :func:`frame_images`), and its labels, both on ``device``."""
     images = frame_images(dataset.images.to(device), preprocess)

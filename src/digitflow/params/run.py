@@ -35,8 +35,9 @@ from digitflow.config import (
 from digitflow.config.options import RUN_OPTIONS, complete
 from digitflow.data import DATASETS, DatasetSpec, parse_spec
 from digitflow.data.framing import MODEL_SIZE, frame_images, get_preprocessor
+from digitflow.data.own import classes_of, has_labels
 from digitflow.device import resolve_device
-from digitflow.errors import ConfigError
+from digitflow.errors import ConfigError, DataError
 from digitflow.evaluation.attacks import ATTACKS
 from digitflow.models import LeNet
 from digitflow.training.augment import build_augment
@@ -62,6 +63,8 @@ def default_test(train: str) -> str:
     """The held-out split for ``train``: its dataset's test split, or, when ``train`` is a slice of
     that split open at one end, the rest of it (``mnist:test[:8000]`` -> ``mnist:test[8000:]``)."""
     spec = parse_spec(train)
+    if spec.is_own:  # a user's own files hold out a seeded part of themselves (own_holdout)
+        return str(own_holdout(train)[1])
     if spec.split == "test" and (spec.start is None) != (spec.stop is None):
         rest = (
             DatasetSpec(spec.name, "test", start=spec.stop)
@@ -72,14 +75,46 @@ def default_test(train: str) -> str:
     return f"{spec.name}:test"
 
 
+def own_holdout(train: str) -> tuple[DatasetSpec, DatasetSpec]:
+    """A user's own training files without ``--test``: the spec's ``split=train`` side and its
+    ``split=test`` side (the seeded 10% hold-out, whole). A spec that already names a side keeps it."""
+    spec = parse_spec(train)
+    whole = DatasetSpec(spec.name, "all", path=spec.path, options=spec.options)
+    if spec.split == "all":
+        return spec.with_split("train"), whole.with_split("test")
+    held = DatasetSpec(spec.name, "test", path=spec.path, options=spec.options)
+    return spec, held
+
+
 def default_targets(train: str) -> list[str]:
-    """The cross-domain targets for ``train``'s dataset (``config.DEFAULT_TARGETS``)."""
-    return list(DEFAULT_TARGETS[parse_spec(train).name])
+    """The cross-domain targets for ``train``'s dataset (``config.DEFAULT_TARGETS``); none for own files."""
+    spec = parse_spec(train)
+    return [] if spec.is_own else list(DEFAULT_TARGETS[spec.name])
 
 
 def augment_family(train: str) -> str:
-    """The dataset family of ``train``, which picks its default augmentation (``config.DATASET_FAMILIES``)."""
-    return DATASET_FAMILIES[parse_spec(train).name]
+    """The dataset family of ``train``, which picks its default augmentation (``config.DATASET_FAMILIES``);
+    a user's own files are taken to be handwriting (digits, the project's subject)."""
+    spec = parse_spec(train)
+    return "handwriting" if spec.is_own else DATASET_FAMILIES[spec.name]
+
+
+def check_classes(train: str, others: list[str]) -> None:
+    """A one-line DataError if a test or target set has other classes than the training set, where one of
+    them is a user's own (the registered datasets keep their cross-vocabulary tests); or if a training or
+    test set is a CSV file without labels."""
+    train_spec = parse_spec(train)
+    classes = classes_of(train_spec)
+    for text in (train, *others):
+        spec = parse_spec(text)
+        if spec.is_own and not has_labels(spec):
+            raise DataError(f"{spec.path} has no label column: a CSV file without labels is for prediction only")
+        if spec is not train_spec and (spec.is_own or train_spec.is_own) and classes_of(spec) != classes:
+            theirs = classes_of(spec)
+            raise DataError(
+                f"the classes of {text} ({len(theirs)}: {', '.join(theirs[:3])}, ...) are not those of {train} "
+                f"({len(classes)}: {', '.join(classes[:3])}, ...); test on data of the same classes"
+            )
 
 
 def augment_names(config: AugmentConfig) -> list[str]:
@@ -148,6 +183,9 @@ def build_config(**options: Any) -> RunConfig:
     target = default_targets(train) if o["target"] is None else o["target"]
     for spec in (test, *target):
         parse_spec(spec)
+    if parse_spec(train).is_own and o["test"] is None:  # train on the rest of the held-out files
+        train = str(own_holdout(train)[0])
+    check_classes(train, [test, *target])
     device_type = resolve_device(o["device"]).type
     defaults = train_defaults(device_type)
     epochs = defaults.epochs if o["epochs"] is None else o["epochs"]
@@ -249,15 +287,17 @@ def adapt_config(
         raise ConfigError(
             f"--adapt {method} needs --adapt-target SPEC: the unlabeled target images, e.g. usps:test[:1000]"
         )
-    source_info, target_info = DATASETS[parse_spec(train).name], DATASETS[parse_spec(target).name]
-    if target_info.num_classes != source_info.num_classes or target_info.classes != source_info.classes:
+    source_classes, target_classes = classes_of(parse_spec(train)), classes_of(parse_spec(target))
+    if target_classes != source_classes:
         raise ConfigError(
-            f"the classes of adaptation target {target} ({target_info.num_classes}: {target_info.classes[0]}, ...) "
-            f"are not those of {train} ({source_info.num_classes}: {source_info.classes[0]}, ...); "
+            f"the classes of adaptation target {target} ({len(target_classes)}: {target_classes[0]}, ...) "
+            f"are not those of {train} ({len(source_classes)}: {source_classes[0]}, ...); "
             "adapt between datasets of the same classes"
         )
-    height, width = target_info.image_size
-    if not _frames(target_info.image_size, target_preprocess):
+    target_spec = parse_spec(target)
+    # A user's own images are 28x28 once read (digitflow.data.folder frames them).
+    height, width = (MODEL_SIZE, MODEL_SIZE) if target_spec.is_own else DATASETS[target_spec.name].image_size
+    if not _frames((height, width), target_preprocess):
         raise ConfigError(
             f"adaptation target {target} has {height}x{width} images, which {target_preprocess} framing cannot "
             f"bring to the model's {MODEL_SIZE}x{MODEL_SIZE}"
