@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2  # pytest-xdist processes for make test; 0 runs the suite in this process
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
@@ -32,8 +33,8 @@ lint: setup ## ruff (lint + format check), mypy (strict on src/digitflow, basic 
 	$(BIN)/mkdocs build --strict --quiet || status=1; \
 	exit $$status
 
-test: setup ## the whole test suite, real-data runs included (skipped without ../shared/data)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: setup ## the whole test suite, real-data runs included (skipped without ../shared/data), on TEST_WORKERS processes
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: setup ## unit, task and flow tests on tiny data only
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
