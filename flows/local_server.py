@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -39,7 +38,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +203,8 @@ def _free_port() -> int:
 
 
 def _healthy(url: str) -> bool:
+    import urllib.request  # here, not at the top: `digitflow --help` imports this module
+
     try:
         with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
             return bool(response.status == 200)
@@ -315,6 +315,7 @@ def _forget(folder: Path) -> None:
 
 def _die_with_parent() -> None:
     """In uvicorn's child (Linux): SIGTERM when the keeper dies, even by ``kill -9``."""
+    import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
