@@ -155,7 +155,16 @@ def _running(folder: Path) -> LocalServer | None:
     except (FileNotFoundError, ValueError):
         return None
     server = LocalServer(int(info["pid"]), str(info["url"]), folder)
-    return server if _alive(server.pid) else None
+    return server if _alive(server.pid) and _is_keeper(server.pid) else None
+
+
+def _is_keeper(pid: int) -> bool:
+    """Whether ``pid`` runs this module's keeper, not a process that got a dead keeper's pid (server.json
+    outlives a reboot in ``~/.prefect``); True where /proc cannot say."""
+    try:
+        return b"flows.local_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return not Path("/proc/self").exists()
 
 
 def _start(folder: Path) -> LocalServer:
@@ -316,6 +325,7 @@ def _forget(folder: Path) -> None:
 def _die_with_parent() -> None:
     """In uvicorn's child (Linux): SIGTERM when the keeper dies, even by ``kill -9``."""
     import ctypes
+
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 

@@ -135,6 +135,14 @@ def test_a_released_lease_stops_the_server_after_its_idle_time(tmp_path, monkeyp
     assert list((folder / "leases").iterdir()) == []
 
 
+def test_a_recorded_server_whose_pid_now_runs_something_else_is_not_used(tmp_path):
+    folder = tmp_path / "digitflow-server"
+    folder.mkdir()
+    # this test's own pid: alive, but not a keeper (as after a reboot that gave the pid to another process)
+    (folder / "server.json").write_text(json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:9"}))
+    assert local_server._running(folder) is None
+
+
 def test_a_configured_server_is_used_and_nothing_starts(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
