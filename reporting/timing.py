@@ -2,7 +2,7 @@
 
 A flow times its phases with a :class:`RunClock`: ``clock.lap("data")`` after the data steps gives them
 the time since the previous lap. The start-up phase is the time from the process's start to the clock's
-(imports, Prefect's temporary server, the flow run). Tasks mark the work they exist for with :func:`work`
+(imports, the local Prefect server, the flow run). Tasks mark the work they exist for with :func:`work`
 (``with work("evaluation"): ...``: the forward passes, not the child run or the plots around them) and
 the parts of a phase worth a row of their own with :func:`part` (``verification``, ``registration``
 inside the export). The breakdown then says how much of the wall time was the work and how much the
