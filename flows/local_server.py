@@ -109,6 +109,8 @@ def use_local_server() -> LocalServer | None:
     server = find_or_start(prefect_home() / "digitflow-server", lease=os.getpid())
     atexit.register(release, server.folder, os.getpid())
     os.environ["PREFECT_API_URL"] = server.url + "/api"
+    # It serves the API only (no UI: Prefect's ephemeral mode): no "View at <dead link>" line in the log.
+    os.environ.setdefault("PREFECT_UI_URL", "")
     if "prefect.context" in sys.modules:  # Prefect read its settings at import: make it read them again
         from prefect.context import refresh_global_settings_context
 

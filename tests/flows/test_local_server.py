@@ -78,6 +78,7 @@ def test_runs_started_together_on_a_new_home_share_one_server_and_all_complete(t
     for process, (out, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
         assert "result 42" in out, out + err
+        assert "View at" not in out + err  # the server has no UI: no link to one
     servers = {line for out, _ in outputs for line in out.splitlines() if line.startswith("server ")}
     assert len(servers) == 1, servers  # one server, found by all three
     keeper = int(next(iter(servers)).split()[1])
