@@ -17,6 +17,7 @@ import pytest
 
 from flows import local_server
 from flows.local_server import LocalServer, ServerError, find_or_start, release
+from tests.flows.test_interrupt import descendants
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to tell live processes from gone ones")
 
@@ -36,17 +37,6 @@ def gone(pid: int, within: float) -> bool:
             return True
         time.sleep(0.2)
     return False
-
-
-def uvicorn_of(keeper: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == keeper:
-                children.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return children
 
 
 # Three commands at once on a new Prefect home: each points Prefect at the local server and runs a flow.
@@ -111,7 +101,7 @@ def test_a_server_stays_while_leased_and_stops_when_its_command_is_killed_with_s
         info = json.loads((folder / "server.json").read_text())
         found = find_or_start(folder)  # another command finds it: not started twice
         assert (found.pid, found.url) == (info["pid"], info["url"])
-        servers = uvicorn_of(found.pid)
+        servers = descendants(found.pid)
         assert servers, "the keeper runs the API server as its child"
         time.sleep(3)  # leased: longer than its idle time, still there
         assert local_server._healthy(found.url)

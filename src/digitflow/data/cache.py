@@ -137,7 +137,7 @@ def prepare(
     info = registry.DATASETS[spec.name]
     paths = fetch(spec, data_dir, offline=offline, downloader=downloader)
     raw_digest = files_digest(paths)
-    cache_path = Path(cache_dir) / f"{spec.name}-{spec.split}-v{CACHE_VERSION}-{raw_digest[:24]}.pt"
+    cache_path = _cache_file(Path(cache_dir), spec.name, spec.split, raw_digest)
     # mmap: reading just the header tells N without loading the tensors.
     cached = _read_cache(cache_path, raw_digest, mmap=True)
     if cached is None:
@@ -147,6 +147,19 @@ def prepare(
     else:
         total = len(cached["labels"])
         del cached  # release the mapping
+    return _sliced(spec, cache_path, raw_digest, total, paths, num_classes=info.num_classes, image_size=info.image_size)
+
+
+def _cache_file(cache_dir: Path, name: str, split: str, raw_digest: str) -> Path:
+    """Where the transformed tensors of ``name``'s ``split`` built from ``raw_digest`` are cached."""
+    return cache_dir / f"{name}-{split}-v{CACHE_VERSION}-{raw_digest[:24]}.pt"
+
+
+def _sliced(
+    spec: DatasetSpec, cache_path: Path, raw_digest: str, total: int, paths: list[Path], **fields: Any
+) -> PreparedDataset:
+    """The :class:`PreparedDataset` of ``spec``'s slice of a cached split of ``total`` samples; its digest
+    names the cache version, the raw files and the slice."""
     start, stop = spec.resolve(total)
     slice_key = f"v{CACHE_VERSION}:{raw_digest}:{spec.name}:{spec.split}[{start}:{stop}]"
     return PreparedDataset(
@@ -158,10 +171,9 @@ def prepare(
         stop=stop,
         num_samples=stop - start,
         digest=hashlib.sha256(slice_key.encode()).hexdigest(),
-        num_classes=info.num_classes,
-        image_size=info.image_size,
         raw_digest=raw_digest,
         files=tuple(str(p) for p in paths),
+        **fields,
     )
 
 
@@ -206,7 +218,7 @@ def _prepare_own(spec: DatasetSpec, cache_dir: Path) -> PreparedDataset:
     """:func:`prepare` for a user's own files: the whole dataset cached once, a hold-out side cut from it."""
     paths = own.source_files(spec)
     whole_digest = own.source_digest(spec, paths, files_digest(paths))
-    whole_path = cache_dir / f"{spec.name}-all-v{CACHE_VERSION}-{whole_digest[:24]}.pt"
+    whole_path = _cache_file(cache_dir, spec.name, "all", whole_digest)
     data = _read_cache(whole_path, whole_digest, mmap=True)
     if data is None:
         read = own.read_own(spec, paths)
@@ -218,7 +230,7 @@ def _prepare_own(spec: DatasetSpec, cache_dir: Path) -> PreparedDataset:
     if spec.split != "all":
         holdout, seed = spec.option("holdout"), spec.option("seed")
         raw_digest = hashlib.sha256(f"{whole_digest}:{spec.split}:{holdout}:{seed}".encode()).hexdigest()
-        cache_path = cache_dir / f"{spec.name}-{spec.split}-v{CACHE_VERSION}-{raw_digest[:24]}.pt"
+        cache_path = _cache_file(cache_dir, spec.name, spec.split, raw_digest)
         indices = own.holdout_indices(total, holdout, seed, spec.split)
         if _read_cache(cache_path, raw_digest, mmap=True) is None:
             images, labels = data["images"][indices].clone(), data["labels"][indices].clone()
@@ -226,21 +238,14 @@ def _prepare_own(spec: DatasetSpec, cache_dir: Path) -> PreparedDataset:
         notes += (("holdout", f"{holdout}% drawn with seed {seed}: {len(indices)} of {total} images in {spec.split}"),)
         total = len(indices)
     del data  # release the mapping
-    start, stop = spec.resolve(total)
-    slice_key = f"v{CACHE_VERSION}:{raw_digest}:{spec.name}:{spec.split}[{start}:{stop}]"
-    return PreparedDataset(
-        spec=str(spec),
-        name=spec.name,
-        split=spec.split,
-        cache_path=str(cache_path),
-        start=start,
-        stop=stop,
-        num_samples=stop - start,
-        digest=hashlib.sha256(slice_key.encode()).hexdigest(),
+    return _sliced(
+        spec,
+        cache_path,
+        raw_digest,
+        total,
+        paths,
         num_classes=len(classes),
         image_size=(28, 28),
-        raw_digest=raw_digest,
-        files=tuple(str(p) for p in paths),
         classes=classes,
         notes=notes,
     )
