@@ -217,6 +217,8 @@ def csv_lines(tmp_path, n=5):
         (4, lambda cells: [cells[0], "x", *cells[2:]], "row 4 (line 5), column pixel0: 'x' is not a number"),
         (1, lambda cells: ["12", *cells[1:]], "row 1 (line 2): label 12 is outside 0..9; give the number of classes"),
         (5, lambda cells: [*cells[:-1], "256"], "row 5 (line 6), column pixel783: pixel 256 is not a whole number"),
+        (2, lambda cells: [cells[0], "-1", *cells[2:]], "row 2 (line 3), column pixel0: pixel -1 is not a whole"),
+        (3, lambda cells: [*cells[:-1], "0.5"], "row 3 (line 4), column pixel783: pixel 0.5 is not a whole number"),
     ],
 )
 def test_bad_csv_cells_are_one_line_errors_naming_file_and_row(tmp_path, row, edit, expected):
