@@ -26,6 +26,7 @@ from digitflow.export.exporters import (
     load_export,
     verify_exports,
 )
+from digitflow.export.metadata import run_metadata
 from reporting import timing
 from reporting.progress import run_logger
 from tasks.data import load_prepared
@@ -59,13 +60,16 @@ def export_model(
         out_dir = Path(config.output_dir) / "exports" / (parent_run_id or run.info.run_id)  # the flow run's id
         dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
         images, _ = model_inputs(dataset, config.data.target_preprocess, "cpu")
+        metadata = run_metadata(config.data)  # what digitflow predict reads from the file
         images = images[: cfg.verify_images]
         reference = eager_logits(trained.model, images)
         runlog.log_params({"mode": cfg.mode, "verify_images": len(images), "max_abs_diff": cfg.max_abs_diff})
 
         with timing.part("export", "files"):
-            torchscript = export_torchscript(trained.model, images[:1], out_dir / "lenet.pt", mode=cfg.mode)
-            program = export_program(trained.model, images[:1], out_dir / "lenet.pt2")
+            torchscript = export_torchscript(
+                trained.model, images[:1], out_dir / "lenet.pt", mode=cfg.mode, metadata=metadata
+            )
+            program = export_program(trained.model, images[:1], out_dir / "lenet.pt2", metadata=metadata)
         metrics: dict[str, float] = {}
         with timing.part("export", "verification"):  # both files in one torch-only process
             checks = verify_exports([torchscript, program], images, reference, max_abs_diff=cfg.max_abs_diff)
