@@ -6,6 +6,7 @@ naming the file and the row (``row 1`` is the first image, on line 2).
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,15 @@ LAYOUT_HINT = "expected Kaggle's header label,pixel0,...,pixel783 (or pixel0,...
 
 def header(path: Path) -> list[str]:
     """The column names of ``path``; DataError if it is missing, unreadable or not in Kaggle's layout."""
-    try:
-        columns = [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+    try:  # the first line alone (pandas' nrows=0 reads a first chunk of the file: 30-110 ms for Kaggle's)
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
+            columns = [c.strip() for c in next(csv.reader(f), [])]
     except FileNotFoundError:
         raise DataError(f"csv:{path}: no such file") from None
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+    except (OSError, ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
         raise DataError(f"{path} cannot be read as CSV ({one_line(e)})") from e
+    if not any(columns):
+        raise DataError(f"{path} is empty or starts with an empty line; {LAYOUT_HINT}")
     pixels = columns[1:] if columns[:1] == ["label"] else columns
     if pixels != PIXELS:
         raise DataError(f"{path} has {len(pixels)} pixel columns ({', '.join(columns[:3])}, ...); {LAYOUT_HINT}")

@@ -234,6 +234,10 @@ def test_a_csv_of_another_layout_or_none_is_a_one_line_error(tmp_path):
     (tmp_path / "wide.csv").write_text("label," + ",".join(f"pixel{i}" for i in range(100)) + "\n1" + ",0" * 100)
     assert "has 100 pixel columns" in error(f"csv:{tmp_path}/wide.csv", tmp_path)
     assert "no such file" in error(f"csv:{tmp_path}/missing.csv", tmp_path)
+    (tmp_path / "empty.csv").write_text("")
+    assert "empty.csv is empty or starts with an empty line" in error(f"csv:{tmp_path}/empty.csv", tmp_path)
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\x00\xff")
+    assert "binary.csv cannot be read as CSV (UnicodeDecodeError" in error(f"csv:{tmp_path}/binary.csv", tmp_path)
 
 
 def test_more_classes_are_named_by_their_number(tmp_path):
