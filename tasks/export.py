@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from digitflow.config import ExportConfig, RunConfig
 from digitflow.data import PreparedDataset
 from digitflow.data.framing import model_inputs
+from digitflow.errors import ExportError
 from digitflow.export.exporters import (
     compare_latency,
     eager_logits,
@@ -26,6 +27,7 @@ from digitflow.export.exporters import (
     load_export,
     verify_exports,
 )
+from digitflow.models.factory import model_label, model_name
 from reporting import timing
 from reporting.progress import run_logger
 from tasks.data import load_prepared
@@ -64,8 +66,8 @@ def export_model(
         runlog.log_params({"mode": cfg.mode, "verify_images": len(images), "max_abs_diff": cfg.max_abs_diff})
 
         with timing.part("export", "files"):
-            torchscript = export_torchscript(trained.model, images[:1], out_dir / "lenet.pt", mode=cfg.mode)
-            program = export_program(trained.model, images[:1], out_dir / "lenet.pt2")
+            stem = out_dir / model_name(config.train.model)  # lenet.pt and lenet.pt2; a user's model: <name>.pt
+            torchscript, program = _export_files(trained.model, images[:1], stem, cfg)
         metrics: dict[str, float] = {}
         with timing.part("export", "verification"):  # both files in one torch-only process
             checks = verify_exports([torchscript, program], images, reference, max_abs_diff=cfg.max_abs_diff)
@@ -86,7 +88,7 @@ def export_model(
 
         with timing.part("export", "registration"):
             figures = {**test_metrics, **_headline(cross_metrics)}
-            version = _log_and_register(torchscript, images, parent_run_id, figures, cfg)
+            version = _log_and_register(torchscript, images, parent_run_id, figures, cfg, config.train.model)
         logger.info("registered %s version %s with alias %s", cfg.registered_model_name, version, cfg.alias)
 
     return {
@@ -99,8 +101,37 @@ def export_model(
     }
 
 
+def _export_files(model: torch.nn.Module, example: torch.Tensor, stem: Path, cfg: ExportConfig) -> tuple[Path, Path]:
+    """``stem.pt`` (TorchScript) and ``stem.pt2`` (torch.export). Both are tried; if either fails, one
+    ExportError line says which failed and why (and what the other did), so a model that cannot be
+    scripted learns at once whether tracing or torch.export would take it."""
+    results: dict[str, Path | ExportError] = {}
+    for what, export in (
+        (f"torch.jit.{cfg.mode}", lambda: export_torchscript(model, example, stem.with_suffix(".pt"), mode=cfg.mode)),
+        ("torch.export", lambda: export_program(model, example, stem.with_suffix(".pt2"))),
+    ):
+        try:
+            results[what] = export()
+        except ExportError as exc:
+            results[what] = exc
+    failed = [str(r) for r in results.values() if isinstance(r, ExportError)]
+    if failed:
+        done = [f"{what} wrote {r.name}" for what, r in results.items() if isinstance(r, Path)]
+        hint = " (--export-mode trace may take it)" if isinstance(results.get("torch.jit.script"), ExportError) else ""
+        raise ExportError("; ".join(failed) + hint + "".join(f"; {d}" for d in done))
+    torchscript, program = results.values()
+    assert isinstance(torchscript, Path)
+    assert isinstance(program, Path)
+    return torchscript, program
+
+
 def _log_and_register(
-    torchscript: Path, images: torch.Tensor, parent_run_id: str | None, figures: dict[str, float], cfg: ExportConfig
+    torchscript: Path,
+    images: torch.Tensor,
+    parent_run_id: str | None,
+    figures: dict[str, float],
+    cfg: ExportConfig,
+    model: str,
 ) -> str:
     """Log the TorchScript model on the parent run (signature, input example) and register it as a new
     version of ``cfg.registered_model_name`` with alias ``cfg.alias``, tagged with ``figures``; its version."""
@@ -118,18 +149,20 @@ def _log_and_register(
             input_example=example,
             pip_requirements=[torch_requirement()],
         )
-    version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, figures)
+    version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, figures, {"model": model})
     mlflow.MlflowClient().update_model_version(
         cfg.registered_model_name,
         version,
-        description=_MODEL_DESCRIPTION.format(mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias),
+        description=_MODEL_DESCRIPTION.format(
+            model=model_label(model), mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias
+        ),
     )
     return version
 
 
 _MODEL_DESCRIPTION = unwrap("""\
-LeNet digit classifier, TorchScript ({mode}). Input: float images `(N, 1, 28, 28)` in `[0, 1]`, a white
-digit on black (normalization is inside); output: `(N, 10)` logits. Serve it with
+{model} digit classifier, TorchScript ({mode}). Input: float images `(N, 1, 28, 28)` in `[0, 1]`, a white
+digit on black (normalization is inside); output: `(N, classes)` logits. Serve it with
 `mlflow models serve -m models:/{name}@{alias} --env-manager local` and POST `{{"inputs": <images as nested lists>}}`
 to `/invocations`.
 """)
@@ -175,10 +208,15 @@ def _headline(cross_metrics: list[dict[str, float]]) -> dict[str, float]:
     return {k: v for m in cross_metrics for k, v in m.items() if "/class_" not in k}
 
 
-def _register(model_uri: str, name: str, alias: str, metrics: dict[str, float]) -> str:
-    """A new registered version of ``model_uri``, tagged with ``metrics`` and pointed to by ``alias``."""
+def _register(
+    model_uri: str, name: str, alias: str, metrics: dict[str, float], tags: dict[str, str] | None = None
+) -> str:
+    """A new registered version of ``model_uri``, tagged with ``metrics`` (and ``tags``) and pointed to by
+    ``alias``."""
     version = mlflow.register_model(model_uri, name).version
     client = mlflow.MlflowClient()
+    for key, text in (tags or {}).items():
+        client.set_model_version_tag(name, version, key, text)
     for key, value in metrics.items():
         if "/class_" not in key:
             client.set_model_version_tag(name, version, key, f"{value:.4f}")

@@ -216,7 +216,7 @@ CHECKPOINT = Option(
     str | None,
     None,
     "checkpoint file written after every epoch and read by --resume "
-    "(default: outputs/checkpoints/lenet-<hash of the training options>.pt)",
+    "(default: outputs/checkpoints/<model>-<hash of the training options>.pt)",
     metavar="FILE",
 )
 EXPORT_MODE = Option(
@@ -277,6 +277,15 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     *_in(
         TRAINING,
+        Option(
+            "model",
+            str,
+            _T.model,
+            "the model: lenet, or package.module:Factory, your own (docs/models.md); it names the registered "
+            "model digitflow-<name> "
+            f"(default {_T.model})",
+            metavar="NAME",
+        ),
         Option("epochs", int | None, None, f"(default {_either(_T.epochs, _GPU.epochs)})", value_type=int),
         Option(
             "batch_size",

@@ -135,8 +135,11 @@ class AdversarialTrainingConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: epochs, batches, seed, device, optimizer, schedule, augmentation."""
+    """How to train: the model, epochs, batches, seed, device, optimizer, schedule, augmentation."""
 
+    # a built-in model (digitflow.models.factory.BUILTIN_MODELS: lenet) or package.module:Factory, a
+    # function or class taking the number of classes whose module maps (N, 1, 28, 28) in [0, 1] to (N, classes) logits
+    model: str = "lenet"
     epochs: int = 6
     batch_size: int = 64
     seed: int = 0
@@ -181,7 +184,7 @@ AdaptMethod = Literal["dann"]  # domain adaptation methods (digitflow.training.d
 class AdaptConfig:
     """Unsupervised domain adaptation to unlabeled target images (``--adapt dann --adapt-target SPEC``).
 
-    DANN (Ganin and Lempitsky 2015): a domain classifier on LeNet's features behind a gradient
+    DANN (Ganin and Lempitsky 2015): a domain classifier on the model's features behind a gradient
     reversal layer whose weight ramps up as ``domain_weight * (2 / (1 + exp(-gamma * p)) - 1)``,
     ``p`` the fraction of training steps done. Only the target's images are read, never its labels.
     """
@@ -210,7 +213,7 @@ class ExportConfig:
     # batch of 256 takes milliseconds a pass on a CPU, and 60 passes of three models cost 4 s of every run;
     # 0.1 s still gives 10-20 passes of the largest batch and hundreds of batch 1 (the run-cost issue)
     latency_budget_s: float = 0.1
-    registered_model_name: str = "digitflow-lenet"
+    registered_model_name: str = "digitflow-lenet"  # a run's follows its model: digitflow-<model name>
     alias: str = "candidate"
 
 
@@ -271,7 +274,7 @@ class RunConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     output_dir: str = "outputs"  # checkpoints and exported files, one folder per run
-    checkpoint: str | None = None  # None: output_dir/checkpoints/lenet-<settings hash>.pt
+    checkpoint: str | None = None  # None: output_dir/checkpoints/<model>-<settings hash>.pt (lenet-...)
     resume: bool = False
 
 
