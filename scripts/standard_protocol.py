@@ -10,7 +10,7 @@ run's, without the run's other steps (attacks, export). It prints a line per run
 model: test accuracy mean and worst, USPS accuracy mean and worst, training time mean (the train task's
 ``train/seconds``: the epochs alone) and its ratio to the first model's.
 
-    python scripts/standard_protocol.py --data-dir ../shared/data --seeds 5 --models lenet
+    python scripts/standard_protocol.py --data-dir ../shared/data --seeds 5 --models lenet,minivgg
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="the official files (MNIST/raw, USPS), offline")
     parser.add_argument("--cache-dir", default=".cache/digitflow", help="transformed-tensor cache (.cache/digitflow)")
-    parser.add_argument("--models", default="lenet", help="comma-separated --model values (lenet)")
+    parser.add_argument("--models", default="lenet,minivgg", help="comma-separated --model values (lenet,minivgg)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per model (5)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (0)")
     parser.add_argument("--train", default="mnist:train", help="the training split (mnist:train)")

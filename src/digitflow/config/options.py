@@ -32,6 +32,7 @@ from digitflow.config.schema import (
     DEFAULT_TARGETS,
     GAN_ARCH_DEFAULTS,
     GAN_LOSSES,
+    MODEL_TRAIN_DEFAULTS,
     OPTIMIZER_DEFAULTS,
     AdaptConfig,
     AdaptMethod,
@@ -281,12 +282,20 @@ RUN_OPTIONS: tuple[Option, ...] = (
             "model",
             str,
             _T.model,
-            "the model: lenet, or package.module:Factory, your own (docs/models.md); it names the registered "
-            "model digitflow-<name> "
+            "the model: lenet, minivgg (more accurate, trains longer) or package.module:Factory, your own "
+            "(docs/models.md); it names the registered model digitflow-<name> "
             f"(default {_T.model})",
             metavar="NAME",
         ),
-        Option("epochs", int | None, None, f"(default {_either(_T.epochs, _GPU.epochs)})", value_type=int),
+        Option(
+            "epochs",
+            int | None,
+            None,
+            f"(default {_either(_T.epochs, _GPU.epochs)}"
+            + "".join(f"; {kw['epochs']} for {m}" for m, kw in MODEL_TRAIN_DEFAULTS.items() if "epochs" in kw)
+            + ")",
+            value_type=int,
+        ),
         Option(
             "batch_size",
             int | None,

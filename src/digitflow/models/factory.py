@@ -27,11 +27,12 @@ from torch import nn
 from digitflow.errors import ConfigError
 from digitflow.fileio import one_line
 from digitflow.models.lenet import LeNet
+from digitflow.models.minivgg import MiniVGG
 
 ModelFactory = Callable[[int], nn.Module]  # number of classes -> a freshly initialised model
 
 DEFAULT_MODEL = "lenet"
-BUILTIN_MODELS: dict[str, type[nn.Module]] = {"lenet": LeNet}
+BUILTIN_MODELS: dict[str, type[nn.Module]] = {"lenet": LeNet, "minivgg": MiniVGG}
 REGISTERED_PREFIX = "digitflow-"  # registered model name: digitflow-<model name>
 INPUT_SHAPE = (1, 28, 28)  # what every model takes: grayscale 28x28 in [0, 1]
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")  # package.module:Factory(.attr)

@@ -196,7 +196,7 @@ def build_config(**options: Any) -> RunConfig:
     check_classes(train, [test, *target])
     model = checked_model(o["model"], len(classes_of(parse_spec(train))))
     device_type = resolve_device(o["device"]).type
-    defaults = train_defaults(device_type)
+    defaults = train_defaults(device_type, o["model"])
     epochs = defaults.epochs if o["epochs"] is None else o["epochs"]
     batch_size = default_batch_size(optimizer, defaults) if o["batch_size"] is None else o["batch_size"]
     amp = defaults.amp if o["amp"] is None else o["amp"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from digitflow.config import flatten
+from digitflow.config import flatten, train_defaults
 from digitflow.errors import ConfigError
 from digitflow.params.run import build_config, checkpoint_path
 
@@ -54,3 +54,15 @@ def test_parameter_groups_are_checked_against_the_chosen_model():
         ConfigError, match="parameter group 'classifier' matches no parameter; top-level names are: linear"
     ):
         build_config(**RUN, model="tests.toy_models:FlatNet", param_groups={"classifier": {"lr": 0.01}})
+
+
+def test_minivgg_trains_its_own_number_of_epochs_unless_told(tmp_path):
+    assert build_config(**RUN).train.epochs == 6
+    minivgg = build_config(**RUN, model="minivgg", output_dir=str(tmp_path))
+    assert minivgg.train.epochs == 10
+    assert minivgg.train.batch_size == 64  # the rest is the device's
+    assert minivgg.export.registered_model_name == "digitflow-minivgg"
+    assert checkpoint_path(minivgg, "d").name.startswith("minivgg-")
+    assert build_config(**RUN, model="minivgg", epochs=3).train.epochs == 3  # an option given wins
+    assert train_defaults("cuda", "minivgg").epochs == 10
+    assert train_defaults("cuda", "minivgg").batch_size == train_defaults("cuda").batch_size
