@@ -51,6 +51,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import serve  # scripts/ is on the path (run as a script, or by pytest's pythonpath)
 from serve import BIN, MARKER, POOL, ROOT, ServeError, check, is_ours, marked_processes, port_free, run_quiet
@@ -64,6 +65,9 @@ EXPERIMENTS = ("digitflow", "digitflow-gan", "digitflow-sweep")  # what the flow
 MODELS = ("digitflow-lenet", "digitflow-gan-generator")
 SERVICES = ("postgres", "s3", "mlflow-server", "prefect-server", "worker-1", "worker-2")  # start order
 WORKERS = ("worker-1", "worker-2")
+ZOMBIE_AUTOMATION = "digitflow: crash zombie flow runs"
+HEARTBEAT_S = 30  # Prefect's smallest heartbeat period
+ZOMBIE_AFTER_S = 90  # three heartbeats missed
 PORTS = (  # service, option, environment variable, default
     ("postgres", "pg_port", "PG_PORT", 5433),
     ("s3", "s3_port", "S3_PORT", 9000),
@@ -430,9 +434,42 @@ class Team:
         if run_quiet(["prefect", "work-pool", "inspect", POOL], env, setup_log) != 0:
             created = run_quiet(["prefect", "work-pool", "create", POOL, "--type", "process"], env, setup_log)
             check(created, f"could not create the work pool {POOL}", setup_log)
+        self.ensure_zombie_automation(values)
         selection = [arg for name in deploy for arg in ("--name", name)] if deploy else ["--all"]
         deployed = run_quiet(["prefect", "--no-prompt", "deploy", *selection], env, self.logs / "deploy.log")
         check(deployed, "prefect deploy failed", self.logs / "deploy.log")
+
+    def ensure_zombie_automation(self, values: dict[str, str]) -> None:
+        """Prefect's automation for flow runs that stop reporting (a worker's machine lost, a kill -9):
+        the workers' flow runs send a heartbeat every HEARTBEAT_S seconds; one silent for ZOMBIE_AFTER_S
+        is marked Crashed (Prefect Cloud has it built in; a self-hosted server needs it created)."""
+        auth = {"Authorization": basic_token(values["PREFECT_SERVER_API_AUTH_STRING"])}
+        found = http_json(f"{self.prefect_api}/automations/filter", {}, auth, self.logs / "prefect-server.log")
+        if any(automation.get("name") == ZOMBIE_AUTOMATION for automation in found):
+            return
+        events = [
+            "prefect.flow-run.heartbeat",
+            *(f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")),
+        ]
+        automation = {
+            "name": ZOMBIE_AUTOMATION,
+            "description": f"a flow run silent for {ZOMBIE_AFTER_S} s is marked Crashed (scripts/team.py)",
+            "enabled": True,
+            "trigger": {
+                "type": "event",
+                "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+                "after": ["prefect.flow-run.heartbeat"],
+                "expect": events,
+                "for_each": ["prefect.resource.id"],
+                "posture": "Proactive",
+                "threshold": 1,
+                "within": ZOMBIE_AFTER_S,
+            },
+            "actions": [
+                {"type": "change-flow-run-state", "state": "CRASHED", "message": "no heartbeat: its process was lost"}
+            ],
+        }
+        http_json(f"{self.prefect_api}/automations/", automation, auth, self.logs / "prefect-server.log")
 
     def client_env(self, values: dict[str, str]) -> dict[str, str]:
         """A Prefect client's environment: the API and its auth string."""
@@ -449,6 +486,7 @@ class Team:
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": WORKER_USER,
             "MLFLOW_TRACKING_PASSWORD": values["WORKER_PASSWORD"],
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),  # for the zombie automation
         }
         if env.get("DIGITFLOW_DATA_DIR"):  # the flow runs move into the checkout: an absolute folder
             env["DIGITFLOW_DATA_DIR"] = str(Path(env["DIGITFLOW_DATA_DIR"]).resolve())
@@ -590,6 +628,23 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def basic_token(token: str) -> str:
+    """Prefect's Authorization header for an API auth string."""
+    return "Basic " + base64.b64encode(token.encode()).decode()
+
+
+def http_json(url: str, body: object, headers: dict[str, str], log: Path) -> Any:
+    """POST ``body`` as JSON, the answer's JSON; a ServeError naming ``log`` on an error status."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={**headers, "Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raise ServeError(f"{url} answered {exc.code}; see {log}") from None
 
 
 def basic(user: str, password: str) -> str:

@@ -7,6 +7,7 @@ binaries, the team extra or the official test files are absent."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -27,7 +28,6 @@ from tests.conftest import SHARED_DATA
 REPO = Path(__file__).resolve().parents[2]
 TEAM = REPO / "scripts" / "team.py"
 PG_BIN = Path(os.environ.get("DIGITFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
-SERVICES = ("postgres", "s3", "mlflow-server", "prefect-server")
 
 
 def free_port() -> int:
@@ -82,9 +82,9 @@ class Team:
         )
 
 
-@pytest.fixture(scope="module")
-def team() -> Iterator[Team]:
-    """The whole setup, started once for this module's tests and stopped after them: nothing left."""
+@contextlib.contextmanager
+def running_team() -> Iterator[Team]:
+    """The whole setup, started for the test and stopped after it: nothing left."""
     needs_team()
     shared_data = SHARED_DATA
     if not (shared_data / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").is_file():
@@ -127,7 +127,22 @@ PARAMETERS = dict(
 
 
 @pytest.mark.slow
-def test_two_nightly_runs_at_once_on_two_workers_are_promoted_by_the_rule(team, tmp_path, monkeypatch):
+def test_the_team_setup_runs_its_deployments_refuses_intruders_and_leaks_no_secret(
+    tmp_path, monkeypatch, command, capsys
+):
+    """One test, one setup (a start costs most of a minute): pytest-xdist would start a setup per process
+    for tests that shared a module fixture (its xdist_group does not group on pytest 9.2)."""
+    with running_team() as team:
+        two_nightly_runs_at_once_on_two_workers_are_promoted_by_the_rule(team, tmp_path, monkeypatch)
+        requests_without_the_right_credentials_are_refused(team)
+        every_server_listens_on_loopback_only(team)
+        capsys.readouterr()  # what the steps before printed (download progress): the command's own output next
+        with monkeypatch.context() as patch:
+            the_command_says_in_one_line_what_credentials_are_missing(team, command, patch)
+        no_credential_in_logs_params_tags_or_flow_run_parameters(team, monkeypatch)
+
+
+def two_nightly_runs_at_once_on_two_workers_are_promoted_by_the_rule(team, tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
@@ -250,8 +265,7 @@ def request(url: str, auth: str | None = None, body: dict | None = None) -> int:
         return int(exc.code)
 
 
-@pytest.mark.slow
-def test_requests_without_the_right_credentials_are_refused(team):
+def requests_without_the_right_credentials_are_refused(team):
     admin = team.credentials("admin.env")
     added = team.run("user", "bob", timeout=120)
     assert added.returncode == 0, added.stderr
@@ -279,8 +293,7 @@ def test_requests_without_the_right_credentials_are_refused(team):
     assert request(f"{team.api}/flow_runs/filter", admin["PREFECT_API_AUTH_STRING"], {}) == 200
 
 
-@pytest.mark.slow
-def test_every_server_listens_on_loopback_only(team):
+def every_server_listens_on_loopback_only(team):
     import psutil
     import serve
 
@@ -298,8 +311,7 @@ def test_every_server_listens_on_loopback_only(team):
     assert set(listening.values()) == {"127.0.0.1"}, listening
 
 
-@pytest.mark.slow
-def test_the_command_says_in_one_line_what_credentials_are_missing(team, command, monkeypatch):
+def the_command_says_in_one_line_what_credentials_are_missing(team, command, monkeypatch):
     bob = team.credentials("worker.env")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.mlflow)
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "DIGITFLOW_CREDENTIALS"):
@@ -327,9 +339,8 @@ def test_the_command_says_in_one_line_what_credentials_are_missing(team, command
     )
 
 
-@pytest.mark.slow
-def test_no_credential_in_logs_params_tags_or_flow_run_parameters(team):
-    """Runs after the nightly test in this module (pytest keeps the file's order): what they wrote."""
+def no_credential_in_logs_params_tags_or_flow_run_parameters(team, monkeypatch):
+    """After the nightly runs: what they wrote."""
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
@@ -340,16 +351,11 @@ def test_no_credential_in_logs_params_tags_or_flow_run_parameters(team):
     texts = {p.name: p.read_text(errors="replace") for p in (team.state / "logs").glob("*.log")}
     texts["start output"] = team.started.stdout + team.started.stderr
     admin = team.credentials("admin.env")
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
-        "admin",
-        admin["MLFLOW_TRACKING_PASSWORD"],
-    )
-    try:
-        client = MlflowClient(tracking_uri=team.mlflow)
-        for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
-            texts[f"run {run.info.run_id}"] = json.dumps([run.data.params, run.data.tags])
-    finally:
-        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin["MLFLOW_TRACKING_PASSWORD"])
+    client = MlflowClient(tracking_uri=team.mlflow)
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        texts[f"run {run.info.run_id}"] = json.dumps([run.data.params, run.data.tags])
     settings = {PREFECT_API_URL: team.api, PREFECT_API_AUTH_STRING: admin["PREFECT_API_AUTH_STRING"]}
     with temporary_settings(settings), get_client(sync_client=True) as prefect:
         for flow_run in prefect.read_flow_runs():
