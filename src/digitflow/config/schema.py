@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 TargetPreprocess = Literal["mnist-frame", "resize"]  # the keys of digitflow.data.framing.PREPROCESSORS
 ExportMode = Literal["script", "trace"]  # torch.jit.script or torch.jit.trace
+# the exported files: TorchScript lenet.pt, torch.export lenet.pt2, AOTInductor package lenet.aoti.pt2
+ExportFormat = Literal["torchscript", "export", "aoti"]
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,9 @@ class ExportConfig:
     """TorchScript / torch.export export, verification and registration."""
 
     mode: ExportMode = "script"  # "script" or "trace"
+    # the files written, in this order: torchscript (always: it is what gets registered), export (torch.export), aoti
+    # (the torch.export program compiled ahead of time by AOTInductor: needs a C++ compiler, tens of seconds on a CPU)
+    formats: tuple[ExportFormat, ...] = ("torchscript", "export")
     verify_images: int = 256
     max_abs_diff: float = 1e-5
     latency_repeats: int = 50

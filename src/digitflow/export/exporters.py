@@ -37,6 +37,7 @@ from digitflow.fileio import atomic_write, one_line
 EXPORT_MODES = ("script", "trace")
 TORCHSCRIPT_SUFFIX = ".pt"
 PROGRAM_SUFFIX = ".pt2"
+AOTI_SUFFIX = ".aoti.pt2"  # an AOTInductor package (aoti.py): a .pt2 too, but loaded by torch._inductor
 VERIFIER = Path(__file__).with_name("verifier.py")
 
 # torch 2.14 emits, as a FutureWarning, on every TorchScript entry point we use:
@@ -131,21 +132,30 @@ def export_program(model: nn.Module, example: torch.Tensor, path: str | os.PathL
     """
     path = Path(path)
     _check_suffix(path, PROGRAM_SUFFIX, "torch.export")
+    if path.name.endswith(AOTI_SUFFIX):
+        raise ConfigError(f"{str(path)!r} names an AOTInductor package ({AOTI_SUFFIX}); a torch.export file is *.pt2")
+    program = capture_program(model, example)
+    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
+
+
+def capture_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``model`` captured by ``torch.export.export`` (an eval-mode CPU copy, dynamic batch): what
+    :func:`export_program` saves and AOTInductor compiles (aoti.py). ExportError if it cannot be captured."""
     example = _check_example(model, example)
     if example.shape[0] == 1:
         example = example.expand(2, *example.shape[1:]).contiguous()
     cpu_model = _cpu_eval_copy(model)
     batch = torch.export.Dim("batch", min=1)
     try:
-        program = torch.export.export(cpu_model, (example,), dynamic_shapes=({0: batch},))
+        return torch.export.export(cpu_model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:
         raise ExportError(f"torch.export failed for {type(model).__name__}: {one_line(exc)}") from exc
-    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
 
 
 def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Load an exported file in this process: ``.pt`` via ``torch.jit.load`` (eval mode, CPU),
-    ``.pt2`` via ``torch.export.load(path).module()``. Both are callables images -> logits.
+    ``.aoti.pt2`` via ``torch._inductor.aoti_load_package``, another ``.pt2`` via
+    ``torch.export.load(path).module()``. Each is a callable images -> logits.
 
     Only load files you trust: both formats can run code they contain. Raises ExportError (one
     line, naming the file) if the file cannot be loaded, ConfigError for another suffix.
@@ -155,6 +165,11 @@ def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.
     if not path.is_file():
         raise ExportError(f"exported model file not found: {path}")
     try:
+        if path.name.endswith(AOTI_SUFFIX):
+            from torch import _inductor  # a second of imports, only where an AOTInductor package is loaded
+
+            package: Callable[[torch.Tensor], torch.Tensor] = _inductor.aoti_load_package(str(path))
+            return package
         if path.suffix == PROGRAM_SUFFIX:
             program: nn.Module = torch.export.load(str(path)).module()
             return program
@@ -168,8 +183,8 @@ def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.
 def _check_export_suffix(path: Path) -> None:
     if path.suffix not in (TORCHSCRIPT_SUFFIX, PROGRAM_SUFFIX):
         raise ConfigError(
-            f"exported model file must end in {TORCHSCRIPT_SUFFIX!r} (TorchScript) or "
-            f"{PROGRAM_SUFFIX!r} (torch.export), got {str(path)!r}"
+            f"exported model file must end in {TORCHSCRIPT_SUFFIX!r} (TorchScript), "
+            f"{PROGRAM_SUFFIX!r} (torch.export) or {AOTI_SUFFIX!r} (AOTInductor), got {str(path)!r}"
         )
 
 
