@@ -3,7 +3,9 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
+#include <sstream>
 #include <stdexcept>
+#include <vector>
 
 namespace digitflow {
 namespace {
@@ -39,10 +41,21 @@ class AotiClassifier final : public Classifier {
 std::string first_line(const std::exception& error) {
   const auto* c10_error = dynamic_cast<const c10::Error*>(&error);
   std::string text = c10_error != nullptr ? c10_error->what_without_backtrace() : error.what();
-  const auto start = text.find_first_not_of(" \n\t");
-  if (start == std::string::npos) return "unknown error";
-  text = text.substr(start);
-  return text.substr(0, text.find('\n'));
+  std::vector<std::string> lines;
+  std::istringstream stream(text);
+  for (std::string line; std::getline(stream, line);) {
+    const auto start = line.find_first_not_of(" \t\r");
+    if (start != std::string::npos) lines.push_back(line.substr(start));
+  }
+  if (lines.empty()) return "unknown error";
+  // An exception raised inside a TorchScript model (PixelInput's "this model takes ...") comes as
+  // "The following operation failed in the TorchScript interpreter.", the model's traceback, and then,
+  // last, "builtins.ValueError: <its message>": that last line is the one that says what went wrong.
+  if (lines.front().rfind("The following operation failed in the TorchScript interpreter", 0) == 0) {
+    std::string last = lines.back();
+    return last.rfind("builtins.", 0) == 0 ? last.substr(9) : last;
+  }
+  return lines.front();
 }
 
 std::unique_ptr<Classifier> load_classifier(const std::string& path) {
