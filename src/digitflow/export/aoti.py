@@ -14,18 +14,15 @@ line, and the pipeline keeps its other files.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from digitflow.errors import ConfigError, ExportError
-from digitflow.export.exporters import AOTI_SUFFIX, capture_program
+from digitflow.export.exporters import AOTI_SUFFIX, capture_program, cuda_home_warning_silenced
 from digitflow.fileio import atomic_write, one_line
 
 
@@ -59,29 +56,7 @@ def export_aoti(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
         _inductor.aoti_compile_and_package(program, package_path=str(tmp))
 
     try:
-        with _without_cuda_home_warning():
+        with cuda_home_warning_silenced():
             return atomic_write(path, write)
     except Exception as exc:
         raise ExportError(f"AOTInductor could not compile {type(model).__name__}: {one_line(exc)}") from exc
-
-
-@contextlib.contextmanager
-def _without_cuda_home_warning() -> Iterator[None]:
-    """Drop torch's "No CUDA runtime is found, using CUDA_HOME=..." while compiling for the CPU: a CUDA wheel
-    says it when it looks for CUDA's headers, which a CPU package does not use."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    drop = _DropPrefix("No CUDA runtime is found")
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-class _DropPrefix(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)

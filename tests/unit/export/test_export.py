@@ -106,6 +106,17 @@ def test_one_process_verifies_every_file_of_an_export(exported, images, referenc
     assert "cannot load" in str(info.value)
 
 
+def test_each_file_can_have_its_own_limit(exported, images, reference):
+    files, shifted = [exported["script"], exported["program"]], reference + 1e-3  # no prediction changes
+    assert [r["max_abs_diff"] for r in verify_exports(files, images, shifted, max_abs_diff=[1e-2, 1e-2])] == [
+        pytest.approx(1e-3, rel=1e-2)
+    ] * 2
+    with pytest.raises(ExportError, match=r"model\.pt2 disagrees .* \(limit 1e-05\)"):  # the second file's limit
+        verify_exports(files, images, shifted, max_abs_diff=[1e-2, 1e-5])
+    with pytest.raises(ConfigError, match="1 logit limits for 2 exported files"):
+        verify_exports(files, images, reference, max_abs_diff=[1e-5])
+
+
 def test_perturbed_reference_fails_with_figures(exported, images, reference):
     perturbed = reference + 1e-3
     second = perturbed[0].argsort(descending=True)[1]
