@@ -37,7 +37,7 @@ from reporting import timing
 from reporting.progress import EpochProgress, run_logger
 from tasks.data import adaptation_images, load_prepared, log_dataset_input
 from tracking import runlog
-from tracking.runs import child_run, torch_requirement
+from tracking.runs import child_run, torch_requirement, without_serving_check
 from tracking.store import PROJECT_ROOT
 
 
@@ -286,6 +286,11 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor, name: str = "model
     }
     runlog.log_model(
         name,
-        log=lambda: mlflow.pytorch.log_model(cpu_model, name=name, **described),
+        log=lambda: _log_pytorch_model(cpu_model, name, described),
         save=lambda path: mlflow.pytorch.save_model(cpu_model, path=str(path), **described),
     )
+
+
+def _log_pytorch_model(model: torch.nn.Module, name: str, described: dict[str, Any]) -> None:
+    with without_serving_check():  # evaluation checks this model; MLflow need not reload it to predict its example
+        mlflow.pytorch.log_model(model, name=name, **described)
