@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from reporting.progress import run_logger
 from tasks.data import load_prepared
 from tasks.train import TrainedModel
 from tracking import runlog
-from tracking.runs import child_run, image_signature, torch_requirement
+from tracking.runs import child_run, image_signature, torch_requirement, without_serving_check
 from tracking.store import unwrap
 
 
@@ -151,7 +150,7 @@ def _log_and_register(
     version of ``cfg.registered_model_name`` with alias ``cfg.alias``, tagged with ``figures``; its version."""
     scripted = load_export(torchscript)
     signature, example = image_signature(scripted, images)
-    with _without_pickle_warning():
+    with _without_pickle_warning(), without_serving_check():  # the verifier checked this file on real images
         info = Model.log(  # mlflow.pytorch.log_model, on the parent run (log_model only takes the active run)
             artifact_path=None,
             name="torchscript-model",
@@ -186,23 +185,13 @@ def _without_pickle_warning() -> Iterator[None]:
     """Drop MLflow's warning that "pickle" format is unsafe, around logging a TorchScript model only.
 
     For a ``ScriptModule`` MLflow writes a TorchScript archive (``ScriptModule.save``), not a pickle,
-    so the warning does not apply. Logging with an input example also makes MLflow load the model
-    back to check it serves (``torch.load``, which hands a TorchScript archive to ``torch.jit.load``):
-    the two warnings that load raises about our own TorchScript file are dropped too. Every other
-    warning still shows.
+    so the warning does not apply. Every other warning still shows.
     """
     logger = logging.getLogger("mlflow.pytorch")
     only_pickle = _DropMessage("Saving pytorch model by Pickle")
     logger.addFilter(only_pickle)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message="'torch.load' received a zip file that looks like a TorchScript archive"
-            )
-            warnings.filterwarnings(
-                "ignore", message=r"`torch\.jit\.load` is deprecated\. Please switch to", category=FutureWarning
-            )
-            yield
+        yield
     finally:
         logger.removeFilter(only_pickle)
 
