@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2  # pytest-xdist processes for make test; 0 runs the suite in t
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run lint test test-fast docs ui serve stop team team-stop team-user bench bench-run lock clean
+.PHONY: help setup run lint test test-fast docs ui serve stop team team-stop team-user bench bench-run bench-inference cpp lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,12 @@ bench: setup ## seed-notes loop vs. this engine, images per second (ARGS="--data
 
 bench-run: setup ## where a whole run's time goes, 8k and 60k protocols, cold and warm (ARGS="--data-dir DIR")
 	$(BIN)/python scripts/bench_run.py $(ARGS)
+
+cpp: setup ## build the C++ consumer against the venv's libtorch: build/cpp/digitflow-classify (docs/cpp.md)
+	$(BIN)/python scripts/build_cpp.py $(ARGS)
+
+bench-inference: setup ## latency and throughput of eager, TorchScript, torch.export, AOTInductor; Python and C++
+	$(BIN)/python scripts/bench_inference.py $(ARGS)
 
 lock: setup ## regenerate constraints.txt from the current environment
 	@{ sed -n '1,/^# .make lock/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new

@@ -98,7 +98,7 @@ class PipelineSummary:
         )
         if self.times:
             out.append(breakdown_line(self.times))
-        for key in ("torchscript_path", "program_path"):
+        for key in ("torchscript_path", "program_path", "aoti_path"):
             if key in self.exported:
                 out.append(f"exported: {self.exported[key]}")
         if "model_version" in self.exported:

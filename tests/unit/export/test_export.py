@@ -106,6 +106,15 @@ def test_one_process_verifies_every_file_of_an_export(exported, images, referenc
     assert "cannot load" in str(info.value)
 
 
+def test_each_file_can_have_its_own_limit(exported, images, reference):
+    files, shifted = [exported["script"], exported["program"]], reference + 1e-3  # no prediction changes
+    # the files are compared in order: model.pt passes within its 1e-2, model.pt2 fails its own 1e-5
+    with pytest.raises(ExportError, match=r"model\.pt2 disagrees .* max \|logit diff\| 0\.001 \(limit 1e-05\)"):
+        verify_exports(files, images, shifted, max_abs_diff=[1e-2, 1e-5])
+    with pytest.raises(ConfigError, match="1 logit limits for 2 exported files"):
+        verify_exports(files, images, reference, max_abs_diff=[1e-5])
+
+
 def test_perturbed_reference_fails_with_figures(exported, images, reference):
     perturbed = reference + 1e-3
     second = perturbed[0].argsort(descending=True)[1]
