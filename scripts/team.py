@@ -416,7 +416,7 @@ class Team:
     def write_credentials(self, file: str, user: str, password: str, values: dict[str, str]) -> Path:
         """A user's credentials file (mode 600): what ``DIGITFLOW_CREDENTIALS`` points at."""
         path = self.secrets / file
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         credentials = {
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": user,
