@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             getattr(faults, fault)()
     finally:
         setup.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the cluster, the logs, the runs' outputs
     return 0
 
 

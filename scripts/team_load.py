@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return load(setup, root)
     finally:
         setup.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the cluster, the logs, the runs' outputs
 
 
 def load(setup: team_setup.Team, root: Path) -> int:
