@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2  # pytest-xdist processes for make test; 0 runs the suite in t
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run lint test test-fast docs ui serve stop bench bench-run bench-inference cpp lock clean
+.PHONY: help setup run lint test test-fast docs ui serve stop team team-stop team-user bench bench-run bench-inference cpp lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,15 @@ serve: setup ## Prefect server :4200, MLflow server :5000, work pool, deployment
 
 stop: ## end the processes make serve started (by pid file)
 	@if test -x $(BIN)/python; then $(BIN)/python scripts/serve.py stop; else echo "serve: nothing was running"; fi
+
+team: setup ## the team setup: PostgreSQL, S3 (moto), MLflow and Prefect with auth, 2 workers (scripts/team.py)
+	$(BIN)/python scripts/team.py start
+
+team-stop: ## end every process make team started (PostgreSQL's data stays in .team/)
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/team.py stop; else echo "team: nothing was running"; fi
+
+team-user: setup ## a MLflow user of the team setup and their credentials file (NAME=alice)
+	$(BIN)/python scripts/team.py user "$(NAME)"
 
 bench: setup ## seed-notes loop vs. this engine, images per second (ARGS="--data-dir DIR")
 	$(BIN)/python scripts/bench.py $(ARGS)
