@@ -228,15 +228,14 @@ def two_nightly_runs_at_once_on_two_workers_are_promoted_by_the_rule(team, tmp_p
         logged = {child.info.run_name: [a.path for a in client.list_artifacts(child.info.run_id)] for child in children}
         assert len(logged) >= 4, logged
         assert sum(map(len, logged.values())) >= 4, logged
-        uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-        mlflow.set_tracking_uri(team.mlflow)  # models:/ resolves through the global registry
-        mlflow.set_registry_uri(team.mlflow)
-        try:
-            source = f"models:/digitflow-lenet/{number}"
-            model = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path / f"model{number}")))
-        finally:
-            mlflow.set_tracking_uri(uris[0])
-            mlflow.set_registry_uri(uris[1])
+        # the version's files through the server (not models:/, which would need mlflow.set_registry_uri: it
+        # also sets MLFLOW_REGISTRY_URI in os.environ, and later tests of this process would use this registry)
+        source = client.get_model_version_download_uri("digitflow-lenet", str(number))
+        model = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, tracking_uri=team.mlflow, dst_path=str(tmp_path / f"model{number}")
+            )
+        )
         assert any(model.rglob("*.pt")) or any(model.rglob("MLmodel")), list(model.rglob("*"))
     import boto3
 
