@@ -101,7 +101,7 @@ class PipelineSummary:
             out.append(breakdown_line(self.times))
         if self.export_error:
             out.append(f"not exported: {self.export_error}")
-        for key in ("torchscript_path", "program_path"):
+        for key in ("torchscript_path", "program_path", "aoti_path"):
             if key in self.exported:
                 out.append(f"exported: {self.exported[key]}")
         if "model_version" in self.exported:

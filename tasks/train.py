@@ -39,7 +39,7 @@ from reporting import timing
 from reporting.progress import EpochProgress, run_logger
 from tasks.data import adaptation_images, load_prepared, log_dataset_input
 from tracking import runlog
-from tracking.runs import child_run, torch_requirement
+from tracking.runs import child_run, torch_requirement, without_serving_check
 from tracking.store import PROJECT_ROOT
 
 
@@ -53,16 +53,23 @@ class TrainedModel:
     seconds: float
     precision: str = "float32"  # or "bfloat16 autocast"
     step: str = "eager"  # or "cuda-graph" (digitflow.training.cuda_graph); with the reason if graphs were not possible
-    # Domain adaptation (--adapt): the dataset adapted to, and the model with that domain's batch-norm
+    # Domain adaptation (--adapt): the dataset adapted to (:func:`domain`), and the model with that domain's batch-norm
     # statistics (digitflow.training.dann, AdaBN), which the cross-domain stage evaluates on that dataset's images.
     adapted_to: str | None = None
     target_model: torch.nn.Module | None = None
 
     def model_for(self, spec: str) -> torch.nn.Module:
         """The model to evaluate on ``spec``'s images: the target-statistics one for the dataset adapted to."""
-        if self.target_model is not None and parse_spec(spec).name == self.adapted_to:
+        if self.target_model is not None and domain(spec) == self.adapted_to:
             return self.target_model
         return self.model
+
+
+def domain(spec: str) -> str:
+    """The images a spec's split and slice are drawn from: a built-in dataset's name (``usps``), or a
+    user's files (``folder:/data/scans``), so that two folders are two domains."""
+    parsed = parse_spec(spec)
+    return f"{parsed.name}:{parsed.path}" if parsed.is_own else parsed.name
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
@@ -200,7 +207,7 @@ def train_model(
         seconds=seconds,
         precision=precision,
         step=step,
-        adapted_to=parse_spec(config.adapt.target).name if adapting and config.adapt.target else None,
+        adapted_to=domain(config.adapt.target) if adapting and config.adapt.target else None,
         target_model=target_model,
     )
 
@@ -292,6 +299,11 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor, name: str = "model
     }
     runlog.log_model(
         name,
-        log=lambda: mlflow.pytorch.log_model(cpu_model, name=name, **described),
+        log=lambda: _log_pytorch_model(cpu_model, name, described),
         save=lambda path: mlflow.pytorch.save_model(cpu_model, path=str(path), **described),
     )
+
+
+def _log_pytorch_model(model: torch.nn.Module, name: str, described: dict[str, Any]) -> None:
+    with without_serving_check():  # evaluation checks this model; MLflow need not reload it to predict its example
+        mlflow.pytorch.log_model(model, name=name, **described)

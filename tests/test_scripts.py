@@ -184,3 +184,30 @@ def test_the_standard_protocol_prints_a_line_per_run_and_a_markdown_row_per_mode
         standard_protocol.main([*argv, "--seeds", "0"])
     assert info.value.code == 2
     assert "--seeds, --epochs and --threads must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_inference_times_each_format_of_a_runs_files(tmp_path, monkeypatch, capsys):
+    import bench_inference
+    import torch
+
+    from digitflow.export.exporters import export_torchscript
+    from digitflow.export.inputs import for_export
+    from digitflow.models import LeNet
+
+    run = tmp_path / "exports" / "run"
+    export_torchscript(for_export(LeNet().eval()), torch.rand(1, 1, 28, 28), run / "lenet.pt")  # a run's only file
+    monkeypatch.setenv("CXX", "no-such-compiler++")  # AOTInductor left out, saying why: its compile takes long
+    args = ["--export-dir", str(run), "--data-dir", str(tmp_path / "no-data"), "--calls", "3", "--passes", "1"]
+    assert bench_inference.main([*args, "--no-cpp"]) == 0
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "format" not in line]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| eager", "Python"],
+        ["| TorchScript", "Python"],
+        ["| torch.export", "Python"],
+    ]
+    assert "random images" in err
+    assert "AOTInductor left out: AOTInductor needs a C++ compiler" in err
+    with pytest.raises(SystemExit):
+        bench_inference.main(["--export-dir", str(tmp_path)])  # no lenet.pt there
+    assert "has no lenet.pt" in capsys.readouterr().err

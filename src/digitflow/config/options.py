@@ -40,6 +40,7 @@ from digitflow.config.schema import (
     AdversarialTrainingConfig,
     DataConfig,
     ExportConfig,
+    ExportFormat,
     ExportMode,
     FeatureLayer,
     GanArch,
@@ -227,6 +228,16 @@ EXPORT_MODE = Option(
     f"TorchScript: torch.jit.script or trace (default {_E.mode})",
     OUTPUT,
     choices=choices_of(ExportMode),
+)
+EXPORT_FORMATS = Option(
+    "export_formats",
+    str,
+    ",".join(_E.formats),
+    f"the exported files, comma-separated: {', '.join(choices_of(ExportFormat))} (AOTInductor: compiled ahead of "
+    "time, needs a C++ compiler, tens of seconds; if it cannot compile, one line says why and the others are kept); "
+    f"torchscript is always written, it is what gets registered (default {','.join(_E.formats)})",
+    OUTPUT,
+    metavar="FORMATS",
 )
 OUTPUT_DIR = Option(
     "output_dir",
@@ -481,6 +492,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         ),
     ),
     EXPORT_MODE,
+    EXPORT_FORMATS,
     OUTPUT_DIR,
     EXPERIMENT,
     Option(

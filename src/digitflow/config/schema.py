@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 TargetPreprocess = Literal["mnist-frame", "resize"]  # the keys of digitflow.data.framing.PREPROCESSORS
 ExportMode = Literal["script", "trace"]  # torch.jit.script or torch.jit.trace
+# the exported files: TorchScript lenet.pt, torch.export lenet.pt2, AOTInductor package lenet.aoti.pt2
+ExportFormat = Literal["torchscript", "export", "aoti"]
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,13 @@ class ExportConfig:
     """TorchScript / torch.export export, verification and registration."""
 
     mode: ExportMode = "script"  # "script" or "trace"
+    # the files written, in this order: torchscript (always: it is what gets registered), export (torch.export), aoti
+    # (the torch.export program compiled ahead of time by AOTInductor: needs a C++ compiler, tens of seconds on a CPU)
+    formats: tuple[ExportFormat, ...] = ("torchscript", "export")
     verify_images: int = 256
     max_abs_diff: float = 1e-5
+    # the AOTInductor package's limit: its fused kernels sum in another order than eager's (LeNet: 4e-6)
+    aoti_max_abs_diff: float = 1e-4
     latency_repeats: int = 50
     # seconds per model and batch size at most (warm-up included), then the median of the passes so far: a
     # batch of 256 takes milliseconds a pass on a CPU, and 60 passes of three models cost 4 s of every run;

@@ -23,6 +23,7 @@ from digitflow.config import (
     AugmentConfig,
     DataConfig,
     ExportConfig,
+    ExportFormat,
     OptimizerConfig,
     RobustnessConfig,
     RunConfig,
@@ -32,7 +33,7 @@ from digitflow.config import (
     to_dict,
     train_defaults,
 )
-from digitflow.config.options import RUN_OPTIONS, complete
+from digitflow.config.options import RUN_OPTIONS, choices_of, complete
 from digitflow.data import DATASETS, DatasetSpec, parse_spec
 from digitflow.data.framing import MODEL_SIZE, frame_images, get_preprocessor
 from digitflow.data.own import classes_of, has_labels
@@ -255,7 +256,11 @@ def build_config(**options: Any) -> RunConfig:
             augment=augment_config,
             adversarial=adversarial,
         ),
-        export=ExportConfig(mode=o["export_mode"], registered_model_name=registered_model_name(o["model"])),
+        export=ExportConfig(
+            mode=o["export_mode"],
+            formats=export_formats(o["export_formats"]),
+            registered_model_name=registered_model_name(o["model"]),
+        ),
         robustness=robustness,
         output_dir=o["output_dir"],
         checkpoint=o["checkpoint"],
@@ -361,6 +366,18 @@ def _frames(image_size: tuple[int, int], preprocess: str) -> bool:
 
 
 # --- robustness evaluation and adversarial training (issue 10) ----------------------------------
+
+
+def export_formats(text: str | list[str] | tuple[str, ...]) -> tuple[ExportFormat, ...]:
+    """The exported formats from ``--export-formats`` (``"torchscript,export,aoti"``; a list of names is taken too),
+    in the order they are written, TorchScript first and always (it is the registered model); a ConfigError names
+    an unknown format."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    valid = choices_of(ExportFormat)
+    for name in names:
+        if name not in valid:
+            raise ConfigError(f"unknown export format {name!r}; valid formats: {', '.join(valid)} (comma-separated)")
+    return tuple(f for f in valid if f == "torchscript" or f in names)
 
 
 def check_epsilon(eps: float, what: str) -> None:
