@@ -29,6 +29,7 @@ from digitflow.export.exporters import (
     verify_exports,
 )
 from digitflow.export.inputs import INPUT, for_export
+from digitflow.models.factory import model_label, model_name
 from reporting import timing
 from reporting.progress import run_logger
 from tasks.data import load_prepared
@@ -49,7 +50,9 @@ def export_model(
 ) -> dict[str, Any]:
     """Export the classifier in each of ``config.export.formats`` (TorchScript ``lenet.pt``, always;
     torch.export ``lenet.pt2``; AOTInductor ``lenet.aoti.pt2``, whose failure to compile is one warning
-    line and keeps the others), each taking float pixels in [0, 1] (:class:`PixelInput`), verify them on
+    line and keeps the others; another ``--model``'s files are named after it), each taking float pixels
+    in [0, 1] (:class:`PixelInput`); a TorchScript or torch.export file that cannot be written is one
+    ExportError line saying which and why (:func:`_export_files`). Verify them on
     real held-out images in a fresh Python that imports only torch, time them against eager, log them,
     and register the TorchScript model as a new version of ``config.export.registered_model_name``
     with alias ``config.export.alias``, tagged with the run's test and cross-domain metrics.
@@ -78,13 +81,12 @@ def export_model(
 
         exportable = for_export(trained.model)  # every file takes float pixels in [0, 1] (PixelInput)
         files: dict[str, Path] = {}  # metric name -> file, in the order written
+        stem = model_name(config.train.model)  # lenet.pt, lenet.pt2, lenet.aoti.pt2; another model: <name>.pt, ...
         with timing.part("export", "files"):
-            files["torchscript"] = export_torchscript(exportable, images[:1], out_dir / "lenet.pt", mode=cfg.mode)
-            if "export" in cfg.formats:
-                files["program"] = export_program(exportable, images[:1], out_dir / "lenet.pt2")
+            files.update(_export_files(exportable, images[:1], out_dir / stem, cfg))
         if "aoti" in cfg.formats:
             with timing.part("export", "aoti"):
-                aoti = _compile_aoti(exportable, images[:1], out_dir / "lenet.aoti.pt2")
+                aoti = _compile_aoti(exportable, images[:1], out_dir / f"{stem}.aoti.pt2")
             if aoti is not None:
                 files["aoti"] = aoti
         runlog.log_param("formats_written", ",".join(_FORMAT_OF[name] for name in files))
@@ -117,7 +119,7 @@ def export_model(
 
         with timing.part("export", "registration"):
             figures = {**test_metrics, **_headline(cross_metrics)}
-            version = _log_and_register(torchscript, images, parent_run_id, figures, cfg)
+            version = _log_and_register(torchscript, images, parent_run_id, figures, cfg, config.train.model)
         logger.info("registered %s version %s with alias %s", cfg.registered_model_name, version, cfg.alias)
 
     return {
@@ -132,6 +134,33 @@ def export_model(
 _FORMAT_OF = {"torchscript": "torchscript", "program": "export", "aoti": "aoti"}  # metric name -> --export-formats
 
 
+def _export_files(model: torch.nn.Module, example: torch.Tensor, stem: Path, cfg: ExportConfig) -> dict[str, Path]:
+    """``stem.pt`` (TorchScript, always) and ``stem.pt2`` (torch.export, if ``cfg.formats`` has it), by metric
+    name. Each is tried; if one fails, one ExportError line says which failed and why (and what the other
+    wrote), so the owner of a model that cannot be scripted learns at once whether tracing or torch.export
+    takes it."""
+    exports = {
+        "torchscript": (
+            f"torch.jit.{cfg.mode}",
+            lambda: export_torchscript(model, example, stem.with_suffix(".pt"), mode=cfg.mode),
+        )
+    }
+    if "export" in cfg.formats:
+        exports["program"] = ("torch.export", lambda: export_program(model, example, stem.with_suffix(".pt2")))
+    files: dict[str, Path] = {}
+    failed: dict[str, ExportError] = {}
+    for name, (what, export) in exports.items():
+        try:
+            files[name] = export()
+        except ExportError as exc:
+            failed[what] = exc
+    if failed:
+        hint = " (--export-mode trace may take it)" if "torch.jit.script" in failed else ""
+        done = "".join(f"; {exports[name][0]} wrote {path.name}" for name, path in files.items())
+        raise ExportError("; ".join(str(exc) for exc in failed.values()) + hint + done)
+    return files
+
+
 def _compile_aoti(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path | None:
     """The AOTInductor package, or None after one warning line saying why it could not be compiled: the run
     keeps its other files, and ``formats_written`` records what was written."""
@@ -144,10 +173,16 @@ def _compile_aoti(model: torch.nn.Module, example: torch.Tensor, path: Path) -> 
 
 
 def _log_and_register(
-    torchscript: Path, images: torch.Tensor, parent_run_id: str | None, figures: dict[str, float], cfg: ExportConfig
+    torchscript: Path,
+    images: torch.Tensor,
+    parent_run_id: str | None,
+    figures: dict[str, float],
+    cfg: ExportConfig,
+    model: str,
 ) -> str:
     """Log the TorchScript model on the parent run (signature, input example) and register it as a new
-    version of ``cfg.registered_model_name`` with alias ``cfg.alias``, tagged with ``figures``; its version."""
+    version of ``cfg.registered_model_name`` with alias ``cfg.alias``, tagged with ``figures`` and the
+    ``model`` spec; its version."""
     scripted = load_export(torchscript)
     signature, example = image_signature(scripted, images)
     with _without_pickle_warning(), without_serving_check():  # the verifier checked this file on real images
@@ -163,18 +198,20 @@ def _log_and_register(
             metadata={"input": INPUT, "output": "(N, classes) float logits"},  # beside the signature, in MLmodel
             pip_requirements=[torch_requirement()],
         )
-    version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, figures)
+    version = _register(info.model_uri, cfg.registered_model_name, cfg.alias, figures, {"model": model})
     mlflow.MlflowClient().update_model_version(
         cfg.registered_model_name,
         version,
-        description=_MODEL_DESCRIPTION.format(mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias),
+        description=_MODEL_DESCRIPTION.format(
+            model=model_label(model), mode=cfg.mode, name=cfg.registered_model_name, alias=cfg.alias
+        ),
     )
     return version
 
 
 _MODEL_DESCRIPTION = unwrap("""\
-LeNet digit classifier, TorchScript ({mode}). Input: float images `(N, 1, 28, 28)`, pixels in `[0, 1]` (bytes / 255),
-a white digit on black (normalization is inside); output: `(N, 10)` logits. Serve it with
+{model} digit classifier, TorchScript ({mode}). Input: float images `(N, 1, 28, 28)`, pixels in `[0, 1]` (bytes /
+255), a white digit on black (normalization is inside); output: `(N, classes)` logits. Serve it with
 `mlflow models serve -m models:/{name}@{alias} --env-manager local` and POST `{{"inputs": <images as nested lists>}}`
 to `/invocations`.
 """)
@@ -210,10 +247,15 @@ def _headline(cross_metrics: list[dict[str, float]]) -> dict[str, float]:
     return {k: v for m in cross_metrics for k, v in m.items() if "/class_" not in k}
 
 
-def _register(model_uri: str, name: str, alias: str, metrics: dict[str, float]) -> str:
-    """A new registered version of ``model_uri``, tagged with ``metrics`` and pointed to by ``alias``."""
+def _register(
+    model_uri: str, name: str, alias: str, metrics: dict[str, float], tags: dict[str, str] | None = None
+) -> str:
+    """A new registered version of ``model_uri``, tagged with ``metrics`` (and ``tags``) and pointed to by
+    ``alias``."""
     version = mlflow.register_model(model_uri, name).version
     client = mlflow.MlflowClient()
+    for key, text in (tags or {}).items():
+        client.set_model_version_tag(name, version, key, text)
     for key, value in metrics.items():
         if "/class_" not in key:
             client.set_model_version_tag(name, version, key, f"{value:.4f}")

@@ -1,4 +1,5 @@
-"""Training task: fit LeNet on a prepared dataset, with progress output and MLflow logging."""
+"""Training task: fit the run's model (LeNet by default) on a prepared dataset, with progress output and
+MLflow logging."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device, training_precision
 from digitflow.errors import DigitflowError
 from digitflow.evaluation.plots import training_curves
+from digitflow.models.factory import model_label
 from digitflow.training import cpu_share
 from digitflow.training.augment import build_augment
 from digitflow.training.checkpoint import load_checkpoint, load_model_state
@@ -100,10 +102,11 @@ def train_model(
     device = resolve_device(cfg.device)
     dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
     images, labels = model_inputs(dataset, config.data.target_preprocess, device)
-    model = build_model(dataset.num_classes, cfg.seed).to(device)
+    model = build_model(dataset.num_classes, cfg.seed, cfg.model).to(device)
     precision = training_precision(device, cfg.amp)
     logger.info(
-        "training LeNet on %s (%d images) on %s (%s) for %d epochs",
+        "training %s on %s (%d images) on %s (%s) for %d epochs",
+        model_label(cfg.model),
         data.spec,
         len(labels),
         device,
@@ -112,7 +115,7 @@ def train_model(
     )
 
     adapting = config.adapt.method is not None and adapt_data is not None
-    tags = {"dataset.train.digest": data.digest, "train.precision": precision}
+    tags = {"dataset.train.digest": data.digest, "train.precision": precision, "model": cfg.model}
     with child_run(run_name, parent_run_id, tags=tags):
         runlog.log_params(flatten(cfg, prefix="train."))
         if adapting:
@@ -235,6 +238,9 @@ def fit_on_ranks(
         command += ["-m", "tasks.ddp_worker", str(spec)]
         logger.info("data-parallel training on %d processes: %s", nproc, " ".join(command[1:]))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # each rank sets its own threads
+        # a --model package.module:Factory beside where the run started imports in the ranks too (they start
+        # in the project's folder)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path.cwd()), env.get("PYTHONPATH", "")) if p)
         last: collections.deque[str] = collections.deque(maxlen=40)
         with subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -162,6 +162,30 @@ def test_sweep_runs_settings_on_the_splits_given(tmp_path, monkeypatch, capsys):
     assert all("fashion-mnist:test 0." in line or "fashion-mnist:test 1." in line for line in lines[1:])
 
 
+def test_the_standard_protocol_prints_a_line_per_run_and_a_markdown_row_per_model(tmp_path, monkeypatch, capsys):
+    import standard_protocol
+
+    data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist", "usps"))
+    argv = ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--epochs", "1"]
+    assert standard_protocol.main([*argv, "--seeds", "2", "--models", "lenet,tests.toy_models:tiny"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("standard protocol: train mnist:train, test mnist:test, targets usps:test; cpu")
+    runs = [line.split(" seed ")[0].strip() + f" {line.split(' seed ')[1][0]}" for line in out if " seed " in line]
+    assert runs == ["lenet 0", "tests.toy_models:tiny 0", "lenet 1", "tests.toy_models:tiny 1"]  # interleaved
+    table = [line for line in out if line.startswith("|")]
+    assert table[0].split(" | ") == [
+        "| model", "seeds", "test accuracy mean", "worst", "USPS accuracy mean", "worst", "training time mean (s)",
+        "vs lenet |",
+    ]  # fmt: skip
+    assert table[2].startswith("| lenet | 2 | ")
+    assert table[2].endswith(" | 1.00x |")
+    assert table[3].startswith("| tests.toy_models:tiny | 2 | ")
+    with pytest.raises(SystemExit) as info:
+        standard_protocol.main([*argv, "--seeds", "0"])
+    assert info.value.code == 2
+    assert "--seeds, --epochs and --threads must be at least 1" in capsys.readouterr().err
+
+
 def test_bench_inference_times_each_format_of_a_runs_files(tmp_path, monkeypatch, capsys):
     import bench_inference
     import torch

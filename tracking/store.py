@@ -55,21 +55,22 @@ def unwrap(markdown: str) -> str:
 
 
 EXPERIMENT_DESCRIPTION = unwrap("""\
-**digitflow**: LeNet digit classifiers trained by the Prefect flow `digitflow-pipeline` (`digitflow run`, or a
-deployment run by a worker). One parent run per flow run, named after what it did: the options that differ
-from the defaults (`lr=0.01 augment=none`, `seed=1`, ...), then model, training split and epochs
-(`· LeNet mnist:train epochs=6`); drag the edge of the Run Name column to read it whole. The Prefect flow-run
-name is the tag `prefect.flow_run_name`. Each task is a child run: the `+` beside a parent opens them.
+**digitflow**: digit classifiers (LeNet, or the `--model` a run names) trained by the Prefect flow
+`digitflow-pipeline` (`digitflow run`, or a deployment run by a worker). One parent run per flow run, named after
+what it did: the options that differ from the defaults (`lr=0.01 augment=none`, `seed=1`, ...), then model, training
+split and epochs (`· LeNet mnist:train epochs=6`); drag the edge of the Run Name column to read it whole. The
+Prefect flow-run name is the tag `prefect.flow_run_name`. Each task is a child run: the `+` beside a parent opens
+them.
 
 To compare runs, add these columns (*Columns* above the table):
 
 - Metrics: `test/accuracy`, `test/loss`, `cross/usps/accuracy` (one `cross/<dataset>/accuracy` per cross-domain target)
-- Parameters: `data.train`, `train.epochs`, `train.optimizer.name`, `train.optimizer.kwargs.lr`, `train.seed`,
-  `train.augment.affine`
+- Parameters: `data.train`, `train.model`, `train.epochs`, `train.optimizer.name`, `train.optimizer.kwargs.lr`,
+  `train.seed`, `train.augment.affine`
 - Tags: `prefect.flow_run_name`, `git.commit`
 
 The exported TorchScript model of each run is a version of the registered model `digitflow-lenet`
-(*Models*; the newest has the alias `candidate`).
+(`digitflow-<model>` for another `--model`; *Models*; the newest has the alias `candidate`).
 """)
 
 

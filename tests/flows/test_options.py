@@ -85,6 +85,21 @@ def test_the_relative_step_of_adversarial_training_has_an_option_that_reaches_co
     assert pipeline.validate_parameters({"adv_train": "pgd", "adv_relative_step": 0.5})["adv_relative_step"] == 0.5
 
 
+def test_the_model_has_an_option_that_reaches_config_run_name_and_registered_name(command):
+    parser = subcommand("run")
+    params = flow_params(parser.parse_args(["--model", "tests.toy_models:TinyNet"]), RUN_OPTIONS)
+    config = build_config(**params)
+    assert config.train.model == "tests.toy_models:TinyNet"
+    assert config.export.registered_model_name == "digitflow-tinynet"
+    assert parent_run_name(config, default_run_config(config)).startswith("TinyNet mnist:train epochs=")
+    assert pipeline.validate_parameters({"model": "lenet"})["model"] == "lenet"
+    code, _, err = command("run", "--model", "tests.toy_models:not_a_module")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "digitflow: error: --model tests.toy_models:not_a_module: the factory returned a str, not a torch.nn.Module"
+    ]
+
+
 def test_export_formats_have_an_option_that_reaches_config_and_run_name(command):
     parser = subcommand("run")
     params = flow_params(parser.parse_args(["--export-formats", "export,aoti"]), RUN_OPTIONS)

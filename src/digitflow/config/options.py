@@ -32,6 +32,7 @@ from digitflow.config.schema import (
     DEFAULT_TARGETS,
     GAN_ARCH_DEFAULTS,
     GAN_LOSSES,
+    MODEL_TRAIN_DEFAULTS,
     OPTIMIZER_DEFAULTS,
     AdaptConfig,
     AdaptMethod,
@@ -217,7 +218,7 @@ CHECKPOINT = Option(
     str | None,
     None,
     "checkpoint file written after every epoch and read by --resume "
-    "(default: outputs/checkpoints/lenet-<hash of the training options>.pt)",
+    "(default: outputs/checkpoints/<model>-<hash of the training options>.pt)",
     metavar="FILE",
 )
 EXPORT_MODE = Option(
@@ -288,7 +289,24 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     *_in(
         TRAINING,
-        Option("epochs", int | None, None, f"(default {_either(_T.epochs, _GPU.epochs)})", value_type=int),
+        Option(
+            "model",
+            str,
+            _T.model,
+            "the model: lenet, minivgg (more accurate, trains longer) or package.module:Factory, your own "
+            "(docs/models.md); it names the registered model digitflow-<name> "
+            f"(default {_T.model})",
+            metavar="NAME",
+        ),
+        Option(
+            "epochs",
+            int | None,
+            None,
+            f"(default {_either(_T.epochs, _GPU.epochs)}"
+            + "".join(f"; {kw['epochs']} for {m}" for m, kw in MODEL_TRAIN_DEFAULTS.items() if "epochs" in kw)
+            + ")",
+            value_type=int,
+        ),
         Option(
             "batch_size",
             int | None,

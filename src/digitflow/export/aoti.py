@@ -23,6 +23,7 @@ from torch import nn
 
 from digitflow.errors import ConfigError, ExportError
 from digitflow.export.exporters import AOTI_SUFFIX, capture_program, cuda_home_warning_silenced
+from digitflow.export.inputs import class_name
 from digitflow.fileio import atomic_write, one_line
 
 
@@ -59,4 +60,4 @@ def export_aoti(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
         with cuda_home_warning_silenced():
             return atomic_write(path, write)
     except Exception as exc:
-        raise ExportError(f"AOTInductor could not compile {type(model).__name__}: {one_line(exc)}") from exc
+        raise ExportError(f"AOTInductor could not compile {class_name(model)}: {one_line(exc)}") from exc

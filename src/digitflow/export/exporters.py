@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from digitflow.errors import ConfigError, ExportError
+from digitflow.export.inputs import class_name
 from digitflow.fileio import atomic_write, one_line
 
 EXPORT_MODES = ("script", "trace")
@@ -90,7 +91,7 @@ def _check_example(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     if not isinstance(example, torch.Tensor):
         raise ConfigError(f"example input must be a tensor, got {type(example).__name__}")
     expected = tuple(getattr(model, "input_shape", ()) or ())
-    name = type(model).__name__
+    name = class_name(model)
     if expected and (example.dim() != len(expected) + 1 or tuple(example.shape[1:]) != expected):
         raise ConfigError(
             f"{name} cannot take images of shape {_shape(example.shape)}: it takes "
@@ -139,7 +140,7 @@ def export_torchscript(
                 with torch.no_grad():
                     compiled = torch.jit.trace(cpu_model, example)
         except Exception as exc:
-            raise ExportError(f"torch.jit.{mode} failed for {type(model).__name__}: {one_line(exc)}") from exc
+            raise ExportError(f"torch.jit.{mode} failed for {class_name(model)}: {one_line(exc)}") from exc
         return atomic_write(path, lambda tmp: torch.jit.save(compiled, str(tmp)))
 
 
@@ -173,7 +174,7 @@ def capture_program(model: nn.Module, example: torch.Tensor) -> torch.export.Exp
     try:
         return torch.export.export(cpu_model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:
-        raise ExportError(f"torch.export failed for {type(model).__name__}: {one_line(exc)}") from exc
+        raise ExportError(f"torch.export failed for {class_name(model)}: {one_line(exc)}") from exc
 
 
 def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -63,6 +63,13 @@ class PixelInput(nn.Module):
             raise ValueError("this model takes float pixels in [0, 1], got integers: divide bytes 0-255 by 255 first")
 
 
+def class_name(model: nn.Module) -> str:
+    """The class an error names: the model's, not the :class:`PixelInput` around it (``BranchyNet``, not
+    ``PixelInput``), so a user reads which of their models failed."""
+    inner = model.model if isinstance(model, PixelInput) else model
+    return type(inner).__name__
+
+
 def for_export(model: nn.Module) -> PixelInput:
     """``model`` inside :class:`PixelInput` (unless it is one already): what the exporters write."""
     return model if isinstance(model, PixelInput) else PixelInput(model)

@@ -26,7 +26,8 @@ from digitflow.export.exporters import (
     verify_export,
     verify_exports,
 )
-from digitflow.models import LeNet
+from digitflow.export.inputs import for_export
+from digitflow.models import LeNet, MiniVGG
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,20 @@ def test_one_process_verifies_every_file_of_an_export(exported, images, referenc
         verify_exports([exported["script"], broken], images, reference)
     assert str(broken) in str(info.value)
     assert "cannot load" in str(info.value)
+
+
+def test_the_second_builtin_model_scripts_and_exports_and_both_files_verify(images, tmp_path):
+    torch.manual_seed(0)
+    model = for_export(MiniVGG())  # as the pipeline writes it; training mode on purpose, as above
+    example = images[:1]
+    files = [
+        export_torchscript(model, example, tmp_path / "minivgg.pt"),
+        export_program(model, example, tmp_path / "minivgg.pt2"),
+    ]
+    results = verify_exports(files, images, eager_logits(model, images))  # one torch-only process for both
+    assert [r["mismatched_predictions"] for r in results] == [0, 0]
+    assert all(r["max_abs_diff"] <= 1e-5 for r in results)
+    assert load_export(files[1])(images).shape == (5, 10)
 
 
 def test_each_file_can_have_its_own_limit(exported, images, reference):
