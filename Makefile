@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2  # pytest-xdist processes for make test; 0 runs the suite in t
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help setup run lint test test-fast docs ui serve stop bench bench-run lock clean
+.PHONY: help setup run lint test test-fast docs ui serve stop team team-stop team-user bench bench-run bench-inference cpp lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,11 +51,26 @@ serve: setup ## Prefect server :4200, MLflow server :5000, work pool, deployment
 stop: ## end the processes make serve started (by pid file)
 	@if test -x $(BIN)/python; then $(BIN)/python scripts/serve.py stop; else echo "serve: nothing was running"; fi
 
+team: setup ## the team setup: PostgreSQL, S3 (moto), MLflow and Prefect with auth, 2 workers (scripts/team.py)
+	$(BIN)/python scripts/team.py start
+
+team-stop: ## end every process make team started (PostgreSQL's data stays in .team/)
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/team.py stop; else echo "team: nothing was running"; fi
+
+team-user: setup ## a MLflow user of the team setup and their credentials file (NAME=alice)
+	$(BIN)/python scripts/team.py user "$(NAME)"
+
 bench: setup ## seed-notes loop vs. this engine, images per second (ARGS="--data-dir DIR")
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 bench-run: setup ## where a whole run's time goes, 8k and 60k protocols, cold and warm (ARGS="--data-dir DIR")
 	$(BIN)/python scripts/bench_run.py $(ARGS)
+
+cpp: setup ## build the C++ consumer against the venv's libtorch: build/cpp/digitflow-classify (docs/cpp.md)
+	$(BIN)/python scripts/build_cpp.py $(ARGS)
+
+bench-inference: setup ## latency and throughput of eager, TorchScript, torch.export, AOTInductor; Python and C++
+	$(BIN)/python scripts/bench_inference.py $(ARGS)
 
 lock: setup ## regenerate constraints.txt from the current environment
 	@{ sed -n '1,/^# .make lock/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new

@@ -16,7 +16,8 @@ from prefect.artifacts import create_link_artifact
 
 from digitflow.config import GanConfig, flatten
 from digitflow.config.options import GAN_OPTIONS, defaults
-from digitflow.data import DATASETS, parse_spec
+from digitflow.data import parse_spec
+from digitflow.data.own import classes_of
 from digitflow.params.gan import build_gan_config, gan_checkpoint_path
 from digitflow.params.run import check_experiment, check_output_dir
 from flows.signature import takes_options
@@ -168,7 +169,7 @@ def gan_pipeline(**options: Any) -> GanSummary:
     experiment_id = setup_tracking(experiment, description=GAN_EXPERIMENT_DESCRIPTION, output_dir=config.output_dir)
     # A named judge is resolved before anything else: a URI that does not resolve, or a judge of another
     # number of classes, ends the run in seconds, before data, training or a parent run in MLflow.
-    num_classes = DATASETS[parse_spec(data.train).name].num_classes
+    num_classes = len(classes_of(parse_spec(data.train)))
     judge_model = load_judge(config.evaluation.judge, num_classes) if config.evaluation.judge else None
     tags = flow_run_tags()
     if config.evaluation.judge:

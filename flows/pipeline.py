@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 
 from digitflow.config import flatten
 from digitflow.config.options import RUN_OPTIONS, defaults
+from digitflow.errors import ExportError
 from digitflow.export.exporters import prestart_verifier
 from digitflow.params.run import (
     augment_family,
@@ -48,7 +49,8 @@ from tracking.store import setup_tracking
 @flow(name="digitflow-pipeline", log_prints=True)
 @takes_options(RUN_OPTIONS)
 def pipeline(**options: Any) -> PipelineSummary:
-    """Train LeNet on ``train``, evaluate on ``test``, test across domains on each ``target``, export.
+    """Train the model (LeNet by default) on ``train``, evaluate on ``test``, test across domains on each
+    ``target``, export.
 
     One parameter per option of ``digitflow run`` (digitflow/config/options.py, where each is defined
     with its type, default and help). Dataset specs look like ``mnist:train``, ``mnist:test[:8000]``,
@@ -123,8 +125,14 @@ def pipeline(**options: Any) -> PipelineSummary:
         )
         clock.lap("robustness")
 
-        # 5. export (TorchScript + torch.export), verify, register
-        exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)
+        # 5. export (TorchScript + torch.export), verify, register; a model that cannot be exported keeps
+        # what the run trained and measured, and the run ends with the reason in one line after its summary
+        export_error: ExportError | None = None
+        try:
+            exported = export_model(trained, test_data, config, test_metrics, cross_metrics, run_id)
+        except ExportError as exc:
+            exported, export_error = {}, exc
+            runlog.set_tag("export.error", str(exc))
         clock.lap("export")
 
         times = clock.breakdown()  # 6. where the time went: time/* metrics and a line of the summary
@@ -132,8 +140,19 @@ def pipeline(**options: Any) -> PipelineSummary:
         summary = PipelineSummary.collect(
             parent, experiment_id, trained, test_metrics, cross_metrics, exported, robust_metrics, times
         )
+        summary.export_error = str(export_error or "")
     publish_summary(summary)
+    if export_error is not None:
+        raise not_exported(export_error, checkpoint, run_id)
     return summary
+
+
+def not_exported(error: ExportError, checkpoint: str, run_id: str) -> ExportError:
+    """The one line a run ends with when its model could not be exported: why, and what it keeps."""
+    return ExportError(
+        f"the model was trained but not exported: {error}; the run keeps what it trained: the checkpoint "
+        f"{checkpoint}, the train step's logged model and every figure, in MLflow run {run_id}"
+    )
 
 
 def say_what_it_continues(continued: str | None) -> None:

@@ -35,6 +35,7 @@ class PipelineSummary:
     robust_accuracy: dict[str, float] = field(default_factory=dict)  # "robust/<attack>/accuracy_eps<step>"
     ui_command: str = "make ui"  # see tracking.ui.ui_command
     times: dict[str, float] = field(default_factory=dict)  # reporting.timing: time/<phase>, time/wall, time/own
+    export_error: str = ""  # why the model could not be exported (the run then registered nothing)
 
     @classmethod
     def collect(
@@ -98,7 +99,9 @@ class PipelineSummary:
         )
         if self.times:
             out.append(breakdown_line(self.times))
-        for key in ("torchscript_path", "program_path"):
+        if self.export_error:
+            out.append(f"not exported: {self.export_error}")
+        for key in ("torchscript_path", "program_path", "aoti_path"):
             if key in self.exported:
                 out.append(f"exported: {self.exported[key]}")
         if "model_version" in self.exported:

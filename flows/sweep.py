@@ -425,7 +425,7 @@ def _export_best(
     config = build_config(**trial_parameters(fixed, best["values"]))
     from digitflow.training.classifier import build_model
 
-    model = build_model(prepared["train"].num_classes, config.train.seed)
+    model = build_model(prepared["train"].num_classes, config.train.seed, config.train.model)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     trained = TrainedModel(model=model, device="cpu", images_per_sec=0.0, seconds=0.0)

@@ -8,14 +8,15 @@ here="$(cd "$(dirname "$0")" && pwd)"
 port="${MLFLOW_PORT:-5000}"
 uri="${MLFLOW_TRACKING_URI:-sqlite:///$here/mlflow.db}"
 artifacts=()
+shown="$(printf '%s' "$uri" | sed -E 's#^([a-z+]+://[^:/@]*):[^@/]*@#\1:***@#')"  # never a password as it is
 case "$uri" in
   http://* | https://*)
-    echo "mlflow/ui.sh: MLFLOW_TRACKING_URI is a tracking server ($uri): open it in a browser, it serves its own UI" >&2
+    echo "mlflow/ui.sh: MLFLOW_TRACKING_URI is a tracking server ($shown): open it in a browser, it serves its own UI (a team setup asks for your user and password)" >&2
     exit 2 ;;
   sqlite:///*)
     db="${uri#sqlite:///}"  # sqlite:////abs/path -> /abs/path; sqlite:///rel/path -> rel/path (from here, the cwd)
     if [[ -n "${MLFLOW_TRACKING_URI:-}" && ! -f "$db" ]]; then
-      echo "mlflow/ui.sh: no MLflow store at $db (MLFLOW_TRACKING_URI=$uri)" >&2
+      echo "mlflow/ui.sh: no MLflow store at $db (MLFLOW_TRACKING_URI=$shown)" >&2
       exit 2
     fi
     mkdir -p "$(dirname "$db")"

@@ -2,8 +2,8 @@
 
     python scripts/robustness_bench.py CHECKPOINT --data-dir ../shared/data [--images 1000 --pgd-steps 10 ...]
 
-CHECKPOINT is a pipeline checkpoint (``outputs/checkpoints/lenet-*.pt``, written after every epoch). Prints
-the seconds the curve took and the accuracy per epsilon (the worst case over every point tried, FGSM's
+CHECKPOINT is a pipeline checkpoint (``outputs/checkpoints/lenet-*.pt``, or another model's, written after every
+epoch). Prints the seconds the curve took and the accuracy per epsilon (the worst case over every point tried, FGSM's
 own, PGD's own), and the headline with its standard error. Run it on a quiet machine: it measures time.
 """
 
@@ -25,7 +25,7 @@ from digitflow.training.classifier import build_model
 def main() -> None:
     defaults = RobustnessConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a pipeline checkpoint (outputs/checkpoints/lenet-*.pt)")
+    parser.add_argument("checkpoint", help="a pipeline checkpoint (outputs/checkpoints/<model>-*.pt)")
     parser.add_argument("--data-dir", default="data", help="the official files (default ./data)")
     parser.add_argument("--cache-dir", default=".cache/digitflow")
     parser.add_argument("--spec", default="mnist:test", help="the held-out images (default mnist:test)")
@@ -40,8 +40,10 @@ def main() -> None:
     dataset = load_dataset(args.spec, args.data_dir, args.cache_dir, offline=True)
     images, labels = model_inputs(dataset, "mnist-frame", torch.device("cpu"))
     images, labels = images[: args.images], labels[: args.images]
-    model = build_model(dataset.num_classes, seed=0)
-    load_model_state(model, load_checkpoint(args.checkpoint)["model"])
+    state = load_checkpoint(args.checkpoint)
+    # the model the checkpoint was trained as (its settings name it; older checkpoints are LeNet's)
+    model = build_model(dataset.num_classes, 0, str(state.get("config", {}).get("model", "lenet")))
+    load_model_state(model, state["model"])
     model.eval()
 
     start = time.perf_counter()

@@ -273,11 +273,13 @@ def status(state: Path) -> int:
     return 0 if len(services) == len(SERVICES) else 1
 
 
-def port_free(port: int) -> bool:
-    """Whether 127.0.0.1:``port`` can be listened on."""
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host``:``port`` can be listened on (as the servers do, with SO_REUSEADDR: connections
+    a stopped server left in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True

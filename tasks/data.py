@@ -6,7 +6,6 @@ import functools
 import hashlib
 from pathlib import Path
 
-import mlflow
 import torch
 from mlflow.data.numpy_dataset import from_numpy
 from prefect import task
@@ -144,7 +143,7 @@ def log_dataset_input(dataset: DigitDataset, context: str) -> None:
         name=dataset.spec,
         digest=dataset.digest[:16],
     )
-    mlflow.log_input(ds, context=context)
+    runlog.log_input(ds, context=context)
 
 
 def prepare_data(spec: str, data_dir: str, cache_dir: str, offline: bool, parent_run_id: str | None) -> PreparedDataset:

@@ -50,7 +50,7 @@ def main(spec_path: str) -> int:
 
     dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
     images, labels = model_inputs(dataset, config.data.target_preprocess, device)
-    model = build_model(dataset.num_classes, cfg.seed).to(device)
+    model = build_model(dataset.num_classes, cfg.seed, cfg.model).to(device)
 
     on_epoch = None
     if rank == 0:

@@ -10,6 +10,7 @@ concurrency limit with one slot, which every worker of the same Prefect server s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tracking.store import sqlite_folder, store_lock, tracking_uri
 
 FLOW_RUN_PREFIX = "prefect.flow-run."  # an event's resource id: prefect.flow-run.<uuid>
 TAG_PREFIX = "promotion."  # the tags a decision leaves on the candidate's model version
+REGISTERED_MODEL_PARAM = "export.registered_model_name"  # the pipeline run's param: where its version is
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,12 @@ def export_check(run: mlflow.entities.Run) -> tuple[bool, str]:
 def read_candidate(run: mlflow.entities.Run, config: PromotionConfig) -> Candidate:
     """The model version a pipeline run registered, its figures (the run's metrics) and export check."""
     client = mlflow.MlflowClient()
-    versions = client.search_model_versions(f"name = '{config.registered_model_name}' and run_id = '{run.info.run_id}'")
+    # the registered model follows the run's model (digitflow-lenet, digitflow-<name>): the run's param says which
+    name = run.data.params.get(REGISTERED_MODEL_PARAM, config.registered_model_name)
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
     if not versions:
         raise ConfigError(
-            f"MLflow run {run.info.run_id} registered no version of {config.registered_model_name} "
+            f"MLflow run {run.info.run_id} registered no version of {name} "
             f"(status {run.info.status}): nothing to promote"
         )
     version = max(versions, key=lambda v: int(v.version))
@@ -164,7 +168,7 @@ def read_candidate(run: mlflow.entities.Run, config: PromotionConfig) -> Candida
     return Candidate(
         run_id=run.info.run_id,
         run_name=run.info.run_name or "",
-        model_name=config.registered_model_name,
+        model_name=name,
         version=str(version.version),
         figures=dict(run.data.metrics),
         export_verified=verified,
@@ -236,7 +240,9 @@ def decision_tags(outcome_decision: Decision, champion_before: str | None, promo
 def promote_if_better(candidate: Candidate, config: PromotionConfig, promoter: str = "digitflow promote") -> Outcome:
     """Compare ``candidate`` with the champion and move the alias to it if it is better, under the
     promotion lock; tag the candidate's version with the decision and the figures both ways (and a
-    displaced champion with its successor). ``promoter`` says who decided (a flow run, the CLI)."""
+    displaced champion with its successor). ``promoter`` says who decided (a flow run, the CLI). The
+    champion is that of the candidate's registered model (``digitflow-<model>``)."""
+    config = dataclasses.replace(config, registered_model_name=candidate.model_name)
     client = mlflow.MlflowClient()
     name, alias = config.registered_model_name, config.champion_alias
     with promotion_lock(config):

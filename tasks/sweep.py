@@ -149,7 +149,7 @@ def _train_and_evaluate(
     for prefix, prepared in [("test", data["test"]), *((f"cross/{target_key(t.spec)}", t) for t in data["targets"])]:
         dataset = load_prepared(prepared, dcfg.data_dir, dcfg.cache_dir)
         evaluations[prefix] = model_inputs(dataset, dcfg.target_preprocess, device)
-    model = build_model(train_set.num_classes, cfg.seed).to(device)
+    model = build_model(train_set.num_classes, cfg.seed, cfg.model).to(device)
     reporter = _pruning_reporter(prune, model, evaluations, metric) if prune else None
 
     def on_epoch(record: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
-"""Training task: fit LeNet on a prepared dataset, with progress output and MLflow logging."""
+"""Training task: fit the run's model (LeNet by default) on a prepared dataset, with progress output and
+MLflow logging."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from digitflow.data.framing import model_inputs
 from digitflow.device import resolve_device, training_precision
 from digitflow.errors import DigitflowError
 from digitflow.evaluation.plots import training_curves
+from digitflow.models.factory import model_label
 from digitflow.training import cpu_share
 from digitflow.training.augment import build_augment
 from digitflow.training.checkpoint import load_checkpoint, load_model_state
@@ -37,7 +39,7 @@ from reporting import timing
 from reporting.progress import EpochProgress, run_logger
 from tasks.data import adaptation_images, load_prepared, log_dataset_input
 from tracking import runlog
-from tracking.runs import child_run, torch_requirement
+from tracking.runs import child_run, torch_requirement, without_serving_check
 from tracking.store import PROJECT_ROOT
 
 
@@ -51,16 +53,23 @@ class TrainedModel:
     seconds: float
     precision: str = "float32"  # or "bfloat16 autocast"
     step: str = "eager"  # or "cuda-graph" (digitflow.training.cuda_graph); with the reason if graphs were not possible
-    # Domain adaptation (--adapt): the dataset adapted to, and the model with that domain's batch-norm
+    # Domain adaptation (--adapt): the dataset adapted to (:func:`domain`), and the model with that domain's batch-norm
     # statistics (digitflow.training.dann, AdaBN), which the cross-domain stage evaluates on that dataset's images.
     adapted_to: str | None = None
     target_model: torch.nn.Module | None = None
 
     def model_for(self, spec: str) -> torch.nn.Module:
         """The model to evaluate on ``spec``'s images: the target-statistics one for the dataset adapted to."""
-        if self.target_model is not None and parse_spec(spec).name == self.adapted_to:
+        if self.target_model is not None and domain(spec) == self.adapted_to:
             return self.target_model
         return self.model
+
+
+def domain(spec: str) -> str:
+    """The images a spec's split and slice are drawn from: a built-in dataset's name (``usps``), or a
+    user's files (``folder:/data/scans``), so that two folders are two domains."""
+    parsed = parse_spec(spec)
+    return f"{parsed.name}:{parsed.path}" if parsed.is_own else parsed.name
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
@@ -93,10 +102,11 @@ def train_model(
     device = resolve_device(cfg.device)
     dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
     images, labels = model_inputs(dataset, config.data.target_preprocess, device)
-    model = build_model(dataset.num_classes, cfg.seed).to(device)
+    model = build_model(dataset.num_classes, cfg.seed, cfg.model).to(device)
     precision = training_precision(device, cfg.amp)
     logger.info(
-        "training LeNet on %s (%d images) on %s (%s) for %d epochs",
+        "training %s on %s (%d images) on %s (%s) for %d epochs",
+        model_label(cfg.model),
         data.spec,
         len(labels),
         device,
@@ -105,7 +115,7 @@ def train_model(
     )
 
     adapting = config.adapt.method is not None and adapt_data is not None
-    tags = {"dataset.train.digest": data.digest, "train.precision": precision}
+    tags = {"dataset.train.digest": data.digest, "train.precision": precision, "model": cfg.model}
     with child_run(run_name, parent_run_id, tags=tags):
         runlog.log_params(flatten(cfg, prefix="train."))
         if adapting:
@@ -197,7 +207,7 @@ def train_model(
         seconds=seconds,
         precision=precision,
         step=step,
-        adapted_to=parse_spec(config.adapt.target).name if adapting and config.adapt.target else None,
+        adapted_to=domain(config.adapt.target) if adapting and config.adapt.target else None,
         target_model=target_model,
     )
 
@@ -228,6 +238,9 @@ def fit_on_ranks(
         command += ["-m", "tasks.ddp_worker", str(spec)]
         logger.info("data-parallel training on %d processes: %s", nproc, " ".join(command[1:]))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # each rank sets its own threads
+        # a --model package.module:Factory beside where the run started imports in the ranks too (they start
+        # in the project's folder)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path.cwd()), env.get("PYTHONPATH", "")) if p)
         last: collections.deque[str] = collections.deque(maxlen=40)
         with subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -286,6 +299,11 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor, name: str = "model
     }
     runlog.log_model(
         name,
-        log=lambda: mlflow.pytorch.log_model(cpu_model, name=name, **described),
+        log=lambda: _log_pytorch_model(cpu_model, name, described),
         save=lambda path: mlflow.pytorch.save_model(cpu_model, path=str(path), **described),
     )
+
+
+def _log_pytorch_model(model: torch.nn.Module, name: str, described: dict[str, Any]) -> None:
+    with without_serving_check():  # evaluation checks this model; MLflow need not reload it to predict its example
+        mlflow.pytorch.log_model(model, name=name, **described)

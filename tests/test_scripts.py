@@ -173,3 +173,54 @@ def test_predict_bench_times_rounds_of_the_prediction_on_a_kaggle_csv(tmp_path, 
     assert out.startswith("40 images of mnist:test as a Kaggle CSV")
     assert len(re.findall(r"^round \d: .* images/s \(model .*read .*score .*write .*\); accuracy", out, re.M)) == 2
     assert re.search(r"prediction task's work: median [\d.]+ s, [\d,]+ images/s", out)
+
+
+def test_the_standard_protocol_prints_a_line_per_run_and_a_markdown_row_per_model(tmp_path, monkeypatch, capsys):
+    import standard_protocol
+
+    data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist", "usps"))
+    argv = ["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--epochs", "1"]
+    assert standard_protocol.main([*argv, "--seeds", "2", "--models", "lenet,tests.toy_models:tiny"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("standard protocol: train mnist:train, test mnist:test, targets usps:test; cpu")
+    runs = [line.split(" seed ")[0].strip() + f" {line.split(' seed ')[1][0]}" for line in out if " seed " in line]
+    assert runs == ["lenet 0", "tests.toy_models:tiny 0", "lenet 1", "tests.toy_models:tiny 1"]  # interleaved
+    table = [line for line in out if line.startswith("|")]
+    assert table[0].split(" | ") == [
+        "| model", "seeds", "test accuracy mean", "worst", "USPS accuracy mean", "worst", "training time mean (s)",
+        "vs lenet |",
+    ]  # fmt: skip
+    assert table[2].startswith("| lenet | 2 | ")
+    assert table[2].endswith(" | 1.00x |")
+    assert table[3].startswith("| tests.toy_models:tiny | 2 | ")
+    with pytest.raises(SystemExit) as info:
+        standard_protocol.main([*argv, "--seeds", "0"])
+    assert info.value.code == 2
+    assert "--seeds, --epochs and --threads must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_inference_times_each_format_of_a_runs_files(tmp_path, monkeypatch, capsys):
+    import bench_inference
+    import torch
+
+    from digitflow.export.exporters import export_torchscript
+    from digitflow.export.inputs import for_export
+    from digitflow.models import LeNet
+
+    run = tmp_path / "exports" / "run"
+    export_torchscript(for_export(LeNet().eval()), torch.rand(1, 1, 28, 28), run / "lenet.pt")  # a run's only file
+    monkeypatch.setenv("CXX", "no-such-compiler++")  # AOTInductor left out, saying why: its compile takes long
+    args = ["--export-dir", str(run), "--data-dir", str(tmp_path / "no-data"), "--calls", "3", "--passes", "1"]
+    assert bench_inference.main([*args, "--no-cpp"]) == 0
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "format" not in line]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| eager", "Python"],
+        ["| TorchScript", "Python"],
+        ["| torch.export", "Python"],
+    ]
+    assert "random images" in err
+    assert "AOTInductor left out: AOTInductor needs a C++ compiler" in err
+    with pytest.raises(SystemExit):
+        bench_inference.main(["--export-dir", str(tmp_path)])  # no lenet.pt there
+    assert "has no lenet.pt" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from digitflow.errors import ConfigError
 # Params shown for every run, as (column, MLflow param key): what was trained on and how.
 KEY_PARAMS: tuple[tuple[str, str], ...] = (
     ("train", "data.train"),
+    ("model", "train.model"),
     ("test", "data.test"),
     ("epochs", "train.epochs"),
     ("optimizer", "train.optimizer.name"),
@@ -93,7 +94,9 @@ def runs_table(
     if not len(table):
         return table
     exports = _export_status(found.experiment_id, [r.info.run_id for r in runs])
-    versions = _model_versions(model_name)
+    # each run's version is in the registered model of its own model (digitflow-lenet, digitflow-<name>)
+    registered = {r.data.params.get("export.registered_model_name") or model_name for r in runs}
+    versions = {run_id: v for name in sorted(registered) for run_id, v in _model_versions(name).items()}
     table["export"] = [exports.get(run_id, "none") for run_id in table["run_id"]]
     table["version"] = [versions.get(run_id, ("", ""))[0] for run_id in table["run_id"]]
     table["aliases"] = [versions.get(run_id, ("", ""))[1] for run_id in table["run_id"]]

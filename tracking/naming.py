@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from digitflow.config import RunConfig, flatten
-from digitflow.models import LeNet
+from digitflow.models.factory import model_label
 
 _NAME_KEYS = ("train.", "data.test", "data.targets", "data.target_preprocess", "export.mode")
 _NAME_MAX = 240  # MLflow keeps run names up to 250 characters
@@ -28,7 +28,7 @@ def parent_run_name(config: RunConfig, defaults: RunConfig | None = None) -> str
         changed.insert(0, f"optimizer={config.train.optimizer.name}")
     if config.adapt.method is not None:  # domain adaptation first: it changes the most
         changed.insert(0, f"adapt={config.adapt.method}({config.adapt.target})")
-    what = f"{LeNet.__name__} {config.data.train} epochs={config.train.epochs}"
+    what = f"{model_label(config.train.model)} {config.data.train} epochs={config.train.epochs}"
     name = " ".join(changed) + " · " + what if changed else what
     return name if len(name) <= _NAME_MAX else name[: _NAME_MAX - 1] + "…"
 
@@ -41,7 +41,7 @@ def _name_items(config: RunConfig) -> dict[str, str]:
     flat = flatten(config)
     for key in sorted(flat, key=lambda k: not k.startswith("train.")):  # stable: training options first
         value = flat[key]
-        if not key.startswith(_NAME_KEYS) or key == "train.device" or value == {}:  # {}: no kwargs
+        if not key.startswith(_NAME_KEYS) or key in ("train.device", "train.model") or value == {}:  # {}: no kwargs
             continue
         if key.startswith("train.augment.") and "augment" not in items:  # which ones, as one item
             items["augment"] = "+".join(chosen) or "none"

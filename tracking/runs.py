@@ -174,6 +174,29 @@ def image_signature(model: Any, images: Any) -> tuple[ModelSignature, np.ndarray
     return infer_signature(example, output), example
 
 
+@contextlib.contextmanager
+def without_serving_check() -> Iterator[None]:
+    """Around ``log_model``: MLflow does not load the model it just saved to predict the input example.
+
+    Given an input example, ``Model.log`` loads the saved model back through pyfunc (scanning the
+    installed packages against its requirements) and predicts the example, to check it would serve:
+    0.3-0.6 s per logged model, twice per run. Our models are checked where it matters (the exported
+    files in a torch-only process on real images, the trained model by evaluation), and MLflow's own
+    switch (``validate_serving_input=False``) cannot be used with the PyTorch flavour, which hands every
+    extra argument to ``torch.save``. So this swaps that one check (``mlflow.models.utils.
+    _validate_serving_input``, read by ``Model.log`` at each call) for a no-op while the block runs; the
+    example and the signature are saved as before.
+    """
+    import mlflow.models.utils as model_utils
+
+    check = model_utils._validate_serving_input
+    model_utils._validate_serving_input = lambda model_uri, serving_input: None
+    try:
+        yield
+    finally:
+        model_utils._validate_serving_input = check
+
+
 def log_confusion(confusion, classes: list[str], artifact_dir: str, title: str) -> None:
     """A confusion matrix as a PNG heat map and a CSV table (rows = true, columns = predicted)."""
     import pandas as pd

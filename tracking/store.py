@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from digitflow.errors import DigitflowError
-from tracking import runlog
+from tracking import credentials, runlog
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = PROJECT_ROOT / "mlflow"
@@ -53,26 +55,30 @@ def unwrap(markdown: str) -> str:
 
 
 EXPERIMENT_DESCRIPTION = unwrap("""\
-**digitflow**: LeNet digit classifiers trained by the Prefect flow `digitflow-pipeline` (`digitflow run`, or a
-deployment run by a worker). One parent run per flow run, named after what it did: the options that differ
-from the defaults (`lr=0.01 augment=none`, `seed=1`, ...), then model, training split and epochs
-(`· LeNet mnist:train epochs=6`); drag the edge of the Run Name column to read it whole. The Prefect flow-run
-name is the tag `prefect.flow_run_name`. Each task is a child run: the `+` beside a parent opens them.
+**digitflow**: digit classifiers (LeNet, or the `--model` a run names) trained by the Prefect flow
+`digitflow-pipeline` (`digitflow run`, or a deployment run by a worker). One parent run per flow run, named after
+what it did: the options that differ from the defaults (`lr=0.01 augment=none`, `seed=1`, ...), then model, training
+split and epochs (`· LeNet mnist:train epochs=6`); drag the edge of the Run Name column to read it whole. The
+Prefect flow-run name is the tag `prefect.flow_run_name`. Each task is a child run: the `+` beside a parent opens
+them.
 
 To compare runs, add these columns (*Columns* above the table):
 
 - Metrics: `test/accuracy`, `test/loss`, `cross/usps/accuracy` (one `cross/<dataset>/accuracy` per cross-domain target)
-- Parameters: `data.train`, `train.epochs`, `train.optimizer.name`, `train.optimizer.kwargs.lr`, `train.seed`,
-  `train.augment.affine`
+- Parameters: `data.train`, `train.model`, `train.epochs`, `train.optimizer.name`, `train.optimizer.kwargs.lr`,
+  `train.seed`, `train.augment.affine`
 - Tags: `prefect.flow_run_name`, `git.commit`
 
 The exported TorchScript model of each run is a version of the registered model `digitflow-lenet`
-(*Models*; the newest has the alias `candidate`).
+(`digitflow-<model>` for another `--model`; *Models*; the newest has the alias `candidate`).
 """)
 
 
 def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else the project's SQLite store ``mlflow/mlflow.db``."""
+    """``$MLFLOW_TRACKING_URI`` if set, else the project's SQLite store ``mlflow/mlflow.db``. A password
+    in it is moved into MLflow's credential variables first (:mod:`tracking.credentials`), so what this
+    returns can be printed and logged."""
+    credentials.split_uri_credentials()
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE_DIR / 'mlflow.db'}"
 
 
@@ -110,7 +116,7 @@ def setup_tracking(
     runlog.keep_in(Path(output_dir) / "unlogged")
     local_store = sqlite_folder(uri)
     if local_store is None:
-        problem = server_problem(uri)
+        problem = server_problem(uri, experiment=experiment)
         if problem:
             raise TrackingError(problem)
         experiment_id = _experiment_id(experiment, location=None)
@@ -166,13 +172,16 @@ def _experiment_id(name: str, location: str | None) -> str:
         return str(found.experiment_id)
 
 
-def server_problem(uri: str, timeout_s: float = 5.0) -> str | None:
+def server_problem(uri: str, timeout_s: float = 5.0, experiment: str | None = None) -> str | None:
     """One line saying why the tracking server at ``uri`` cannot be used, or None when it answers
-    (its ``/health`` endpoint). Checked before a run starts, so it fails before any training."""
+    (its ``/health`` endpoint) and accepts this user's credentials (a search of experiments: 401 when
+    they are missing or wrong) and, given ``experiment``, lets them use it (403 when not granted).
+    Checked before a run starts, so it fails before any training; it names what to set, never a value."""
     if not uri.startswith(("http://", "https://")):
         return None
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+        with urllib.request.urlopen(f"{base}/health", timeout=timeout_s) as response:
             response.read()
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
@@ -180,6 +189,20 @@ def server_problem(uri: str, timeout_s: float = 5.0) -> str | None:
             f"the MLflow tracking server at {uri} cannot be reached ({reason}); start it (make serve) "
             "or point MLFLOW_TRACKING_URI at one that runs"
         )
+    checks = [("/api/2.0/mlflow/experiments/search?max_results=1", "")]
+    if experiment:
+        query = urllib.parse.urlencode({"experiment_name": experiment})
+        checks.append((f"/api/2.0/mlflow/experiments/get-by-name?{query}", f"on experiment {experiment}"))
+    for path, what in checks:
+        request = urllib.request.Request(base + path, headers=credentials.mlflow_auth_header())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return credentials.refused_line("MLflow", uri, exc.code, what)
+        except (OSError, ValueError):
+            return None  # it answered /health: MLflow's own retries and messages take it from here
     return None
 
 

@@ -17,6 +17,7 @@ from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowE
 from flows.interrupt import RunSignals
 from flows.local_server import use_local_server
 from reporting.logs import quiet_expected_errors
+from tracking.credentials import CredentialsError, load_credentials
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -140,6 +141,8 @@ def run_flow(
     try:
         with signals:
             server = use_local_server()  # before the flow's imports: Prefect reads its API url at import
+            if server is None:  # a configured server: say in one line if it refuses us
+                exit_unless_prefect_lets_us_in()
             quiet_expected_errors(full_in_log=False)  # the CLI prints an expected error in full, last
             signals.replace_prefect_sigterm_handler()
             flow = load()
@@ -178,6 +181,23 @@ def without_flow_heartbeats() -> Iterator[None]:
         yield
 
 
+def exit_unless_prefect_lets_us_in() -> None:
+    """A one-line DigitflowError when the configured Prefect server cannot be reached or refuses this
+    process's credentials (flows/prefect_access.py)."""
+    from flows.local_server import configured_api_url
+    from flows.prefect_access import server_problem
+
+    url = configured_api_url()
+    problem = server_problem(url) if url else None
+    if problem:
+        raise DigitflowError(problem)
+
+
 def setup_environment() -> None:
-    """Process-wide settings every command wants before Prefect is imported."""
+    """Process-wide settings every command wants before Prefect is imported: the credentials of
+    ``$DIGITFLOW_CREDENTIALS`` (tracking/credentials.py; a file that cannot be read is one line)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        load_credentials()
+    except CredentialsError as exc:
+        sys.exit(f"digitflow: error: {exc}")

@@ -11,7 +11,14 @@ from typing import Any
 from digitflow.config.options import PREDICT_OPTIONS
 from digitflow.errors import ConfigError, DataError, DigitflowError
 from flows.cli.checks import exit_unless_tracking_server_answers
-from flows.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, add_options, flow_params, without_flow_heartbeats
+from flows.cli.options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    add_options,
+    exit_unless_prefect_lets_us_in,
+    flow_params,
+    without_flow_heartbeats,
+)
 
 NAME = "predict"
 EPILOG = """\
@@ -57,6 +64,8 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
         from flows.local_server import use_local_server
 
         server = use_local_server()  # before Prefect is imported, which reads its API url then
+        if server is None:  # a configured server: say in one line if it refuses us
+            exit_unless_prefect_lets_us_in()
         from flows.predict import predict  # imports Prefect and MLflow: only once the options are valid
         from reporting.logs import quiet_expected_errors
 

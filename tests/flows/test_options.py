@@ -10,6 +10,7 @@ import sys
 import pytest
 from prefect.utilities.callables import parameter_schema
 
+from digitflow.config import flatten
 from digitflow.config.options import GAN_OPTIONS, PREDICT_OPTIONS, PROMOTE_OPTIONS, RUN_OPTIONS, SWEEP_OPTIONS, Option
 from digitflow.params.run import build_config, default_run_config
 from flows.cli import build_parser
@@ -89,6 +90,35 @@ def test_the_relative_step_of_adversarial_training_has_an_option_that_reaches_co
     assert config.train.adversarial.relative_step == 0.5
     assert "adv-relative-step=0.5" in parent_run_name(config, default_run_config(config))
     assert pipeline.validate_parameters({"adv_train": "pgd", "adv_relative_step": 0.5})["adv_relative_step"] == 0.5
+
+
+def test_the_model_has_an_option_that_reaches_config_run_name_and_registered_name(command):
+    parser = subcommand("run")
+    params = flow_params(parser.parse_args(["--model", "tests.toy_models:TinyNet"]), RUN_OPTIONS)
+    config = build_config(**params)
+    assert config.train.model == "tests.toy_models:TinyNet"
+    assert config.export.registered_model_name == "digitflow-tinynet"
+    assert parent_run_name(config, default_run_config(config)).startswith("TinyNet mnist:train epochs=")
+    assert pipeline.validate_parameters({"model": "lenet"})["model"] == "lenet"
+    code, _, err = command("run", "--model", "tests.toy_models:not_a_module")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "digitflow: error: --model tests.toy_models:not_a_module: the factory returned a str, not a torch.nn.Module"
+    ]
+
+
+def test_export_formats_have_an_option_that_reaches_config_and_run_name(command):
+    parser = subcommand("run")
+    params = flow_params(parser.parse_args(["--export-formats", "export,aoti"]), RUN_OPTIONS)
+    config = build_config(**params)
+    assert config.export.formats == ("torchscript", "export", "aoti")  # TorchScript always: it is registered
+    assert build_config().export.formats == ("torchscript", "export")
+    assert flatten(config)["export.formats"] == ["torchscript", "export", "aoti"]  # the run's MLflow params
+    assert "aoti" not in parent_run_name(config, default_run_config(config))  # a file more, the same model
+    assert pipeline.validate_parameters({"export_formats": "aoti"})["export_formats"] == "aoti"
+    code, _, err = command("run", "--export-formats", "torchscript,onnx")
+    assert code == 2
+    assert "unknown export format 'onnx'; valid formats: torchscript, export, aoti" in err
 
 
 def test_lr_is_a_flat_parameter_that_wins_over_opt_lr():

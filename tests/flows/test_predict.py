@@ -16,6 +16,7 @@ import torch
 from digitflow.data.framing import frame_images
 from digitflow.data.registry import DIGIT_CLASSES
 from digitflow.export.exporters import export_torchscript
+from digitflow.export.inputs import for_export
 from digitflow.export.metadata import ModelMetadata
 from digitflow.models import LeNet
 from tests.fakedata import fake_digits, write_image_folder, write_kaggle_csv
@@ -32,7 +33,7 @@ pytestmark = [  # MLflow loading the registered TorchScript model back when it l
 def model_file(tmp_path) -> Path:
     """An untrained LeNet exported as digitflow run exports: with its class names and framing."""
     torch.manual_seed(0)
-    model = LeNet().eval()
+    model = for_export(LeNet().eval())  # as the export task wraps it: PixelInput
     record = ModelMetadata(DIGIT_CLASSES, "resize")
     return export_torchscript(model, torch.rand(1, 1, 28, 28), tmp_path / "lenet.pt", metadata=record)
 

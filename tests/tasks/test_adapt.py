@@ -41,3 +41,18 @@ def test_shuffled_target_labels_give_the_same_weights(tmp_path, monkeypatch):
     assert shuffled_digest != digest  # the labels did change, and the data were read again
     assert weights.keys() == shuffled_weights.keys()
     assert all(torch.equal(weights[k], shuffled_weights[k]) for k in weights)
+
+
+def test_the_adapted_model_is_used_on_its_own_domain_only():
+    """Two folders of a user's are two domains: the target-statistics model serves only the one adapted to."""
+    import torch
+
+    from tasks.train import TrainedModel, domain
+
+    source, target = torch.nn.Identity(), torch.nn.Identity()
+    trained = TrainedModel(source, "cpu", 0.0, 0.0, adapted_to=domain("folder:/scans/a"), target_model=target)
+    assert trained.model_for("folder:/scans/a?split=test") is target
+    assert trained.model_for("folder:/scans/b") is source
+    assert trained.model_for("usps:test") is source
+    usps = TrainedModel(source, "cpu", 0.0, 0.0, adapted_to=domain("usps:train"), target_model=target)
+    assert usps.model_for("usps:test[:100]") is target

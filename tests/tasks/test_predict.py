@@ -15,6 +15,7 @@ from digitflow.data.framing import model_inputs
 from digitflow.data.registry import DIGIT_CLASSES
 from digitflow.errors import ConfigError
 from digitflow.export.exporters import export_torchscript
+from digitflow.export.inputs import for_export
 from digitflow.export.metadata import ModelMetadata, run_metadata
 from digitflow.models import LeNet
 from tasks.data import download_dataset, load_prepared, prepare_dataset
@@ -46,11 +47,11 @@ def test_a_registered_model_loads_with_its_record_scores_and_logs_the_prediction
     images, labels = model_inputs(dataset, "mnist-frame", "cpu")
     record = run_metadata(DataConfig(train="mnist:train"))
     torch.manual_seed(0)  # an untrained LeNet: registered as the export task registers it (its own test trains one)
-    torchscript = export_torchscript(LeNet(), images[:1], tmp_path / "lenet.pt", metadata=record)
+    torchscript = export_torchscript(for_export(LeNet()), images[:1], tmp_path / "lenet.pt", metadata=record)
     setup_tracking("predict-test")
     with mlflow.start_run() as pipeline:
         parent_id = pipeline.info.run_id
-        _log_and_register(torchscript, images, parent_id, {"test/accuracy": 0.5}, ExportConfig())
+        _log_and_register(torchscript, images, parent_id, {"test/accuracy": 0.5}, ExportConfig(), "lenet")
 
     with disable_run_logger():
         by_alias = load_model.fn("models:/digitflow-lenet@candidate")  # what the registry hands out

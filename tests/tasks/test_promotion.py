@@ -18,11 +18,15 @@ from tasks.promotion import find_candidate, flow_run_uuid, promote_if_better
 MODEL = PromotionConfig.registered_model_name
 
 
-def fake_pipeline_run(test_acc: float, usps_acc: float, *, export_ok: bool = True, flow_run_id: str = "") -> str:
-    """A parent run as the pipeline leaves it: headline metrics, an export child run, a model version."""
+def fake_pipeline_run(
+    test_acc: float, usps_acc: float, *, export_ok: bool = True, flow_run_id: str = "", model: str = MODEL
+) -> str:
+    """A parent run as the pipeline leaves it: headline metrics, an export child run, a model version
+    (of the registered model ``model``, which the run's params name, as the pipeline's do)."""
     mlflow.set_experiment("promote-test")
     tags = {"prefect.flow_run_id": flow_run_id} if flow_run_id else {}
     with mlflow.start_run(run_name=f"acc={test_acc}", tags=tags) as parent:
+        mlflow.log_param("export.registered_model_name", model)
         mlflow.log_metrics({"test/accuracy": test_acc, "test/loss": 0.1, "cross/usps/accuracy": usps_acc})
         with mlflow.start_run(run_name="export", nested=True):
             mlflow.log_param("max_abs_diff", 1e-5)
@@ -36,9 +40,9 @@ def fake_pipeline_run(test_acc: float, usps_acc: float, *, export_ok: bool = Tru
             )
     client = mlflow.MlflowClient()
     with contextlib.suppress(mlflow.exceptions.MlflowException):  # it exists after the first run
-        client.create_registered_model(MODEL)
+        client.create_registered_model(model)
     client.create_model_version(
-        MODEL, source=f"{parent.info.artifact_uri}/torchscript-model", run_id=parent.info.run_id
+        model, source=f"{parent.info.artifact_uri}/torchscript-model", run_id=parent.info.run_id
     )
     return parent.info.run_id
 
@@ -153,3 +157,14 @@ def test_the_flow_publishes_the_decision_as_a_markdown_artifact(mlflow_store, pr
     assert isinstance(markdown, str)
     assert "version 1: promoted" in markdown
     assert version_tags("1")["promotion.decided_by"].startswith("digitflow-promote flow run ")
+
+
+def test_each_model_has_its_own_champion(mlflow_store):
+    lenet = promote(fake_pipeline_run(0.990, 0.940))
+    other = promote(fake_pipeline_run(0.980, 0.900, model="digitflow-tinynet"))  # worse than LeNet's: no matter
+    assert other.candidate.model_name == "digitflow-tinynet"
+    assert other.decision.promote
+    assert other.champion_before is None
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias("digitflow-tinynet", "champion").run_id == other.candidate.run_id
+    assert champion_version() == lenet.candidate.version == "1"

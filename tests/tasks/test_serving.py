@@ -81,7 +81,10 @@ def test_registered_model_has_a_signature_and_scores_mlflows_json_payload(tmp_pa
 
     version = mlflow.MlflowClient().get_model_version_by_alias("digitflow-lenet", "candidate")
     assert version.run_id == parent_id  # "Source Run" is the pipeline run, not its export step
-    signature = mlflow.models.get_model_info(MODEL_URI).signature
+    info = mlflow.models.get_model_info(MODEL_URI)
+    signature = info.signature
+    described = (info.metadata or {}).get("input", "")  # beside the signature, in MLmodel
+    assert described.startswith("float images (N, 1, 28, 28), pixels in [0, 1] (bytes / 255)")
     [inputs], [outputs] = signature.inputs.inputs, signature.outputs.inputs
     assert (inputs.type, inputs.shape) == (np.dtype("float64"), (-1, 1, 28, 28))
     assert outputs.shape == (-1, 10)

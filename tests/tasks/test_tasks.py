@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -82,8 +83,14 @@ def test_a_flow_run_is_a_deployment_run_only_when_a_deployment_started_it(prefec
     assert in_deployment_run() is False
 
 
-def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir, mlflow_store):
+def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir, mlflow_store, monkeypatch):
     config = tiny_config(tmp_path, data_dir)
+    # AOTInductor asked for where it cannot compile: one warning line, the other formats kept (the compile
+    # itself, tens of seconds, is tested in tests/test_cpp_consumer.py)
+    config = dataclasses.replace(
+        config, export=dataclasses.replace(config.export, formats=("torchscript", "export", "aoti"))
+    )
+    monkeypatch.setenv("CXX", "no-such-compiler++")
     setup_tracking("tasks-test")
     with disable_run_logger(), mlflow.start_run() as parent:
         pid = parent.info.run_id
@@ -125,9 +132,18 @@ def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir
 
     assert Path(exported["torchscript_path"]).is_file()
     assert Path(exported["program_path"]).is_file()
+    assert "aoti_path" not in exported
+    assert not list(Path(exported["torchscript_path"]).parent.glob("*.aoti.pt2*"))
     for path in (exported["torchscript_path"], exported["program_path"]):  # what digitflow predict reads
         assert load_scoring_model(path).metadata == run_metadata(config.data)
     assert exported["export/torchscript_max_abs_diff"] <= 1e-5
+    export_run = runs["export"].data
+    assert (export_run.params["formats"], export_run.params["formats_written"]) == (
+        "torchscript,export,aoti",
+        "torchscript,export",
+    )
+    assert "no-such-compiler++" in export_run.tags["export.aoti_error"]
+    assert {"export/program_max_abs_diff", "export/program_ms_b1"} <= set(export_run.metrics)
     version = client.get_model_version_by_alias("digitflow-lenet", "candidate")
     assert str(version.version) == exported["model_version"]
     assert float(version.tags["test/accuracy"]) == pytest.approx(test_metrics["test/accuracy"], abs=1e-4)

@@ -28,6 +28,7 @@ def fake_run(name: str, lr: float, epochs: int, acc: float, usps: float | None, 
                 "train.optimizer.kwargs.lr": lr,
                 "train.batch_size": 64,
                 "train.seed": 0,
+                "train.model": "lenet",
             }
         )
         mlflow.log_metrics({"test/accuracy": acc, "test/loss": 1 - acc})
@@ -64,7 +65,7 @@ def test_one_row_per_pipeline_run_newest_first_with_params_figures_export_and_mo
     table = runs_table("compare-test")
     assert list(table["run_id"]) == store[::-1]
     assert list(table.columns) == [
-        "run", "started", "status", "train", "test", "epochs", "optimizer", "lr", "batch", "seed",
+        "run", "started", "status", "train", "model", "test", "epochs", "optimizer", "lr", "batch", "seed",
         "test/accuracy", "test/loss", "cross/usps/accuracy", "export", "version", "aliases", "run_id",
     ]  # fmt: skip
     row = table.set_index("run").loc["LeNet mnist:train epochs=3"]
@@ -105,7 +106,7 @@ def test_formats(store):
     assert "0.9902" in text
     assert "candidate,champion" in text
     csv = render(table, "csv")
-    assert csv.splitlines()[0].startswith("run,started,status,train,test,epochs")
+    assert csv.splitlines()[0].startswith("run,started,status,train,model,test,epochs")
     markdown = render(table, "markdown").splitlines()
     assert markdown[0].startswith("| run | started |")
     assert markdown[1].startswith("|---|---|")
@@ -156,3 +157,18 @@ def test_the_children_of_one_run_with_extra_tag_and_param_columns(store, capsys)
     printed = capsys.readouterr().out
     assert "train" in printed
     assert "lr=0.01 · LeNet" not in printed
+
+
+def test_a_run_of_another_model_shows_the_version_of_its_own_registered_model(store):
+    mlflow.set_experiment("compare-test")
+    with mlflow.start_run(run_name="tinynet mnist:train epochs=6") as run:
+        mlflow.log_params({"train.model": "tinynet", "export.registered_model_name": "digitflow-tinynet"})
+    client = mlflow.MlflowClient()
+    client.create_registered_model("digitflow-tinynet")
+    client.create_model_version("digitflow-tinynet", source="file:///y", run_id=run.info.run_id)
+    client.set_registered_model_alias("digitflow-tinynet", "candidate", "1")
+    table = runs_table("compare-test").set_index("run")
+    assert table.loc["tinynet mnist:train epochs=6", "model"] == "tinynet"
+    assert table.loc["tinynet mnist:train epochs=6", "version"] == "1"
+    assert table.loc["tinynet mnist:train epochs=6", "aliases"] == "candidate"
+    assert table.loc["LeNet mnist:train epochs=3", "version"] == "2"  # the LeNet runs keep theirs

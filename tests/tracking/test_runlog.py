@@ -210,3 +210,39 @@ def test_replay_logs_more_tags_and_params_than_one_batch_takes(server, mlflow_st
     data = mlflow.MlflowClient().get_run(ids["run"]).data
     assert len([k for k in data.tags if k.startswith("tag.")]) == 150
     assert len(data.params) == 250
+
+
+def test_log_input_tries_again_when_another_run_created_the_same_dataset_at_once(monkeypatch):
+    calls = []
+    race = MlflowException(
+        "BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "
+        '"dataset_pk"\nDETAIL:  Key (experiment_id, name, digest)=(1, mnist:test[9700:], 2722) already exists.'
+    )
+
+    def log_input(dataset, context):
+        calls.append((dataset, context))
+        if len(calls) == 1:
+            raise race
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    monkeypatch.setattr(runlog.time, "sleep", lambda s: None)
+    runlog.log_input("ds", context="prepared")
+    assert calls == [("ds", "prepared"), ("ds", "prepared")]
+
+    calls.clear()
+
+    def always(dataset, context):
+        calls.append((dataset, context))
+        raise race
+
+    monkeypatch.setattr(mlflow, "log_input", always)
+    with pytest.raises(MlflowException, match="dataset_pk"):
+        runlog.log_input("ds", context="prepared")
+    assert len(calls) == 3  # then it gives up, with MLflow's own error
+
+    def other(dataset, context):
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no run")
+
+    monkeypatch.setattr(mlflow, "log_input", other)
+    with pytest.raises(MlflowException, match="no run"):
+        runlog.log_input("ds", context="prepared")

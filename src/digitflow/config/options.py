@@ -32,6 +32,7 @@ from digitflow.config.schema import (
     DEFAULT_TARGETS,
     GAN_ARCH_DEFAULTS,
     GAN_LOSSES,
+    MODEL_TRAIN_DEFAULTS,
     OPTIMIZER_DEFAULTS,
     AdaptConfig,
     AdaptMethod,
@@ -39,6 +40,7 @@ from digitflow.config.schema import (
     AdversarialTrainingConfig,
     DataConfig,
     ExportConfig,
+    ExportFormat,
     ExportMode,
     FeatureLayer,
     GanArch,
@@ -216,7 +218,7 @@ CHECKPOINT = Option(
     str | None,
     None,
     "checkpoint file written after every epoch and read by --resume "
-    "(default: outputs/checkpoints/lenet-<hash of the training options>.pt)",
+    "(default: outputs/checkpoints/<model>-<hash of the training options>.pt)",
     metavar="FILE",
 )
 EXPORT_MODE = Option(
@@ -226,6 +228,16 @@ EXPORT_MODE = Option(
     f"TorchScript: torch.jit.script or trace (default {_E.mode})",
     OUTPUT,
     choices=choices_of(ExportMode),
+)
+EXPORT_FORMATS = Option(
+    "export_formats",
+    str,
+    ",".join(_E.formats),
+    f"the exported files, comma-separated: {', '.join(choices_of(ExportFormat))} (AOTInductor: compiled ahead of "
+    "time, needs a C++ compiler, tens of seconds; if it cannot compile, one line says why and the others are kept); "
+    f"torchscript is always written, it is what gets registered (default {','.join(_E.formats)})",
+    OUTPUT,
+    metavar="FORMATS",
 )
 OUTPUT_DIR = Option(
     "output_dir",
@@ -277,7 +289,24 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     *_in(
         TRAINING,
-        Option("epochs", int | None, None, f"(default {_either(_T.epochs, _GPU.epochs)})", value_type=int),
+        Option(
+            "model",
+            str,
+            _T.model,
+            "the model: lenet, minivgg (more accurate, trains longer) or package.module:Factory, your own "
+            "(docs/models.md); it names the registered model digitflow-<name> "
+            f"(default {_T.model})",
+            metavar="NAME",
+        ),
+        Option(
+            "epochs",
+            int | None,
+            None,
+            f"(default {_either(_T.epochs, _GPU.epochs)}"
+            + "".join(f"; {kw['epochs']} for {m}" for m, kw in MODEL_TRAIN_DEFAULTS.items() if "epochs" in kw)
+            + ")",
+            value_type=int,
+        ),
         Option(
             "batch_size",
             int | None,
@@ -463,6 +492,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         ),
     ),
     EXPORT_MODE,
+    EXPORT_FORMATS,
     OUTPUT_DIR,
     EXPERIMENT,
     Option(

@@ -1,7 +1,6 @@
 """The data layer: named datasets, spec strings, verified raw files, cached tensors.
 
-Pure PyTorch (plus torchvision's dataset metadata): functions take explicit arguments, return
-values, and never print or log. Typical use::
+Pure PyTorch: functions take explicit arguments, return values, and never print or log. Typical use::
 
     ds = load_dataset("mnist:test[:8000]", data_dir="data", cache_dir=".cache/digitflow")
     ds.images  # uint8 (N, 28, 28); ds.labels  # int64 (N,)

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import copy
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from digitflow.errors import ConfigError, ExportError
+from digitflow.export.inputs import class_name
 from digitflow.export.metadata import PROGRAM_EXTRA_FILE, ModelMetadata
 from digitflow.export.metadata import attach as attach_metadata
 from digitflow.fileio import atomic_write, one_line
@@ -39,6 +41,7 @@ from digitflow.fileio import atomic_write, one_line
 EXPORT_MODES = ("script", "trace")
 TORCHSCRIPT_SUFFIX = ".pt"
 PROGRAM_SUFFIX = ".pt2"
+AOTI_SUFFIX = ".aoti.pt2"  # an AOTInductor package (aoti.py): a .pt2 too, but loaded by torch._inductor
 VERIFIER = Path(__file__).with_name("verifier.py")
 
 # torch 2.14 emits, as a FutureWarning, on every TorchScript entry point we use:
@@ -58,6 +61,29 @@ def _torchscript_deprecation_silenced() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def cuda_home_warning_silenced() -> Iterator[None]:
+    """Drop torch's "No CUDA runtime is found, using CUDA_HOME=..." around compiling or loading an AOTInductor
+    package for the CPU: a CUDA wheel logs it (once a process) when it looks for CUDA, which a CPU package does
+    not use. Every other message of that logger still shows."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    drop = _DropPrefix("No CUDA runtime is found")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def _shape(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"
 
@@ -67,7 +93,7 @@ def _check_example(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     if not isinstance(example, torch.Tensor):
         raise ConfigError(f"example input must be a tensor, got {type(example).__name__}")
     expected = tuple(getattr(model, "input_shape", ()) or ())
-    name = type(model).__name__
+    name = class_name(model)
     if expected and (example.dim() != len(expected) + 1 or tuple(example.shape[1:]) != expected):
         raise ConfigError(
             f"{name} cannot take images of shape {_shape(example.shape)}: it takes "
@@ -123,7 +149,7 @@ def export_torchscript(
                 with torch.no_grad():
                     compiled = torch.jit.trace(cpu_model, example)
         except Exception as exc:
-            raise ExportError(f"torch.jit.{mode} failed for {type(model).__name__}: {one_line(exc)}") from exc
+            raise ExportError(f"torch.jit.{mode} failed for {class_name(model)}: {one_line(exc)}") from exc
         if metadata is not None:
             attach_metadata(compiled, metadata)
         return atomic_write(path, lambda tmp: torch.jit.save(compiled, str(tmp)))
@@ -145,22 +171,31 @@ def export_program(
     """
     path = Path(path)
     _check_suffix(path, PROGRAM_SUFFIX, "torch.export")
+    if path.name.endswith(AOTI_SUFFIX):
+        raise ConfigError(f"{str(path)!r} names an AOTInductor package ({AOTI_SUFFIX}); a torch.export file is *.pt2")
+    program = capture_program(model, example)
+    extra_files = None if metadata is None else {PROGRAM_EXTRA_FILE: metadata.to_json()}
+    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp), extra_files=extra_files))
+
+
+def capture_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``model`` captured by ``torch.export.export`` (an eval-mode CPU copy, dynamic batch): what
+    :func:`export_program` saves and AOTInductor compiles (aoti.py). ExportError if it cannot be captured."""
     example = _check_example(model, example)
     if example.shape[0] == 1:
         example = example.expand(2, *example.shape[1:]).contiguous()
     cpu_model = _cpu_eval_copy(model)
     batch = torch.export.Dim("batch", min=1)
     try:
-        program = torch.export.export(cpu_model, (example,), dynamic_shapes=({0: batch},))
+        return torch.export.export(cpu_model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:
-        raise ExportError(f"torch.export failed for {type(model).__name__}: {one_line(exc)}") from exc
-    extra_files = None if metadata is None else {PROGRAM_EXTRA_FILE: metadata.to_json()}
-    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp), extra_files=extra_files))
+        raise ExportError(f"torch.export failed for {class_name(model)}: {one_line(exc)}") from exc
 
 
 def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Load an exported file in this process: ``.pt`` via ``torch.jit.load`` (eval mode, CPU),
-    ``.pt2`` via ``torch.export.load(path).module()``. Both are callables images -> logits.
+    ``.aoti.pt2`` via ``torch._inductor.aoti_load_package``, another ``.pt2`` via
+    ``torch.export.load(path).module()``. Each is a callable images -> logits.
 
     Only load files you trust: both formats can run code they contain. Raises ExportError (one
     line, naming the file) if the file cannot be loaded, ConfigError for another suffix.
@@ -170,6 +205,12 @@ def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.
     if not path.is_file():
         raise ExportError(f"exported model file not found: {path}")
     try:
+        if path.name.endswith(AOTI_SUFFIX):
+            from torch import _inductor  # a second of imports, only where an AOTInductor package is loaded
+
+            with cuda_home_warning_silenced():
+                package: Callable[[torch.Tensor], torch.Tensor] = _inductor.aoti_load_package(str(path))
+            return package
         if path.suffix == PROGRAM_SUFFIX:
             program: nn.Module = torch.export.load(str(path)).module()
             return program
@@ -183,8 +224,8 @@ def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.
 def _check_export_suffix(path: Path) -> None:
     if path.suffix not in (TORCHSCRIPT_SUFFIX, PROGRAM_SUFFIX):
         raise ConfigError(
-            f"exported model file must end in {TORCHSCRIPT_SUFFIX!r} (TorchScript) or "
-            f"{PROGRAM_SUFFIX!r} (torch.export), got {str(path)!r}"
+            f"exported model file must end in {TORCHSCRIPT_SUFFIX!r} (TorchScript), "
+            f"{PROGRAM_SUFFIX!r} (torch.export) or {AOTI_SUFFIX!r} (AOTInductor), got {str(path)!r}"
         )
 
 
@@ -231,14 +272,19 @@ def verify_exports(
     paths: Sequence[str | os.PathLike[str]],
     images: torch.Tensor,
     reference_logits: torch.Tensor,
-    max_abs_diff: float = 1e-5,
+    max_abs_diff: float | Sequence[float] = 1e-5,
     timeout_s: float = 120.0,
     *,
     predictions: bool = True,
 ) -> list[dict[str, float | int]]:
     """:func:`verify_export` for several files of one export at once: one torch-only process runs them
-    all (a Python start and a torch import, about a second, once). A result per file, in order."""
+    all (a Python start and a torch import, about a second, once). A result per file, in order.
+    ``max_abs_diff``: one limit for every file, or one per file (an AOTInductor package's fused kernels
+    sum in another order than eager's)."""
     files = [Path(p) for p in paths]
+    limits = [float(max_abs_diff)] * len(files) if isinstance(max_abs_diff, (int, float)) else list(max_abs_diff)
+    if len(limits) != len(files):
+        raise ConfigError(f"{len(limits)} logit limits for {len(files)} exported files")
     for path in files:
         _check_export_suffix(path)
     if predictions:
@@ -255,8 +301,8 @@ def verify_exports(
             raise ExportError(f"exported model file not found: {path}")
     outputs = _run_verifier(files, images, timeout_s)
     return [
-        _compare(path, output, reference_logits, max_abs_diff, predictions)
-        for path, output in zip(files, outputs, strict=True)
+        _compare(path, output, reference_logits, limit, predictions)
+        for path, output, limit in zip(files, outputs, limits, strict=True)
     ]
 
 

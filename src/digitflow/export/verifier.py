@@ -10,8 +10,9 @@ instead of in a user's hands.
 Protocol:
     INPUTS  a ``torch.save``-d float tensor (N, 1, 28, 28) (a classifier's images) or (N, latent)
             (a generator's noise), loaded with ``weights_only=True``.
-    MODEL   a TorchScript ``.pt`` (``torch.jit.load``) or torch.export ``.pt2``
-            (``torch.export.load(...).module()``) file.
+    MODEL   a TorchScript ``.pt`` (``torch.jit.load``), torch.export ``.pt2``
+            (``torch.export.load(...).module()``) or AOTInductor ``.aoti.pt2``
+            (``torch._inductor.aoti_load_package``) file.
     OUTPUT  where that model's output tensor (logits (N, num_classes), or images) is ``torch.save``-d.
 
 ``verifier.py --wait`` starts ahead of its job (:func:`digitflow.export.exporters.prestart_verifier`):
@@ -29,7 +30,7 @@ import contextlib
 import importlib.abc
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # the verifier imports torch only once its import guard is in place (main)
@@ -63,9 +64,14 @@ def _fail(code: int, what: str, exc: BaseException) -> NoReturn:
     sys.exit(code)
 
 
-def _load(path: str) -> torch.nn.Module:
+def _load(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch
 
+    if path.endswith(".aoti.pt2"):  # an AOTInductor package: compiled code, no compiler needed to load it
+        import torch._inductor
+
+        package: Callable[[torch.Tensor], torch.Tensor] = torch._inductor.aoti_load_package(path)
+        return package
     if path.endswith(".pt2"):
         program: torch.nn.Module = torch.export.load(path).module()
         return program

@@ -25,7 +25,7 @@ from digitflow.device import resolve_device
 from digitflow.errors import ConfigError
 from digitflow.evaluation.generative import FEATURE_LAYERS
 from digitflow.models.gan import ARCHITECTURES
-from digitflow.params.run import default_data_dir, default_test
+from digitflow.params.run import check_classes, default_data_dir, default_test, own_holdout
 from digitflow.training.gan import build_models, optimizer_for, resumable_settings
 
 # Options whose None means the architecture's default (GAN_ARCH_DEFAULTS); build_models checks the loss.
@@ -49,8 +49,11 @@ def build_gan_config(**options: Any) -> GanConfig:
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown GAN architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
     parse_spec(train)
+    if parse_spec(train).is_own and test is None:  # FID's real images: the seeded hold-out, trained without it
+        train, test = (str(side) for side in own_holdout(train))
     test = default_test(train) if test is None else test
     parse_spec(test)
+    check_classes(train, [test])
     defaults = gan_train_defaults(arch)
     name = optimizer or defaults.optimizer.name
     base_kwargs = dict(defaults.optimizer.kwargs) if name == defaults.optimizer.name else {}

@@ -23,6 +23,7 @@ from digitflow.config import (
     AugmentConfig,
     DataConfig,
     ExportConfig,
+    ExportFormat,
     OptimizerConfig,
     RobustnessConfig,
     RunConfig,
@@ -32,17 +33,25 @@ from digitflow.config import (
     to_dict,
     train_defaults,
 )
-from digitflow.config.options import RUN_OPTIONS, complete
+from digitflow.config.options import RUN_OPTIONS, choices_of, complete
 from digitflow.data import DATASETS, DatasetSpec, parse_spec
 from digitflow.data.framing import MODEL_SIZE, frame_images, get_preprocessor
 from digitflow.data.own import classes_of, has_labels, unlabeled_reason
 from digitflow.device import resolve_device
 from digitflow.errors import ConfigError, DataError
 from digitflow.evaluation.attacks import ATTACKS
-from digitflow.models import LeNet
+from digitflow.models.factory import (
+    check_model,
+    check_spec,
+    create_model,
+    model_label,
+    model_name,
+    registered_model_name,
+)
 from digitflow.training.augment import build_augment
 from digitflow.training.classifier import resumable_settings
 from digitflow.training.cuda_graph import graph_unsupported_reason
+from digitflow.training.dann import DANN_CONTRACT, dann_unsupported_reason
 from digitflow.training.optim import build_optimizer, build_scheduler
 
 DATA_DIR_ENV = "DIGITFLOW_DATA_DIR"
@@ -186,8 +195,9 @@ def build_config(**options: Any) -> RunConfig:
     if parse_spec(train).is_own and o["test"] is None:  # train on the rest of the held-out files
         train = str(own_holdout(train)[0])
     check_classes(train, [test, *target])
+    model = checked_model(o["model"], len(classes_of(parse_spec(train))))
     device_type = resolve_device(o["device"]).type
-    defaults = train_defaults(device_type)
+    defaults = train_defaults(device_type, o["model"])
     epochs = defaults.epochs if o["epochs"] is None else o["epochs"]
     batch_size = default_batch_size(optimizer, defaults) if o["batch_size"] is None else o["batch_size"]
     amp = defaults.amp if o["amp"] is None else o["amp"]
@@ -228,6 +238,7 @@ def build_config(**options: Any) -> RunConfig:
             offline=o["offline"],
         ),
         train=TrainConfig(
+            model=o["model"],
             epochs=epochs,
             batch_size=batch_size,
             seed=o["seed"],
@@ -245,18 +256,28 @@ def build_config(**options: Any) -> RunConfig:
             augment=augment_config,
             adversarial=adversarial,
         ),
-        export=ExportConfig(mode=o["export_mode"]),
+        export=ExportConfig(
+            mode=o["export_mode"],
+            formats=export_formats(o["export_formats"]),
+            registered_model_name=registered_model_name(o["model"]),
+        ),
         robustness=robustness,
         output_dir=o["output_dir"],
         checkpoint=o["checkpoint"],
         resume=o["resume"],
     )
-    _dry_build(config.train, cuda_graphs_asked=cuda_graphs is True)
+    _dry_build(config.train, model, cuda_graphs_asked=cuda_graphs is True)
     if o["adapt"] is not None or o["adapt_target"] is not None or o["adapt_options"]:
         config = dataclasses.replace(
             config,
             adapt=adapt_config(train, target_preprocess, o["adapt"], o["adapt_target"], o["adapt_options"]),
         )
+        reason = dann_unsupported_reason(model)
+        if reason is not None:
+            raise ConfigError(
+                f"--adapt dann needs {DANN_CONTRACT}; the model {model_label(o['model'])} does not have one: "
+                f"{reason} (docs/models.md)"
+            )
         if optimizer == "LBFGS":  # DannStep takes one plain optimizer step per batch, no closure
             raise ConfigError("--adapt does not work with --optimizer LBFGS; choose another optimizer")
         if adversarial.mode is not None:  # DannStep trains on clean images; one of the two would be ignored
@@ -347,6 +368,18 @@ def _frames(image_size: tuple[int, int], preprocess: str) -> bool:
 # --- robustness evaluation and adversarial training (issue 10) ----------------------------------
 
 
+def export_formats(text: str | list[str] | tuple[str, ...]) -> tuple[ExportFormat, ...]:
+    """The exported formats from ``--export-formats`` (``"torchscript,export,aoti"``; a list of names is taken too),
+    in the order they are written, TorchScript first and always (it is the registered model); a ConfigError names
+    an unknown format."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    valid = choices_of(ExportFormat)
+    for name in names:
+        if name not in valid:
+            raise ConfigError(f"unknown export format {name!r}; valid formats: {', '.join(valid)} (comma-separated)")
+    return tuple(f for f in valid if f == "torchscript" or f in names)
+
+
 def check_epsilon(eps: float, what: str) -> None:
     """A ConfigError unless ``eps`` is an L-infinity radius on the pixel scale, in [0, 1]."""
     if not 0 <= eps <= 1:
@@ -433,13 +466,25 @@ def adversarial_training_config(
     )
 
 
-def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
-    """Build device, augmentation, optimizer and scheduler once on a throwaway LeNet: their errors
-    (unknown names, bad keyword arguments, a missing CUDA) surface before the run starts. CUDA graphs
-    asked for explicitly must be possible; by default they are used wherever they are."""
+def checked_model(spec: str, num_classes: int) -> torch.nn.Module:
+    """A throwaway model of ``spec`` for ``num_classes`` classes, checked to map a (2, 1, 28, 28) batch to
+    (2, num_classes) logits: a user's factory that cannot be imported, does not return a module or
+    returns the wrong shape is a one-line ConfigError before any data is read
+    (:mod:`digitflow.models.factory`)."""
+    check_spec(spec)
+    model = create_model(spec, num_classes)
+    check_model(model, num_classes, spec)
+    return model
+
+
+def _dry_build(train: TrainConfig, model: torch.nn.Module, cuda_graphs_asked: bool) -> None:
+    """Build device, augmentation, optimizer and scheduler once on a throwaway ``model``: their errors
+    (unknown names, bad keyword arguments, parameter groups the model lacks, a missing CUDA) surface
+    before the run starts. CUDA graphs asked for explicitly must be possible; by default they are used
+    wherever they are."""
     device = resolve_device(train.device)
     augment = build_augment(train.augment)
-    optimizer = build_optimizer(LeNet(), train.optimizer)
+    optimizer = build_optimizer(model, train.optimizer)
     build_scheduler(optimizer, train.scheduler, epochs=train.epochs)
     if cuda_graphs_asked:
         reason = graph_unsupported_reason(device, train.optimizer.name, augment, adversarial=train.adversarial.mode)
@@ -448,10 +493,11 @@ def _dry_build(train: TrainConfig, cuda_graphs_asked: bool) -> None:
 
 
 def default_run_config(config: RunConfig) -> RunConfig:
-    """The config a run would get that named only ``config``'s training data, device and optimizer:
+    """The config a run would get that named only ``config``'s training data, model, device and optimizer:
     what its other settings are compared with (the run's name lists the differences)."""
     return build_config(
         train=config.data.train,
+        model=config.train.model,
         optimizer=config.train.optimizer.name,
         device=config.train.device,
         data_dir=config.data.data_dir,
@@ -468,8 +514,8 @@ def checkpoint_path(config: RunConfig, train_digest: str) -> Path:
     if config.checkpoint:
         return Path(config.checkpoint)
     settings = resumable_settings(config.train)
-    name = "lenet"
+    name = model_name(config.train.model)
     if config.adapt.method is not None:  # an adapted run resumes only from its own kind of checkpoint
-        settings, name = {**settings, "adapt": to_dict(config.adapt)}, f"lenet-{config.adapt.method}"
+        settings, name = {**settings, "adapt": to_dict(config.adapt)}, f"{name}-{config.adapt.method}"
     key = hashlib.sha256(json.dumps([settings, train_digest], sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.output_dir) / "checkpoints" / f"{name}-{key}.pt"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from digitflow.config import TrainConfig, to_dict
 from digitflow.device import channels_last_helps, cudnn_autotuning, cudnn_autotuning_helps
 from digitflow.models import LeNet
+from digitflow.models.factory import DEFAULT_MODEL, create_model
 from digitflow.training.adversarial import AdversarialTrainStep
 from digitflow.training.cuda_graph import CudaGraphStep, graph_unsupported_reason
 from digitflow.training.data_parallel import DataParallelStep, rank_and_world
@@ -176,7 +177,11 @@ def resumable_settings(config: TrainConfig) -> dict[str, Any]:
     return settings
 
 
-def build_model(num_classes: int, seed: int) -> LeNet:
-    """A freshly initialised LeNet; the same seed gives the same initial weights."""
-    torch.manual_seed(seed)
-    return LeNet(num_classes=num_classes)
+@overload
+def build_model(num_classes: int, seed: int) -> LeNet: ...
+@overload
+def build_model(num_classes: int, seed: int, model: str) -> nn.Module: ...
+def build_model(num_classes: int, seed: int, model: str = DEFAULT_MODEL) -> nn.Module:
+    """A freshly initialised ``model`` (a built-in name such as ``lenet``, or ``package.module:Factory``:
+    :mod:`digitflow.models.factory`); the same seed gives the same initial weights."""
+    return create_model(model, num_classes, seed=seed)

@@ -1,7 +1,7 @@
 """Domain-adversarial adaptation (DANN, Ganin and Lempitsky 2015) as a step of the shared epoch loop.
 
-A domain classifier sits on LeNet's features (``model.features``, 800 values per image) behind a
-gradient reversal layer: the head learns to tell source from target images, and the reversed,
+A domain classifier sits on the model's features (``model.features``: LeNet's 800 values per image)
+behind a gradient reversal layer: the head learns to tell source from target images, and the reversed,
 scaled gradient teaches the feature extractor to make them indistinguishable, while the label
 classifier learns the task on labeled source images. Target images come without labels; nothing
 here takes target labels at all.
@@ -37,6 +37,7 @@ from torch import nn
 
 from digitflow.config import AdaptConfig, TrainConfig, to_dict
 from digitflow.device import bf16_autocast_helps, channels_last_helps
+from digitflow.fileio import one_line
 from digitflow.training.checkpoint import load_model_state
 from digitflow.training.classifier import resumable_settings
 from digitflow.training.loop import BatchCallback, EpochCallback, resume_from, run_epochs
@@ -89,18 +90,61 @@ class DomainClassifier(nn.Module):
 
 
 def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """LeNet's features of images in [0, 1]: its own normalization, then ``model.features``."""
-    mean, std = model.mean, model.std
-    assert isinstance(mean, torch.Tensor)
-    assert isinstance(std, torch.Tensor)
-    out: torch.Tensor = model.features((x.to(mean.dtype) - mean) / std)  # type: ignore[operator]
+    """The model's features of images in [0, 1]: its own normalization where it keeps ``mean`` and
+    ``std`` buffers (as every built-in model does), then ``model.features``."""
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
+        x = (x.to(mean.dtype) - mean) / std
+    out: torch.Tensor = model.features(x)  # type: ignore[operator]
     return out
+
+
+# What --adapt dann needs from a model, for the one-line error of a model without it (docs/models.md).
+DANN_CONTRACT = (
+    "a feature extractor: submodules features and classifier with model(x) == classifier(features(x)), "
+    "x normalised by the model's mean and std buffers if it has them"
+)
+
+
+@torch.no_grad()
+def dann_unsupported_reason(model: nn.Module) -> str | None:
+    """Why DANN cannot adapt ``model``, or None if it can: it needs ``model.features`` and
+    ``model.classifier`` (modules) such that ``model(x)`` is ``classifier(features_of(model, x))``,
+    checked on a (2, 1, 28, 28) batch in eval mode (the model's mode is left as it was)."""
+    missing = [name for name in ("features", "classifier") if not isinstance(getattr(model, name, None), nn.Module)]
+    if missing:
+        return f"it has no {' and no '.join(missing)} submodule"
+    parameters = [*model.parameters(), *model.buffers()]
+    device = parameters[0].device if parameters else torch.device("cpu")
+    images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        whole = model(images)
+        parts = model.classifier(features_of(model, images))  # type: ignore[operator]
+    except Exception as exc:  # noqa: BLE001 - a model whose parts do not chain: the reason, in one line
+        return f"classifier(features(x)) fails ({one_line(exc)})"
+    finally:
+        model.train(was_training)
+    if not isinstance(parts, torch.Tensor) or parts.shape != whole.shape or not torch.allclose(parts, whole, atol=1e-5):
+        return "classifier(features(x)) is not what the model returns for x"
+    return None
+
+
+def feature_size(model: nn.Module, images: torch.Tensor) -> int:
+    """How many values ``model.features`` gives per image (LeNet: 800), from two of ``images``."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        size = int(features_of(model, images[:2]).flatten(1).shape[1])
+    model.train(was_training)
+    return size
 
 
 class DannStep:
     """One DANN optimizer step per batch of source indices (a :class:`digitflow.training.step.Step`).
 
-    ``model`` is a LeNet (``features`` then ``classifier``); ``domain_head`` a
+    ``model`` has ``features`` then ``classifier`` (:func:`dann_unsupported_reason`); ``domain_head`` a
     :class:`DomainClassifier`; ``optimizer`` covers both. ``target_images`` are the unlabeled
     target images, float (M, 1, 28, 28) in [0, 1] on the device. ``total_steps`` is the number of
     batches of the whole run, over which ``lambda`` ramps up.
@@ -318,7 +362,8 @@ def fit_dann(
     on_batch: BatchCallback | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> DannResult:
-    """Adapt ``model`` (a LeNet on the device of ``images``) from labeled source ``images``/``labels``
+    """Adapt ``model`` (one with a feature extractor, :func:`dann_unsupported_reason`; on the device of
+    ``images``) from labeled source ``images``/``labels``
     to unlabeled ``target_images`` with DANN, in the shared epoch loop (``config.epochs`` epochs over
     the source images; seeding, checkpoints, resume and NaN stop as for :func:`digitflow.training.classifier.fit`).
 
@@ -327,7 +372,8 @@ def fit_dann(
     """
     device = images.device
     torch.manual_seed(config.seed + 1)  # the domain head's initial weights, apart from the model's
-    domain_head = DomainClassifier(hidden=adapt.domain_hidden).to(device)
+    in_features = feature_size(model, images)  # the domain head's input: LeNet's 800, another model's own
+    domain_head = DomainClassifier(in_features, hidden=adapt.domain_hidden).to(device)
     both = nn.ModuleDict({"model": model, "domain_head": domain_head})
     # build_optimizer names parameters "model.*" / "domain_head.*": param groups name them that way.
     optimizer = build_optimizer(both, config.optimizer, device=device)

@@ -26,7 +26,8 @@ from digitflow.export.exporters import (
     verify_export,
     verify_exports,
 )
-from digitflow.models import LeNet
+from digitflow.export.inputs import for_export
+from digitflow.models import LeNet, MiniVGG
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,29 @@ def test_one_process_verifies_every_file_of_an_export(exported, images, referenc
         verify_exports([exported["script"], broken], images, reference)
     assert str(broken) in str(info.value)
     assert "cannot load" in str(info.value)
+
+
+def test_the_second_builtin_model_scripts_and_exports_and_both_files_verify(images, tmp_path):
+    torch.manual_seed(0)
+    model = for_export(MiniVGG())  # as the pipeline writes it; training mode on purpose, as above
+    example = images[:1]
+    files = [
+        export_torchscript(model, example, tmp_path / "minivgg.pt"),
+        export_program(model, example, tmp_path / "minivgg.pt2"),
+    ]
+    results = verify_exports(files, images, eager_logits(model, images))  # one torch-only process for both
+    assert [r["mismatched_predictions"] for r in results] == [0, 0]
+    assert all(r["max_abs_diff"] <= 1e-5 for r in results)
+    assert load_export(files[1])(images).shape == (5, 10)
+
+
+def test_each_file_can_have_its_own_limit(exported, images, reference):
+    files, shifted = [exported["script"], exported["program"]], reference + 1e-3  # no prediction changes
+    # the files are compared in order: model.pt passes within its 1e-2, model.pt2 fails its own 1e-5
+    with pytest.raises(ExportError, match=r"model\.pt2 disagrees .* max \|logit diff\| 0\.001 \(limit 1e-05\)"):
+        verify_exports(files, images, shifted, max_abs_diff=[1e-2, 1e-5])
+    with pytest.raises(ConfigError, match="1 logit limits for 2 exported files"):
+        verify_exports(files, images, reference, max_abs_diff=[1e-5])
 
 
 def test_perturbed_reference_fails_with_figures(exported, images, reference):

@@ -139,3 +139,27 @@ def test_resume_continues_dann_to_the_same_weights(tmp_path, teacher_ema):
     assert resumed.resumed_from_epoch == 1
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_dann_adapts_any_model_with_a_feature_extractor_and_sizes_its_domain_head_to_it():
+    from digitflow.training.dann import dann_unsupported_reason
+    from tests.toy_models import FlatNet, TinyNet
+
+    source, labels, target = tiny_domains()
+    torch.manual_seed(0)
+    model = TinyNet(10)  # 128 features, not LeNet's 800
+    assert dann_unsupported_reason(model) is None
+    assert dann_unsupported_reason(LeNet()) is None
+    assert dann_unsupported_reason(FlatNet(10)) == "it has no features and no classifier submodule"
+    out = fit_dann(model, source, labels, target, TINY, ADAPT)
+    assert out.domain_head.state_dict()["net.1.weight"].shape == (16, 128)  # domain_hidden 16, 128 features
+    assert len(out.history) == 2
+
+
+def test_a_feature_extractor_that_is_not_the_model_s_path_is_refused():
+    from digitflow.training.dann import dann_unsupported_reason
+    from tests.toy_models import TinyNet
+
+    model = TinyNet(10)
+    model.forward = lambda x: model.classifier(model.features(x))  # type: ignore[method-assign]  # skips the normalisation
+    assert dann_unsupported_reason(model) == "classifier(features(x)) is not what the model returns for x"
