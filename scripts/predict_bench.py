@@ -27,6 +27,7 @@ import torch
 from digitflow.data import load, load_dataset, prepare
 from digitflow.data.ids import image_ids
 from digitflow.export.exporters import export_torchscript
+from digitflow.export.inputs import for_export
 from digitflow.export.metadata import default_metadata
 from digitflow.models.lenet import LeNet
 from digitflow.prediction.model import load_scoring_model
@@ -109,7 +110,8 @@ def main() -> None:
         model_path = args.model
         if model_path is None:
             model_path = str(folder / "lenet.pt")
-            export_torchscript(LeNet().eval(), torch.rand(1, 1, 28, 28), model_path, metadata=default_metadata(10))
+            model = for_export(LeNet().eval())  # as the export task writes it: PixelInput around the model
+            export_torchscript(model, torch.rand(1, 1, 28, 28), model_path, metadata=default_metadata(10))
         n = len(dataset)
         size = csv.stat().st_size / 1e6
         model_name, threads = args.model or "an untrained LeNet", torch.get_num_threads()
