@@ -29,6 +29,7 @@ from digitflow.export.exporters import (
     verify_exports,
 )
 from digitflow.export.inputs import INPUT, for_export
+from digitflow.export.metadata import ModelMetadata, run_metadata
 from digitflow.models.factory import model_label, model_name
 from reporting import timing
 from reporting.progress import run_logger
@@ -67,6 +68,7 @@ def export_model(
         out_dir = Path(config.output_dir) / "exports" / (parent_run_id or run.info.run_id)  # the flow run's id
         dataset = load_prepared(data, config.data.data_dir, config.data.cache_dir)
         images, _ = model_inputs(dataset, config.data.target_preprocess, "cpu")
+        metadata = run_metadata(config.data)  # what digitflow predict reads from the file
         images = images[: cfg.verify_images]
         reference = eager_logits(trained.model, images)
         runlog.log_params(
@@ -83,7 +85,7 @@ def export_model(
         files: dict[str, Path] = {}  # metric name -> file, in the order written
         stem = model_name(config.train.model)  # lenet.pt, lenet.pt2, lenet.aoti.pt2; another model: <name>.pt, ...
         with timing.part("export", "files"):
-            files.update(_export_files(exportable, images[:1], out_dir / stem, cfg))
+            files.update(_export_files(exportable, images[:1], out_dir / stem, cfg, metadata))
         if "aoti" in cfg.formats:
             with timing.part("export", "aoti"):
                 aoti = _compile_aoti(exportable, images[:1], out_dir / f"{stem}.aoti.pt2")
@@ -134,19 +136,24 @@ def export_model(
 _FORMAT_OF = {"torchscript": "torchscript", "program": "export", "aoti": "aoti"}  # metric name -> --export-formats
 
 
-def _export_files(model: torch.nn.Module, example: torch.Tensor, stem: Path, cfg: ExportConfig) -> dict[str, Path]:
+def _export_files(
+    model: torch.nn.Module, example: torch.Tensor, stem: Path, cfg: ExportConfig, metadata: ModelMetadata
+) -> dict[str, Path]:
     """``stem.pt`` (TorchScript, always) and ``stem.pt2`` (torch.export, if ``cfg.formats`` has it), by metric
-    name. Each is tried; if one fails, one ExportError line says which failed and why (and what the other
-    wrote), so the owner of a model that cannot be scripted learns at once whether tracing or torch.export
-    takes it."""
+    name, each carrying ``metadata`` (the class names and framing ``digitflow predict`` reads). Each is tried;
+    if one fails, one ExportError line says which failed and why (and what the other wrote), so the owner of a
+    model that cannot be scripted learns at once whether tracing or torch.export takes it."""
     exports = {
         "torchscript": (
             f"torch.jit.{cfg.mode}",
-            lambda: export_torchscript(model, example, stem.with_suffix(".pt"), mode=cfg.mode),
+            lambda: export_torchscript(model, example, stem.with_suffix(".pt"), mode=cfg.mode, metadata=metadata),
         )
     }
     if "export" in cfg.formats:
-        exports["program"] = ("torch.export", lambda: export_program(model, example, stem.with_suffix(".pt2")))
+        exports["program"] = (
+            "torch.export",
+            lambda: export_program(model, example, stem.with_suffix(".pt2"), metadata=metadata),
+        )
     files: dict[str, Path] = {}
     failed: dict[str, ExportError] = {}
     for name, (what, export) in exports.items():

@@ -162,6 +162,19 @@ def test_sweep_runs_settings_on_the_splits_given(tmp_path, monkeypatch, capsys):
     assert all("fashion-mnist:test 0." in line or "fashion-mnist:test 1." in line for line in lines[1:])
 
 
+def test_predict_bench_times_rounds_of_the_prediction_on_a_kaggle_csv(tmp_path, monkeypatch, capsys):
+    import predict_bench
+
+    data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist",))
+    argv = ["predict_bench.py", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--rounds", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    predict_bench.main()
+    out = capsys.readouterr().out
+    assert out.startswith("40 images of mnist:test as a Kaggle CSV")
+    assert len(re.findall(r"^round \d: .* images/s \(model .*read .*score .*write .*\); accuracy", out, re.M)) == 2
+    assert re.search(r"prediction task's work: median [\d.]+ s, [\d,]+ images/s", out)
+
+
 def test_the_standard_protocol_prints_a_line_per_run_and_a_markdown_row_per_model(tmp_path, monkeypatch, capsys):
     import standard_protocol
 

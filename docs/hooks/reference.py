@@ -45,6 +45,7 @@ FLOWS = (
     ("digitflow-gan", "digitflow gan", "GAN_OPTIONS", "flows/gan.py:gan_pipeline"),
     ("digitflow-sweep", "digitflow sweep", "SWEEP_OPTIONS", "flows/sweep.py:sweep"),
     ("digitflow-promote", "digitflow promote", "PROMOTE_OPTIONS", "flows/promote.py:promote"),
+    ("digitflow-predict", "digitflow predict", "PREDICT_OPTIONS", "flows/predict.py:predict"),
 )
 HELP_COLUMNS = "100"  # argparse wraps --help to $COLUMNS: fixed, so the page is the same on every machine
 

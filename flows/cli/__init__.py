@@ -15,11 +15,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from flows.cli import compare, gan, promote, replay, run, sweep
+from flows.cli import compare, gan, predict, promote, replay, run, sweep
 from flows.cli.options import OneLineErrorParser, setup_environment
 
 # one module per subcommand, in the order `digitflow --help` lists them
-COMMANDS = (run, sweep, gan, promote, compare, replay)
+COMMANDS = (run, sweep, gan, promote, predict, compare, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

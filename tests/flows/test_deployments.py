@@ -100,3 +100,15 @@ def test_the_gan_deployment_is_weekly_and_names_the_gan_flow():
     assert schedule["cron"].split()[2:] == ["*", "*", "0"]  # once a week, on Sundays
     nightly = {s["cron"] for d in DEPLOYMENTS if d["name"] == "mnist-nightly" for s in d["schedules"]}
     assert schedule["cron"] not in nightly  # a cron of its own
+
+
+def test_the_prediction_deployment_scores_a_folder_nightly_with_the_champion():
+    [deployment] = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/predict.py:predict"]
+    assert deployment["name"] == "predict-nightly"
+    (schedule,) = deployment["schedules"]
+    assert schedule["cron"].split()[2:] == ["*", "*", "*"]  # every night
+    params = load_flow(deployment["entrypoint"]).validate_parameters(deployment["parameters"])
+    assert params["model"] == "models:/digitflow-lenet@champion"
+    assert parse_spec(params["input"]).name == "folder"
+    nightly = {s["cron"] for d in DEPLOYMENTS if d["name"] != "predict-nightly" for s in d.get("schedules", [])}
+    assert schedule["cron"] not in nightly  # after the training night, not on top of it

@@ -11,12 +11,13 @@ import pytest
 from prefect.utilities.callables import parameter_schema
 
 from digitflow.config import flatten
-from digitflow.config.options import GAN_OPTIONS, PROMOTE_OPTIONS, RUN_OPTIONS, SWEEP_OPTIONS, Option
+from digitflow.config.options import GAN_OPTIONS, PREDICT_OPTIONS, PROMOTE_OPTIONS, RUN_OPTIONS, SWEEP_OPTIONS, Option
 from digitflow.params.run import build_config, default_run_config
 from flows.cli import build_parser
 from flows.cli.options import OneLineErrorParser, add_options, flow_params
 from flows.gan import gan_pipeline
 from flows.pipeline import pipeline
+from flows.predict import predict
 from flows.promote import promote
 from flows.signature import takes_options
 from flows.sweep import sweep
@@ -30,8 +31,14 @@ def subcommand(name: str) -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize(
     ("flow", "options"),
-    [(pipeline, RUN_OPTIONS), (gan_pipeline, GAN_OPTIONS), (sweep, SWEEP_OPTIONS), (promote, PROMOTE_OPTIONS)],
-    ids=["pipeline", "gan", "sweep", "promote"],
+    [
+        (pipeline, RUN_OPTIONS),
+        (gan_pipeline, GAN_OPTIONS),
+        (sweep, SWEEP_OPTIONS),
+        (promote, PROMOTE_OPTIONS),
+        (predict, PREDICT_OPTIONS),
+    ],
+    ids=["pipeline", "gan", "sweep", "promote", "predict"],
 )
 def test_the_flow_takes_one_parameter_per_option_with_its_type_default_and_help(flow, options):
     signature = inspect.signature(flow.fn)

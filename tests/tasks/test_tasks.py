@@ -13,6 +13,8 @@ from prefect.logging import disable_run_logger
 from digitflow.config import DataConfig, ExportConfig, OptimizerConfig, RunConfig, TrainConfig
 from digitflow.data import PreparedDataset
 from digitflow.errors import DataError, TrainingDivergedError
+from digitflow.export.metadata import run_metadata
+from digitflow.prediction.model import load_scoring_model
 from tasks.data import download_dataset, prepare_dataset
 from tasks.evaluate import cross_domain_test, evaluate_model, target_key
 from tasks.export import export_model
@@ -132,6 +134,8 @@ def test_train_evaluate_cross_domain_export_log_to_child_runs(tmp_path, data_dir
     assert Path(exported["program_path"]).is_file()
     assert "aoti_path" not in exported
     assert not list(Path(exported["torchscript_path"]).parent.glob("*.aoti.pt2*"))
+    for path in (exported["torchscript_path"], exported["program_path"]):  # what digitflow predict reads
+        assert load_scoring_model(path).metadata == run_metadata(config.data)
     assert exported["export/torchscript_max_abs_diff"] <= 1e-5
     export_run = runs["export"].data
     assert (export_run.params["formats"], export_run.params["formats_written"]) == (

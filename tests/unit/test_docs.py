@@ -144,10 +144,17 @@ def test_options_reference_lists_every_parameter_of_both_flows(hook):
         "digitflow-gan",
         "digitflow-sweep",
         "digitflow-promote",
+        "digitflow-predict",
     ]
     for flow, command, table_name, function in hook.FLOWS:
         table = getattr(options, table_name)
-        assert table in (options.RUN_OPTIONS, options.GAN_OPTIONS, options.SWEEP_OPTIONS, options.PROMOTE_OPTIONS)
+        assert table in (
+            options.RUN_OPTIONS,
+            options.GAN_OPTIONS,
+            options.SWEEP_OPTIONS,
+            options.PROMOTE_OPTIONS,
+            options.PREDICT_OPTIONS,
+        )
         page = by_flow[flow]
         assert f"`{command}`" in page
         for option in table:

@@ -785,6 +785,56 @@ PROMOTE_OPTIONS: tuple[Option, ...] = (
     Option("alias", str, _P.champion_alias, f"the alias to move (default {_P.champion_alias})"),
 )
 
+# --- digitflow predict: an exported model scores a dataset spec -------------------------------------------------
+
+PREDICTION = "what to predict"
+DEFAULT_MODEL_URI = f"models:/{_P.registered_model_name}@{_P.champion_alias}"
+
+PREDICT_OPTIONS: tuple[Option, ...] = (
+    # the one without a default first: a flow's parameters with defaults follow those without
+    Option(
+        "input",
+        str,
+        REQUIRED,
+        "the images: any dataset spec, e.g. folder:DIR (a sub-folder per class, or unlabeled images), csv:FILE "
+        "(with or without labels), idx:DIR, mnist:test",
+        PREDICTION,
+        metavar="SPEC",
+        spec=True,
+    ),
+    Option(
+        "model",
+        str,
+        DEFAULT_MODEL_URI,
+        "the model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/torchscript-model, or an exported "
+        f".pt / .pt2 file or MLflow model folder (default {DEFAULT_MODEL_URI})",
+        PREDICTION,
+        metavar="URI",
+    ),
+    Option(
+        "output",
+        str,
+        "predictions.csv",
+        "the predictions, a CSV row per image: image, label, confidence, p_<class> (default predictions.csv)",
+        PREDICTION,
+        metavar="FILE",
+    ),
+    Option(
+        "submission",
+        str | None,
+        None,
+        "also write Kaggle's ImageId,Label submission here (default: for a csv: input, beside --output as "
+        "<stem>-submission.csv)",
+        PREDICTION,
+        metavar="FILE",
+    ),
+    Option("batch_size", int, 2048, "images per forward pass (default 2048)", PREDICTION, value_type=int, metavar="N"),
+    *_in(DATA, DATA_DIR, CACHE_DIR, OFFLINE),
+    dataclasses.replace(
+        EXPERIMENT, default="digitflow-predict", help="MLflow experiment name (default digitflow-predict)"
+    ),
+)
+
 # Options of digitflow run a sweep does not take as fixed settings of its trials: the sweep has its own
 # experiment and resume, trials checkpoint where the sweep says, and they train in one process each.
 NOT_SWEPT = ("experiment", "resume", "checkpoint", "nproc")

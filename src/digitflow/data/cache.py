@@ -24,7 +24,7 @@ from digitflow.data import own, registry
 from digitflow.data.files import Downloader, fetch
 from digitflow.data.formats import read_idx_images, read_idx_labels, read_usps
 from digitflow.data.registry import DatasetInfo
-from digitflow.data.spec import DatasetSpec, parse_spec
+from digitflow.data.spec import OWN_KINDS, DatasetSpec, parse_spec
 from digitflow.errors import DataError
 from digitflow.fileio import atomic_write, one_line
 
@@ -51,7 +51,7 @@ class PreparedDataset:
     image_size: tuple[int, int]  # (H, W)
     raw_digest: str = ""  # files_digest of the raw files; checked against the cache on load
     files: tuple[str, ...] = ()  # the raw files it came from
-    classes: tuple[str, ...] = ()  # class names by label; () = the registered dataset's
+    classes: tuple[str, ...] = ()  # class names by label; () = the registered dataset's (own: none, unlabeled)
     notes: tuple[tuple[str, str], ...] = ()  # how own files were read (inversion, framing, hold-out), to record
 
 
@@ -190,7 +190,8 @@ def load(prepared: PreparedDataset) -> DigitDataset:
         # clone: a slice view would keep (and pickle) the whole split's storage.
         images = images[prepared.start : prepared.stop].clone()
         labels = labels[prepared.start : prepared.stop].clone()
-    classes = prepared.classes or tuple(registry.DATASETS[prepared.name].classes)
+    # an own dataset's classes are its own (none for unlabeled images), a registered one's the registry's
+    classes = prepared.classes if prepared.name in OWN_KINDS else tuple(registry.DATASETS[prepared.name].classes)
     return DigitDataset(
         images=images,
         labels=labels,

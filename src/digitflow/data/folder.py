@@ -11,7 +11,8 @@ Images of any size and colour become 28x28 grayscale with MNIST's polarity (brig
   through unchanged, as they do for every dataset, so MNIST digits saved as PNG keep their bytes.
 
 Classes are the sub-folders' names in sorted order (ImageFolder's), images within one in sorted path
-order. Every problem is a one-line DataError naming the folder or the image.
+order. A folder of images without sub-folders is a set of unlabeled images (every label -1), for
+prediction only. Every problem is a one-line DataError naming the folder or the image.
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ from digitflow.errors import DataError
 from digitflow.fileio import one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+UNLABELED = -1  # the label of every image of a folder without class sub-folders
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def is_unlabeled(root: Path) -> bool:
+    """Whether ``root`` is a folder of images without class sub-folders (unlabeled: for prediction only)."""
+    root = Path(root)
+    return root.is_dir() and not _subfolders(root) and bool(_images_in(root))
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -35,24 +56,24 @@ def class_folders(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"folder:{root}: no such folder; give a folder with one sub-folder of images per class")
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    folders = _subfolders(root)
     if not folders:
         raise DataError(f"{root} holds no class sub-folders; put each class's images in a sub-folder named after it")
     return folders
 
 
 def image_files(root: Path) -> list[tuple[Path, int]]:
-    """Every image of ``root`` with its class index, class by class, sorted paths within a class (any depth).
+    """Every image of ``root`` with its class index, class by class, sorted paths within a class (any depth);
+    for a folder without class sub-folders (:func:`is_unlabeled`), its images, sorted, each labelled -1.
 
     Raises DataError naming an empty class folder (no PNG, JPEG or BMP in it).
     """
+    if is_unlabeled(root):
+        return [(path, UNLABELED) for path in _images_in(Path(root))]
     found: list[tuple[Path, int]] = []
     for label, folder in enumerate(class_folders(root)):
         files = sorted(
-            Path(dirpath) / name
-            for dirpath, _, names in os.walk(folder)
-            for name in names
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+            Path(dirpath) / name for dirpath, _, names in os.walk(folder) for name in names if _is_image(name)
         )
         if not files:
             raise DataError(

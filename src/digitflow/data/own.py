@@ -48,13 +48,25 @@ def classes_of(spec: DatasetSpec) -> tuple[str, ...]:
     if not spec.is_own:
         return tuple(registry.DATASETS[spec.name].classes)
     if spec.name == "folder":
+        if folder.is_unlabeled(Path(spec.path)):
+            return ()
         return class_names([p.name for p in folder.class_folders(Path(spec.path))])
     return class_names([str(i) for i in range(int(spec.option("classes")))])
 
 
 def has_labels(spec: DatasetSpec) -> bool:
-    """Whether a spec's images have labels (all do, but a CSV file without its label column)."""
-    return not (spec.name == "csv" and not csvdigits.has_labels(Path(spec.path)))
+    """Whether a spec's images have labels (all do, but a CSV file without its label column and a folder
+    of images without class sub-folders)."""
+    if spec.name == "csv":
+        return csvdigits.has_labels(Path(spec.path))
+    return not (spec.name == "folder" and folder.is_unlabeled(Path(spec.path)))
+
+
+def unlabeled_reason(spec: DatasetSpec) -> str:
+    """Why a spec without labels (:func:`has_labels`) has none, for an error that refuses it."""
+    if spec.name == "csv":
+        return f"{spec.path} has no label column: a CSV file without labels is for prediction only"
+    return f"{spec.path} has no class sub-folders: a folder of unlabeled images is for prediction only"
 
 
 def source_files(spec: DatasetSpec) -> list[Path]:
@@ -88,6 +100,8 @@ def read_own(spec: DatasetSpec, paths: list[Path]) -> OwnData:
         images, note = folder.read_folder(Path(spec.path), files, spec.option("frame"), spec.option("invert"))
         labels = torch.tensor([label for _, label in files], dtype=torch.int64)
         notes: tuple[tuple[str, str], ...] = (("reading", note),)
+        if not classes:
+            notes += (("labels", "absent: for prediction only"),)
     elif spec.name == "csv":
         images, labels = csvdigits.read_csv_digits(paths[0], len(classes))
         notes = (("labels", "absent: for prediction only"),) if int(labels[0]) < 0 else ()

@@ -34,6 +34,8 @@ from torch import nn
 
 from digitflow.errors import ConfigError, ExportError
 from digitflow.export.inputs import class_name
+from digitflow.export.metadata import PROGRAM_EXTRA_FILE, ModelMetadata
+from digitflow.export.metadata import attach as attach_metadata
 from digitflow.fileio import atomic_write, one_line
 
 EXPORT_MODES = ("script", "trace")
@@ -114,7 +116,12 @@ def _check_suffix(path: Path, suffix: str, what: str) -> None:
 
 
 def export_torchscript(
-    model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str], mode: str = "script"
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike[str],
+    mode: str = "script",
+    *,
+    metadata: ModelMetadata | None = None,
 ) -> Path:
     """Write ``model`` as a TorchScript file (``.pt``) and return its path.
 
@@ -122,6 +129,8 @@ def export_torchscript(
     ops run on ``example`` (``torch.jit.trace``). Either works on an eval-mode CPU copy, so batch
     norm uses its running statistics and the caller's model is not changed. ``example`` is a float
     batch (N, 1, 28, 28) checked against ``model.input_shape``; the file takes any batch size.
+    ``metadata`` (class names, framing) goes into the file as the module's ``digitflow_metadata``
+    attribute (:mod:`digitflow.export.metadata`).
 
     Raises ConfigError for an unknown mode, a path not ending in ``.pt`` or an example the model
     cannot take; ExportError if torch cannot script/trace the model.
@@ -141,16 +150,21 @@ def export_torchscript(
                     compiled = torch.jit.trace(cpu_model, example)
         except Exception as exc:
             raise ExportError(f"torch.jit.{mode} failed for {class_name(model)}: {one_line(exc)}") from exc
+        if metadata is not None:
+            attach_metadata(compiled, metadata)
         return atomic_write(path, lambda tmp: torch.jit.save(compiled, str(tmp)))
 
 
-def export_program(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
+def export_program(
+    model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str], *, metadata: ModelMetadata | None = None
+) -> Path:
     """Write ``model`` as a torch.export program (``.pt2``) and return its path.
 
     Exported with ``torch.export.export`` from an eval-mode CPU copy, with a dynamic batch
     dimension (``Dim("batch", min=1)``), and saved with ``torch.export.save``. Load it with
     ``torch.export.load(path).module()``. A one-image example is repeated to two images for the
-    export, because torch.export specializes a dimension whose example size is 1.
+    export, because torch.export specializes a dimension whose example size is 1. ``metadata`` goes into
+    the file as the extra file ``digitflow_metadata.json`` (:mod:`digitflow.export.metadata`).
 
     Raises ConfigError for a path not ending in ``.pt2`` or an example the model cannot take;
     ExportError if torch.export cannot capture the model.
@@ -160,7 +174,8 @@ def export_program(model: nn.Module, example: torch.Tensor, path: str | os.PathL
     if path.name.endswith(AOTI_SUFFIX):
         raise ConfigError(f"{str(path)!r} names an AOTInductor package ({AOTI_SUFFIX}); a torch.export file is *.pt2")
     program = capture_program(model, example)
-    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
+    extra_files = None if metadata is None else {PROGRAM_EXTRA_FILE: metadata.to_json()}
+    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp), extra_files=extra_files))
 
 
 def capture_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:

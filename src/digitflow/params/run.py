@@ -36,7 +36,7 @@ from digitflow.config import (
 from digitflow.config.options import RUN_OPTIONS, choices_of, complete
 from digitflow.data import DATASETS, DatasetSpec, parse_spec
 from digitflow.data.framing import MODEL_SIZE, frame_images, get_preprocessor
-from digitflow.data.own import classes_of, has_labels
+from digitflow.data.own import classes_of, has_labels, unlabeled_reason
 from digitflow.device import resolve_device
 from digitflow.errors import ConfigError, DataError
 from digitflow.evaluation.attacks import ATTACKS
@@ -111,13 +111,13 @@ def augment_family(train: str) -> str:
 def check_classes(train: str, others: list[str]) -> None:
     """A one-line DataError if a test or target set has other classes than the training set, where one of
     them is a user's own (the registered datasets keep their cross-vocabulary tests); or if a training or
-    test set is a CSV file without labels."""
+    test set has no labels (a CSV file without its label column, a folder without class sub-folders)."""
     train_spec = parse_spec(train)
     classes = classes_of(train_spec)
     for text in (train, *others):
         spec = parse_spec(text)
         if spec.is_own and not has_labels(spec):
-            raise DataError(f"{spec.path} has no label column: a CSV file without labels is for prediction only")
+            raise DataError(unlabeled_reason(spec))
         if spec is not train_spec and (spec.is_own or train_spec.is_own) and classes_of(spec) != classes:
             theirs = classes_of(spec)
             raise DataError(

@@ -217,6 +217,8 @@ def csv_lines(tmp_path, n=5):
         (4, lambda cells: [cells[0], "x", *cells[2:]], "row 4 (line 5), column pixel0: 'x' is not a number"),
         (1, lambda cells: ["12", *cells[1:]], "row 1 (line 2): label 12 is outside 0..9; give the number of classes"),
         (5, lambda cells: [*cells[:-1], "256"], "row 5 (line 6), column pixel783: pixel 256 is not a whole number"),
+        (2, lambda cells: [cells[0], "-1", *cells[2:]], "row 2 (line 3), column pixel0: pixel -1 is not a whole"),
+        (3, lambda cells: [*cells[:-1], "0.5"], "row 3 (line 4), column pixel783: pixel 0.5 is not a whole number"),
     ],
 )
 def test_bad_csv_cells_are_one_line_errors_naming_file_and_row(tmp_path, row, edit, expected):
@@ -232,6 +234,10 @@ def test_a_csv_of_another_layout_or_none_is_a_one_line_error(tmp_path):
     (tmp_path / "wide.csv").write_text("label," + ",".join(f"pixel{i}" for i in range(100)) + "\n1" + ",0" * 100)
     assert "has 100 pixel columns" in error(f"csv:{tmp_path}/wide.csv", tmp_path)
     assert "no such file" in error(f"csv:{tmp_path}/missing.csv", tmp_path)
+    (tmp_path / "empty.csv").write_text("")
+    assert "empty.csv is empty or starts with an empty line" in error(f"csv:{tmp_path}/empty.csv", tmp_path)
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\x00\xff")
+    assert "binary.csv cannot be read as CSV (UnicodeDecodeError" in error(f"csv:{tmp_path}/binary.csv", tmp_path)
 
 
 def test_more_classes_are_named_by_their_number(tmp_path):
