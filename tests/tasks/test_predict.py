@@ -42,13 +42,13 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def test_a_registered_model_loads_with_its_record_scores_and_logs_the_prediction(tmp_path, monkeypatch, mlflow_store):
     data_dir = fake_data_dir(tmp_path, monkeypatch, names=("mnist",))
+    setup_tracking("predict-test")  # before any run: not the experiment an earlier test of this process set
     test_data = prepared("mnist:test", data_dir, tmp_path / "cache")
     dataset = load_prepared(test_data, str(data_dir), str(tmp_path / "cache"))
     images, labels = model_inputs(dataset, "mnist-frame", "cpu")
     record = run_metadata(DataConfig(train="mnist:train"))
     torch.manual_seed(0)  # an untrained LeNet: registered as the export task registers it (its own test trains one)
     torchscript = export_torchscript(for_export(LeNet()), images[:1], tmp_path / "lenet.pt", metadata=record)
-    setup_tracking("predict-test")
     with mlflow.start_run() as pipeline:
         parent_id = pipeline.info.run_id
         _log_and_register(torchscript, images, parent_id, {"test/accuracy": 0.5}, ExportConfig(), "lenet")
