@@ -57,10 +57,17 @@ class RunSignals:
     cleanup on the way out (MLflow, Prefect's log drain, stopping the server) cannot be broken into.
     """
 
-    def __init__(self, argv: Sequence[str], epochs: int, where: Callable[[], str] | None = None):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        epochs: int,
+        where: Callable[[], str] | None = None,
+        line: str | None = None,
+    ):
         self.argv = list(argv)
         self.epochs = epochs
         self.where = where  # how far the flow got, if not by its training epochs (a sweep: its trials)
+        self.line = line  # the whole line, for a flow with nothing to resume (predict, promote)
         self.signum: int | None = None
         self._held_back = False  # a signal waits for MLflow to return (re-delivered by _deliver_later)
         self._redelivery = False
@@ -168,7 +175,9 @@ class RunSignals:
         return 130 if self.signum is None else EXIT_CODES.get(self.signum, 130)
 
     def message(self) -> str:
-        """One line: where training got to and the command that continues the run."""
+        """One line: where training got to and the command that continues the run (or :attr:`line`)."""
+        if self.line is not None:
+            return self.line
         progress = _training_progress()
         epochs = self.epochs
         if self.where is not None:

@@ -38,18 +38,22 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +126,35 @@ def default_secrets() -> str:
         return os.environ["DIGITFLOW_TEAM_SECRETS"]
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return str(Path(config) / "digitflow" / "team")
+
+
+@contextlib.contextmanager
+def scratch_team(prefix: str, data_dir: str, deploy: list[str], timeout: float = 300) -> Iterator[tuple[Team, Path]]:
+    """A whole team setup for a script (scripts/team_faults.py, scripts/team_load.py): started on free loopback
+    ports in a new temporary folder, with ``deploy``'s deployments; stopped and the folder removed on the way
+    out. Yields the setup and its folder; the workers poll for flow runs every second."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)  # the postgres user reaches its cluster in there
+    os.environ.update(
+        DIGITFLOW_DATA_DIR=str(Path(data_dir).resolve()),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+    )
+    ports = {f"{name}_port": free_port() for name in ("pg", "s3", "mlflow", "prefect")}
+    setup = Team(argparse.Namespace(state_dir=root / "state", secrets=root / "secrets", host="127.0.0.1", **ports))
+    try:
+        setup.start(deploy, timeout)
+        yield setup, root
+    finally:
+        setup.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the cluster, the logs, the runs' outputs
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Team:

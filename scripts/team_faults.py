@@ -20,12 +20,9 @@ import argparse
 import contextlib
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,33 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         "--fault", nargs="+", choices=["postgres", "s3", "worker"], default=["postgres", "s3", "worker"]
     )
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="digitflow-faults-"))
-    root.chmod(0o755)  # the postgres user reaches its cluster in there
-    os.environ.update(
-        DIGITFLOW_DATA_DIR=str(Path(args.data_dir).resolve()),
-        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-        PREFECT_WORKER_QUERY_SECONDS="1",
-    )
-    ports = {f"{name}_port": free_port() for name in ("pg", "s3", "mlflow", "prefect")}
-    setup = team_setup.Team(
-        argparse.Namespace(state_dir=root / "state", secrets=root / "secrets", host="127.0.0.1", **ports)
-    )
-    try:
-        setup.start(["mnist-nightly"], 300)
+    with team_setup.scratch_team("digitflow-faults-", args.data_dir, ["mnist-nightly"]) as (setup, root):
         faults = Faults(setup, root)
         faults.baseline()
         for fault in args.fault:
             getattr(faults, fault)()
-    finally:
-        setup.stop()
-        shutil.rmtree(root, ignore_errors=True)  # the cluster, the logs, the runs' outputs
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Faults:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ from typing import Any
 import requests
 import team as team_setup
 from serve import ROOT
-from team_faults import free_port
 
 STEPS = ("train", "evaluate", "cross-domain", "export")  # the children that log artifacts
 OPTIONS = dict(
@@ -36,24 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/team_load.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("DIGITFLOW_DATA_DIR") or str(ROOT.parent / "shared/data"))
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="digitflow-load-"))
-    root.chmod(0o755)
-    os.environ.update(
-        DIGITFLOW_DATA_DIR=str(Path(args.data_dir).resolve()),
-        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-        PREFECT_WORKER_QUERY_SECONDS="1",
-    )
-    ports = {f"{name}_port": free_port() for name in ("pg", "s3", "mlflow", "prefect")}
-    setup = team_setup.Team(
-        argparse.Namespace(state_dir=root / "state", secrets=root / "secrets", host="127.0.0.1", **ports)
-    )
-    try:
-        setup.start(["mnist-nightly", "evaluate-and-promote"], 300)
+    with team_setup.scratch_team("digitflow-load-", args.data_dir, ["mnist-nightly", "evaluate-and-promote"]) as (
+        setup,
+        root,
+    ):
         setup.add_user("alice")
         return load(setup, root)
-    finally:
-        setup.stop()
-        shutil.rmtree(root, ignore_errors=True)  # the cluster, the logs, the runs' outputs
 
 
 def load(setup: team_setup.Team, root: Path) -> int:

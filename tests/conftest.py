@@ -8,6 +8,7 @@ server (flows/local_server.py): it starts once, not once per command.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,13 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their store explicit
 os.environ["DIGITFLOW_PREFECT_SERVER_IDLE"] = "60"  # outlives the gaps between commands, not the session
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

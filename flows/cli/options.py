@@ -127,17 +127,19 @@ def run_flow(
     epochs: int,
     load: Callable[[], Callable[[], Any]],
     *,
-    finished: str,
+    finished: str | Callable[[Any], str],
     summary_lines: Callable[[Any], list[str]],
     where: Callable[[], str] | None = None,
+    interrupted: str | None = None,
 ) -> int:
     """Run a flow in this process: ``load()`` imports the flow (Prefect and MLflow load only once the
     options are valid) and returns it bound to its parameters; it runs against the configured Prefect
     server, else the local one (flows/local_server.py), whose start overlaps those imports. Expected
     errors end as one line on stderr; Ctrl-C / SIGTERM as one line saying how to ``--resume``
-    (flows/interrupt.py), exit 130 / 143. Prints the summary at the end. ``where()`` says how far the
-    flow got, for that line (default: the epochs of its training)."""
-    signals = RunSignals(argv, epochs, where=where)
+    (flows/interrupt.py; ``where()`` says how far the flow got, by default the epochs of its training;
+    ``interrupted`` replaces the whole line for a flow with nothing to resume), exit 130 / 143. Prints
+    ``finished`` (or ``finished(summary)``) and the summary's lines at the end."""
+    signals = RunSignals(argv, epochs, where=where, line=interrupted)
     try:
         with signals:
             server = use_local_server()  # before the flow's imports: Prefect reads its API url at import
@@ -148,7 +150,9 @@ def run_flow(
             flow = load()
             if server is not None:
                 server.wait_ready()
-            summary = flow()
+            # Heartbeats serve a server's crash automation (the team setup's); the local server has none.
+            with without_flow_heartbeats() if server is not None else contextlib.nullcontext():
+                summary = flow()
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"digitflow: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -160,7 +164,8 @@ def run_flow(
             raise
         signals.report()
         return signals.exit_code
-    print("\n".join(["", finished, *("  " + line for line in summary_lines(summary))]))
+    title = finished(summary) if callable(finished) else finished
+    print("\n".join(["", title, *("  " + line for line in summary_lines(summary))]))
     return 0
 
 
@@ -171,9 +176,10 @@ def without_flow_heartbeats() -> Iterator[None]:
     Prefect 3.9's heartbeat thread sleeps a whole second at a time and the flow joins it as it ends, so every
     run it watches lasts to the next whole second: a 0.3-s flow took 1.07 s with it, 0.38 s without, and
     ``digitflow predict`` on 10,000 images 2.07 s against about 1.5 s (docs/measurements.md#predictions).
-    Heartbeats let a server that has an automation for it mark a run as crashed when its process died; a
-    flow run by a worker (a deployment's) keeps them. Imports Prefect's settings: call it once the options
-    are known to be valid.
+    Heartbeats let a server that has an automation for it mark a run as crashed when its process died: a
+    flow run by a worker (a deployment's) keeps them, and so does a command run against a configured server
+    (:func:`run_flow` turns them off on the local server only). Imports Prefect's settings: call it once the
+    options are known to be valid.
     """
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

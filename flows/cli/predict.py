@@ -4,21 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from digitflow.config.options import PREDICT_OPTIONS
-from digitflow.errors import ConfigError, DataError, DigitflowError
+from digitflow.errors import ConfigError, DigitflowError
 from flows.cli.checks import exit_unless_tracking_server_answers
-from flows.cli.options import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    add_options,
-    exit_unless_prefect_lets_us_in,
-    flow_params,
-    without_flow_heartbeats,
-)
+from flows.cli.options import EXIT_BAD_INPUT, add_options, flow_params, run_flow
 
 NAME = "predict"
 EPILOG = """\
@@ -51,7 +44,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
-    """Check the options, then run :func:`flows.predict.predict` in this process and print its summary."""
+    """Check the options, then run :func:`flows.predict.predict` in this process (:func:`run_flow`)."""
     params: dict[str, Any] = flow_params(args, PREDICT_OPTIONS)
     if params["input"] is None:
         parser.exit(EXIT_BAD_INPUT, "digitflow: error: predict needs --input SPEC: the images to score\n")
@@ -60,31 +53,20 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     except DigitflowError as exc:
         parser.exit(EXIT_BAD_INPUT, f"digitflow: error: {exc}\n")
     exit_unless_tracking_server_answers(parser)  # the run is logged, whatever the model's source
-    try:
-        from flows.local_server import use_local_server
 
-        server = use_local_server()  # before Prefect is imported, which reads its API url then
-        if server is None:  # a configured server: say in one line if it refuses us
-            exit_unless_prefect_lets_us_in()
+    def load() -> Callable[[], Any]:
         from flows.predict import predict  # imports Prefect and MLflow: only once the options are valid
-        from reporting.logs import quiet_expected_errors
 
-        quiet_expected_errors(full_in_log=False)
-        if server is not None:
-            server.wait_ready()
-        with without_flow_heartbeats():  # up to a second of every run, for a run this process waits for
-            summary = predict(**params)
-    except (ConfigError, DataError) as exc:
-        print(f"digitflow: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except DigitflowError as exc:
-        print(f"digitflow: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("digitflow: interrupted; the output files are written whole or not at all", file=sys.stderr)
-        return 130
-    print("\n".join(["", "digitflow predict finished", *("  " + line for line in summary.lines())]))
-    return 0
+        return functools.partial(predict, **params)
+
+    return run_flow(
+        argv,
+        0,
+        load,
+        finished="digitflow predict finished",
+        summary_lines=lambda s: s.lines(),
+        interrupted="digitflow: interrupted; the output files are written whole or not at all",
+    )
 
 
 def check_before_predicting(params: dict[str, Any]) -> None:

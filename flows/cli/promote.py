@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from digitflow.config import PromotionConfig
 from digitflow.config.options import PROMOTE_OPTIONS
-from digitflow.errors import ConfigError, DataError, DigitflowError
-from flows.cli.options import EXIT_BAD_INPUT, EXIT_FAILED, add_options, flow_params
+from flows.cli.options import EXIT_BAD_INPUT, add_options, flow_params, run_flow
 
 NAME = "promote"
 EPILOG = """\
@@ -41,7 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
-    """Run :func:`flows.promote.promote` in this process and print its decision."""
+    """Run :func:`flows.promote.promote` in this process (:func:`run_flow`) and print its decision."""
     if (args.run_id is None) == (args.flow_run_id is None):
         parser.exit(EXIT_BAD_INPUT, "digitflow: error: promote needs one of --run-id ID and --flow-run-id ID\n")
     if args.margin < 0:
@@ -49,25 +48,17 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     if not args.alias.strip():
         parser.exit(EXIT_BAD_INPUT, "digitflow: error: --alias is empty\n")
     params: dict[str, Any] = flow_params(args, PROMOTE_OPTIONS)
-    try:
-        from flows.local_server import use_local_server
 
-        server = use_local_server()  # before Prefect is imported, which reads its API url then
+    def load() -> Callable[[], Any]:
         from flows.promote import promote  # imports Prefect and MLflow: only once the options are valid
-        from reporting.logs import quiet_expected_errors
 
-        quiet_expected_errors(full_in_log=False)
-        if server is not None:
-            server.wait_ready()
-        outcome = promote(**params)
-    except (ConfigError, DataError) as exc:
-        print(f"digitflow: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except DigitflowError as exc:
-        print(f"digitflow: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("digitflow: interrupted; the champion is whatever the alias says (see the model's tags)", file=sys.stderr)
-        return 130
-    print("\n".join(["", f"digitflow promote: {outcome.decision.word}", *("  " + line for line in outcome.lines())]))
-    return 0
+        return functools.partial(promote, **params)
+
+    return run_flow(
+        argv,
+        0,
+        load,
+        finished=lambda outcome: f"digitflow promote: {outcome.decision.word}",
+        summary_lines=lambda outcome: outcome.lines(),
+        interrupted="digitflow: interrupted; the champion is whatever the alias says (see the model's tags)",
+    )

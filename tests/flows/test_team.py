@@ -10,7 +10,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,17 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TEAM = REPO / "scripts" / "team.py"
 PG_BIN = Path(os.environ.get("DIGITFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def needs_team() -> None:

@@ -24,10 +24,8 @@ from tasks.predict import load_model, predict_images
 from tests.fakedata import fake_data_dir
 from tracking.store import setup_tracking
 
-pytestmark = [  # MLflow loading the registered TorchScript model back when it logs it; not ours to fix
-    pytest.mark.filterwarnings("ignore:'torch.load' received a zip file that looks like a TorchScript archive"),
-    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:FutureWarning"),
-]
+# The tests load TorchScript files themselves (torch.jit.load, which torch 2.14 calls deprecated)
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:FutureWarning")
 
 
 def prepared(spec: str, data_dir: Path, cache_dir: Path, parent_run_id: str | None = None):

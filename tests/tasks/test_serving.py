@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from digitflow.data.framing import model_inputs
 from tasks.data import download_dataset, load_prepared, prepare_dataset
 from tasks.export import export_model
 from tasks.train import train_model
+from tests.conftest import free_port
 from tests.fakedata import fake_data_dir
 from tracking.store import setup_tracking
 
@@ -153,12 +153,6 @@ def test_mlflow_models_serve_scores_real_mnist_test_images(tmp_path, shared_data
     assert (served.argmax(axis=1) == expected.argmax(axis=1)).all()
     accuracy = float((served.argmax(axis=1) == labels.numpy()).mean())
     assert accuracy >= 0.8, f"served predictions on 200 held-out MNIST images: accuracy {accuracy:.3f}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:

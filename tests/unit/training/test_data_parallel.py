@@ -4,7 +4,6 @@ processes on the CPU training to the same accuracy band as one."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from digitflow.evaluation.classifier import evaluate
 from digitflow.training.classifier import build_model, fit
 from digitflow.training.data_parallel import check_data_parallel
 from digitflow.training.loop import run_epoch
+from tests.conftest import free_port
 
 
 class RecordingStep:
@@ -127,12 +127,6 @@ def _rank(rank: int, world: int, port: int, out: str, resume: bool = False) -> N
     saved = {"state": model.state_dict(), "history": result.history, "resumed": result.resumed_from_epoch}
     torch.save(saved, f"{out}/rank{rank}{'-resumed' if resume else ''}.pt")
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_gloo_processes_train_to_the_accuracy_of_one(tmp_path: Path):
