@@ -36,7 +36,7 @@ from reporting.progress import run_logger
 from tasks.data import load_prepared
 from tasks.train import TrainedModel
 from tracking import runlog
-from tracking.runs import child_run, image_signature, torch_requirement, without_serving_check
+from tracking.runs import child_run, image_signature, torch_requirement, without_save_checks
 from tracking.store import unwrap
 
 
@@ -192,7 +192,7 @@ def _log_and_register(
     ``model`` spec; its version."""
     scripted = load_export(torchscript)
     signature, example = image_signature(scripted, images)
-    with _without_pickle_warning(), without_serving_check():  # the verifier checked this file on real images
+    with _without_pickle_warning(), without_save_checks():  # the verifier checked this file on real images
         info = Model.log(  # mlflow.pytorch.log_model, on the parent run (log_model only takes the active run)
             artifact_path=None,
             name="torchscript-model",

@@ -39,7 +39,7 @@ from reporting import timing
 from reporting.progress import EpochProgress, run_logger
 from tasks.data import adaptation_images, load_prepared, log_dataset_input
 from tracking import runlog
-from tracking.runs import child_run, torch_requirement, without_serving_check
+from tracking.runs import child_run, torch_requirement, without_save_checks
 from tracking.store import PROJECT_ROOT
 
 
@@ -305,5 +305,5 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor, name: str = "model
 
 
 def _log_pytorch_model(model: torch.nn.Module, name: str, described: dict[str, Any]) -> None:
-    with without_serving_check():  # evaluation checks this model; MLflow need not reload it to predict its example
+    with without_save_checks():  # evaluation checks this model; MLflow need not reload it nor check torch==ours
         mlflow.pytorch.log_model(model, name=name, **described)

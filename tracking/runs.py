@@ -174,27 +174,38 @@ def image_signature(model: Any, images: Any) -> tuple[ModelSignature, np.ndarray
     return infer_signature(example, output), example
 
 
-@contextlib.contextmanager
-def without_serving_check() -> Iterator[None]:
-    """Around ``log_model``: MLflow does not load the model it just saved to predict the input example.
+REQUIREMENTS_CHECK = "warn_dependency_requirement_mismatches"  # imported into mlflow.utils.environment, called there
 
-    Given an input example, ``Model.log`` loads the saved model back through pyfunc (scanning the
-    installed packages against its requirements) and predicts the example, to check it would serve:
-    0.3-0.6 s per logged model, twice per run. Our models are checked where it matters (the exported
-    files in a torch-only process on real images, the trained model by evaluation), and MLflow's own
-    switch (``validate_serving_input=False``) cannot be used with the PyTorch flavour, which hands every
-    extra argument to ``torch.save``. So this swaps that one check (``mlflow.models.utils.
-    _validate_serving_input``, read by ``Model.log`` at each call) for a no-op while the block runs; the
-    example and the signature are saved as before.
+
+@contextlib.contextmanager
+def without_save_checks() -> Iterator[None]:
+    """Around ``log_model``: MLflow skips two checks of a model it has just saved that cannot fail for ours.
+
+    - **The serving check.** Given an input example, ``Model.log`` loads the saved model back through pyfunc
+      and predicts the example, to check it would serve: 0.3-0.6 s per logged model, twice per run. Our
+      models are checked where it matters (the exported files in a torch-only process on real images, the
+      trained model by evaluation), and MLflow's own switch (``validate_serving_input=False``) cannot be
+      used with the PyTorch flavour, which hands every extra argument to ``torch.save``.
+    - **The requirements check.** ``save_model`` compares the pip requirements with the installed packages,
+      mapping every installed distribution's files to its modules first (``packages_distributions``: about
+      0.6 s, once per process). Ours are ``torch==`` the installed torch (:func:`torch_requirement`) and the
+      ``mlflow==`` MLflow adds for itself: installed by construction.
+
+    So this swaps ``mlflow.models.utils._validate_serving_input`` (read by ``Model.log`` at each call) and
+    ``mlflow.utils.environment.warn_dependency_requirement_mismatches`` for no-ops while the block runs; the
+    example, the signature and the requirements are saved as before.
     """
     import mlflow.models.utils as model_utils
+    import mlflow.utils.environment as environment
 
-    check = model_utils._validate_serving_input
+    serving, requirements = model_utils._validate_serving_input, getattr(environment, REQUIREMENTS_CHECK)
     model_utils._validate_serving_input = lambda model_uri, serving_input: None
+    setattr(environment, REQUIREMENTS_CHECK, lambda model_requirements: None)
     try:
         yield
     finally:
-        model_utils._validate_serving_input = check
+        model_utils._validate_serving_input = serving
+        setattr(environment, REQUIREMENTS_CHECK, requirements)
 
 
 def log_confusion(confusion, classes: list[str], artifact_dir: str, title: str) -> None:

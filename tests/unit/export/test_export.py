@@ -240,3 +240,6 @@ def test_latency_stops_at_its_budget():
     ms = measure_latency(slow, batch_sizes=(1,), repeats=100, warmup=0, budget_s=0.05)
     assert 5 <= len(passes) < 100  # at least 5 passes, then the budget ends it
     assert ms[1] >= 20
+    passes.clear()
+    measure_latency(slow, batch_sizes=(1,), repeats=5, warmup=100, budget_s=0.05)
+    assert len(passes) < 20  # the warm-up stops at half the budget (about 2 passes), then the 5 timed ones
