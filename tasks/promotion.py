@@ -43,6 +43,7 @@ class Candidate:
     figures: dict[str, float]
     export_verified: bool
     export_note: str  # why the export counts as verified or not
+    datasets: dict[str, str] = field(default_factory=dict)  # the run's dataset.*.digest tags: what it measured on
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,9 @@ def find_pipeline_run(run_id: str | None = None, flow_run_id: str | None = None)
 
 def export_check(run: mlflow.entities.Run) -> tuple[bool, str]:
     """Whether the pipeline run's export verification passed, and a few words saying so: its export
-    child run finished (the export task fails when a file disagrees with the eager model) and both
-    exported files gave the eager model's predictions within the run's tolerance."""
+    child run finished (the export task fails when a file disagrees with the eager model) and every
+    exported file (TorchScript, torch.export, and the AOTInductor package when written) gave the eager
+    model's predictions within the run's tolerance for it."""
     client = mlflow.MlflowClient()
     children = client.search_runs(
         [run.info.experiment_id],
@@ -141,14 +143,17 @@ def export_check(run: mlflow.entities.Run) -> tuple[bool, str]:
     if export.info.status != "FINISHED":
         return False, f"the export step ended {export.info.status}"
     metrics, params = export.data.metrics, export.data.params
-    tolerance = float(params.get("max_abs_diff", "inf"))
-    for name in ("torchscript", "program"):
+    tolerance, aoti_tolerance = float(params.get("max_abs_diff", "inf")), float(params.get("aoti_max_abs_diff", "inf"))
+    written = [name for name in ("aoti",) if f"export/{name}_max_abs_diff" in metrics]  # optional formats
+    for name in ("torchscript", "program", *written):
         diff = metrics.get(f"export/{name}_max_abs_diff")
         mismatched = metrics.get(f"export/{name}_mismatched_predictions")
         if diff is None or mismatched is None:
             return False, f"no verification figures for the {name} export"
-        if diff > tolerance or mismatched:
+        if diff > (aoti_tolerance if name == "aoti" else tolerance) or mismatched:
             return False, f"the {name} export differs from the eager model (max |diff| {diff:.2e})"
+    if written:
+        return True, f"passed (all 3 exports: 2 within {tolerance:g}, the AOTInductor one within {aoti_tolerance:g})"
     return True, f"passed (both exports within {tolerance:g} of the eager model)"
 
 
@@ -173,7 +178,13 @@ def read_candidate(run: mlflow.entities.Run, config: PromotionConfig) -> Candida
         figures=dict(run.data.metrics),
         export_verified=verified,
         export_note=note,
+        datasets=dataset_digests(run.data.tags),
     )
+
+
+def dataset_digests(tags: dict[str, str]) -> dict[str, str]:
+    """A pipeline run's ``dataset.*.digest`` tags: which images its figures were measured on."""
+    return {key: value for key, value in tags.items() if key.startswith("dataset.") and key.endswith(".digest")}
 
 
 @task(name="find candidate", cache_policy=NO_CACHE, persist_result=False)
@@ -194,11 +205,13 @@ def champion(config: PromotionConfig) -> ModelVersion | None:
         return None
 
 
-def champion_figures(version: ModelVersion) -> dict[str, float]:
-    """The figures of the champion: the metrics of the run that registered it."""
+def champion_figures(version: ModelVersion) -> tuple[dict[str, float], dict[str, str]]:
+    """The figures of the champion and the datasets they were measured on: the metrics and the
+    ``dataset.*.digest`` tags of the run that registered it."""
     if not version.run_id:
-        return {}
-    return dict(mlflow.MlflowClient().get_run(version.run_id).data.metrics)
+        return {}, {}
+    run = mlflow.MlflowClient().get_run(version.run_id)
+    return dict(run.data.metrics), dataset_digests(run.data.tags)
 
 
 @contextlib.contextmanager
@@ -251,8 +264,14 @@ def promote_if_better(candidate: Candidate, config: PromotionConfig, promoter: s
         if before == candidate.version:  # already the champion: compare with nothing, change nothing
             decision = Decision(False, f"it already is the {alias}", ())
         else:
-            figures = champion_figures(current) if current is not None else None
-            decision = decide(candidate.figures, figures, config, export_verified=candidate.export_verified)
+            figures, datasets = champion_figures(current) if current is not None else (None, {})
+            decision = decide(
+                candidate.figures,
+                figures,
+                config,
+                export_verified=candidate.export_verified,
+                datasets=(candidate.datasets, datasets),
+            )
         tags = decision_tags(decision, before, promoter)
         for key, value in tags.items():
             client.set_model_version_tag(name, candidate.version, key, value)

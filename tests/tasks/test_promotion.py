@@ -19,12 +19,20 @@ MODEL = PromotionConfig.registered_model_name
 
 
 def fake_pipeline_run(
-    test_acc: float, usps_acc: float, *, export_ok: bool = True, flow_run_id: str = "", model: str = MODEL
+    test_acc: float,
+    usps_acc: float,
+    *,
+    export_ok: bool = True,
+    flow_run_id: str = "",
+    model: str = MODEL,
+    test_digest: str = "mnist-test",
 ) -> str:
-    """A parent run as the pipeline leaves it: headline metrics, an export child run, a model version
-    (of the registered model ``model``, which the run's params name, as the pipeline's do)."""
+    """A parent run as the pipeline leaves it: headline metrics, the digests of the data they were measured
+    on, an export child run, a model version (of the registered model ``model``, which the run's params name,
+    as the pipeline's do)."""
     mlflow.set_experiment("promote-test")
-    tags = {"prefect.flow_run_id": flow_run_id} if flow_run_id else {}
+    tags = {"dataset.test.digest": test_digest, "dataset.target.usps.digest": "usps-test"}
+    tags |= {"prefect.flow_run_id": flow_run_id} if flow_run_id else {}
     with mlflow.start_run(run_name=f"acc={test_acc}", tags=tags) as parent:
         mlflow.log_param("export.registered_model_name", model)
         mlflow.log_metrics({"test/accuracy": test_acc, "test/loss": 0.1, "cross/usps/accuracy": usps_acc})
@@ -85,6 +93,16 @@ def test_first_model_becomes_champion_then_only_a_better_one_replaces_it(mlflow_
     again = promote(better.candidate.run_id)
     assert not again.decision.promote
     assert "already" in again.decision.reason
+
+
+def test_a_model_tested_on_other_images_does_not_replace_the_champion(mlflow_store):
+    first = fake_pipeline_run(0.95, 0.90)
+    promote(first)
+    outcome = promote(fake_pipeline_run(0.99, 0.95, test_digest="my-folder-holdout"))
+    assert outcome.decision.word == "kept"
+    assert "measured on other data than the champion (test/accuracy)" in outcome.decision.reason
+    assert champion_version() == "1"
+    assert version_tags("2")["promotion.test/accuracy"] == "0.9900 vs 0.9500 (+0.0400, other data)"
 
 
 def test_a_failed_export_verification_is_never_promoted(mlflow_store):

@@ -72,7 +72,13 @@ def read_csv_digits(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.T
         bad = np.argwhere(pd.DataFrame(cells).apply(pd.to_numeric, errors="coerce").isna().to_numpy())
         row, col = (int(i) for i in bad[0])
         cell = cells[row, col]
-        what = f"'{cell}' is not a number" if isinstance(cell, str) and cell.strip() else "the cell is empty"
+        if isinstance(cell, str) and cell.strip():
+            what = f"'{cell}' is not a number"
+        else:  # pandas pads a short row with empty cells: say so rather than name the first padded one
+            fields = _fields_on_line(path, row + 2)
+            if fields < len(columns):
+                raise DataError(f"{path} row {row + 1} (line {row + 2}) has {fields} cells, expected {len(columns)}")
+            what = "the cell is empty"
         raise DataError(f"{path} row {row + 1} (line {row + 2}), column {columns[col]}: {what}")
     labelled = columns[0] == "label"
     pixels = values[:, 1:] if labelled else values
@@ -98,6 +104,15 @@ def read_csv_digits(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.T
         label_tensor = torch.full((len(values),), UNLABELED, dtype=torch.int64)
     images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, SIDE, SIDE))
     return images, label_tensor
+
+
+def _fields_on_line(path: Path, line_number: int) -> int:
+    """How many comma-separated cells line ``line_number`` (1 = the header) of ``path`` holds."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if number == line_number:
+                return len(line.rstrip("\r\n").split(","))
+    return 0
 
 
 def _row_problem(message: str) -> str:

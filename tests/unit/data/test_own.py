@@ -212,7 +212,9 @@ def csv_lines(tmp_path, n=5):
 @pytest.mark.parametrize(
     ("row", "edit", "expected"),
     [
-        (3, lambda cells: cells[:-1], "row 3 (line 4), column pixel783: the cell is empty"),
+        (3, lambda cells: cells[:-1], "row 3 (line 4) has 784 cells, expected 785"),
+        (3, lambda cells: cells[:3], "row 3 (line 4) has 3 cells, expected 785"),
+        (3, lambda cells: [*cells[:-1], ""], "row 3 (line 4), column pixel783: the cell is empty"),
         (2, lambda cells: [*cells, "0"], "Expected 785 fields in line 3, saw 786"),
         (4, lambda cells: [cells[0], "x", *cells[2:]], "row 4 (line 5), column pixel0: 'x' is not a number"),
         (1, lambda cells: ["12", *cells[1:]], "row 1 (line 2): label 12 is outside 0..9; give the number of classes"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from digitflow.config import PromotionConfig
-from digitflow.evaluation.promotion import decide, select_figures
+from digitflow.evaluation.promotion import dataset_of, decide, select_figures
 
 CONFIG = PromotionConfig(margin=0.001)
 CHAMPION = {"test/accuracy": 0.990, "cross/usps/accuracy": 0.940, "test/loss": 0.03, "train/seconds": 5.0}
@@ -52,6 +52,20 @@ def test_worse_tied_or_missing_keeps_the_champion(candidate, why):
     assert not decision.promote
     assert decision.word == "kept"
     assert why in decision.reason
+
+
+def test_figures_measured_on_other_images_do_not_compare_and_keep_the_champion():
+    better = {"test/accuracy": 0.999, "cross/usps/accuracy": 0.990}  # better on both, by far
+    same = {"dataset.test.digest": "aaa", "dataset.target.usps.digest": "uuu"}
+    other_test = {**same, "dataset.test.digest": "bbb"}  # a folder's hold-out, say, against MNIST's test split
+    decision = decide(better, CHAMPION, CONFIG, datasets=(other_test, same))
+    assert not decision.promote
+    assert verdicts(decision) == {"cross/usps/accuracy": "better", "test/accuracy": "other data"}
+    assert decision.reason == "measured on other data than the champion (test/accuracy): the figures do not compare"
+    assert decide(better, CHAMPION, CONFIG, datasets=(same, dict(same))).promote  # the same images: compared
+    assert decide(better, CHAMPION, CONFIG, datasets=(other_test, {})).promote  # a run without digests: as before
+    assert dataset_of("cross/usps/accuracy") == "dataset.target.usps.digest"
+    assert dataset_of("robust/pgd/accuracy_eps10") == dataset_of("test/accuracy") == "dataset.test.digest"
 
 
 def test_the_margin_decides_what_counts():
