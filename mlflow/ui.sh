@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Serve the MLflow UI on the tracking store runs were written to: $MLFLOW_TRACKING_URI if set (as for
-# `digitflow run`), else the project's store (mlflow/mlflow.db, artifacts in mlflow/artifacts).
+# `digitflow run`), else the one in the file $DIGITFLOW_CREDENTIALS names (digitflow reads it too), else the
+# project's store (mlflow/mlflow.db, artifacts in mlflow/artifacts).
 # Bound to 127.0.0.1: the store is yours, not the network's. MLFLOW_PORT changes the port (default 5000).
 # A tracking server (http://, https://) serves its own UI: nothing to start here.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 port="${MLFLOW_PORT:-5000}"
+if [[ -z "${MLFLOW_TRACKING_URI:-}" && -n "${DIGITFLOW_CREDENTIALS:-}" && -r "$DIGITFLOW_CREDENTIALS" ]]; then
+  # the credentials file digitflow reads (a team setup's): its tracking URI, read as text, never sourced
+  MLFLOW_TRACKING_URI="$(sed -n 's/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}MLFLOW_TRACKING_URI=//p' "$DIGITFLOW_CREDENTIALS" | tail -n 1 | tr -d "\"'")"
+  [[ -n "$MLFLOW_TRACKING_URI" ]] || unset MLFLOW_TRACKING_URI
+fi
 uri="${MLFLOW_TRACKING_URI:-sqlite:///$here/mlflow.db}"
 artifacts=()
 shown="$(printf '%s' "$uri" | sed -E 's#^([a-z+]+://[^:/@]*):[^@/]*@#\1:***@#')"  # never a password as it is

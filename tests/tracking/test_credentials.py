@@ -146,3 +146,16 @@ def test_make_ui_never_prints_a_password():
     assert result.returncode == 2
     assert "secret" not in result.stdout + result.stderr
     assert "(http://alice:***@127.0.0.1:5000)" in result.stderr
+
+
+def test_make_ui_follows_the_credentials_file_digitflow_reads(tmp_path):
+    credentials = tmp_path / "alice.env"
+    credentials.write_text(
+        "# a team setup's user\nMLFLOW_TRACKING_URI=http://127.0.0.1:5999\nMLFLOW_TRACKING_PASSWORD=secret\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["DIGITFLOW_CREDENTIALS"] = str(credentials)
+    result = subprocess.run([str(REPO / "mlflow" / "ui.sh")], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2  # the team's server serves its own UI: no local one on another store
+    assert "is a tracking server (http://127.0.0.1:5999)" in result.stderr
+    assert "secret" not in result.stdout + result.stderr
