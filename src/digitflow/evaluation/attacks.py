@@ -21,6 +21,7 @@ the function its loss is computed with.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from digitflow.device import channels_last_helps
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # images -> logits (the model, possibly under autocast)
 
@@ -249,6 +252,11 @@ def robustness_curve(
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
+    if images.dim() == 4 and channels_last_helps(images.device, batch_size):
+        # oneDNN's NHWC convolutions, as the engine trains: a CPU curve (1,000 images, PGD-10, 7 epsilons) took
+        # 7.0 s instead of 11.9 with model and images both channels-last. A copy: the caller's model keeps its layout.
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)

@@ -117,9 +117,11 @@ def test_attacks_leave_mode_weights_statistics_and_gradients_as_they_were(traine
     after = state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights, running stats, counters
     assert all(p.grad is not None and torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
-    robustness_curve(model, images, labels, (0.0, 0.1), pgd_steps=2)
+    layouts = [p.is_contiguous() for p in model.parameters()]
+    robustness_curve(model, images, labels, (0.0, 0.1), pgd_steps=2)  # on the CPU: attacks a channels-last copy
     assert model.training == (mode == "train")  # attacked in eval mode, handed back as it came
     assert all(torch.equal(before[k], v) for k, v in state(model).items())
+    assert [p.is_contiguous() for p in model.parameters()] == layouts  # in its own memory layout too
 
 
 def test_buffers_kept_undoes_batch_norm_updates_in_training_mode(data):
