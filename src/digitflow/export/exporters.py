@@ -55,7 +55,8 @@ _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated\. Please switch to"
 
 
 @contextlib.contextmanager
-def _torchscript_deprecation_silenced() -> Iterator[None]:
+def torchscript_deprecation_silenced() -> Iterator[None]:
+    """Around our own TorchScript calls (export, load): torch 2.14's deprecation FutureWarning for them only."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         yield
@@ -141,7 +142,7 @@ def export_torchscript(
     _check_suffix(path, TORCHSCRIPT_SUFFIX, "TorchScript")
     example = _check_example(model, example)
     cpu_model = _cpu_eval_copy(model)
-    with _torchscript_deprecation_silenced():
+    with torchscript_deprecation_silenced():
         try:
             if mode == "script":
                 compiled = torch.jit.script(cpu_model)
@@ -214,7 +215,7 @@ def load_export(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], torch.
         if path.suffix == PROGRAM_SUFFIX:
             program: nn.Module = torch.export.load(str(path)).module()
             return program
-        with _torchscript_deprecation_silenced():
+        with torchscript_deprecation_silenced():
             scripted: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")
             return scripted.eval()
     except Exception as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,12 +19,9 @@ from pathlib import Path
 import torch
 
 from digitflow.errors import ConfigError, DigitflowError
+from digitflow.export.exporters import PROGRAM_SUFFIX, torchscript_deprecation_silenced
 from digitflow.export.metadata import PROGRAM_EXTRA_FILE, ModelMetadata, default_metadata, read
 from digitflow.fileio import one_line
-
-PROGRAM_SUFFIX = ".pt2"
-# torch 2.14 calls torch.jit.load deprecated (a FutureWarning); loading TorchScript is the point here
-_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated\. Please switch to"
 
 
 @dataclass(frozen=True)
@@ -76,8 +72,7 @@ def _load(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], ModelMeta
         module: Callable[[torch.Tensor], torch.Tensor] = torch.export.load(str(path), extra_files=extra).module()
         text = extra[PROGRAM_EXTRA_FILE]
         return module, ModelMetadata.from_json(text, str(path)) if text else None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+    with torchscript_deprecation_silenced():  # loading TorchScript is the point here
         scripted = torch.jit.load(str(path), map_location="cpu").eval()
     return scripted, read(scripted, str(path))
 

@@ -16,13 +16,13 @@ import torch
 from digitflow.errors import ConfigError, ExportError
 from digitflow.export import verifier
 from digitflow.export.exporters import (
-    _torchscript_deprecation_silenced,
     compare_latency,
     eager_logits,
     export_program,
     export_torchscript,
     load_export,
     measure_latency,
+    torchscript_deprecation_silenced,
     verify_export,
     verify_exports,
 )
@@ -206,7 +206,7 @@ def test_torchscript_deprecation_is_filtered_narrowly(model, tmp_path):
         warnings.simplefilter("always")
         export_torchscript(model, torch.rand(1, 1, 28, 28), tmp_path / "m.pt")
         load_export(tmp_path / "m.pt")
-        with _torchscript_deprecation_silenced():
+        with torchscript_deprecation_silenced():
             warnings.warn("some other future change", FutureWarning, stacklevel=1)
             warnings.warn("`torch.jit.script` is deprecated. Please switch to", DeprecationWarning, stacklevel=1)
     assert not any(w.category is FutureWarning and "torch.jit" in str(w.message) for w in caught)
