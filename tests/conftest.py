@@ -21,6 +21,21 @@ os.environ.pop("PREFECT_API_URL", None)  # never a user's real server
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their store explicitly
 os.environ["DIGITFLOW_PREFECT_SERVER_IDLE"] = "60"  # outlives the gaps between commands, not the session
 
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist (``make test``: two processes), each worker's torch and every command it starts
+    get the worker's share of the cores: ``OMP_NUM_THREADS``, set before torch is imported, as a user who
+    shares a machine would set it. Torch's default, a thread per core in each of two busy processes, left
+    their OpenMP threads spinning for each other: the suite took 8 min against 6 min 54 s with this (2 cores),
+    and its real-data runs 2-3x their time alone. A run's own sharing (digitflow.training.cpu_share) steps
+    aside for the variable; its tests set and clear it themselves. One process (TEST_WORKERS=0): untouched."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1 and not any(os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+_share_the_cores_among_workers()
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
