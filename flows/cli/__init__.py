@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from flows.cli import compare, gan, predict, promote, replay, run, sweep
+from flows.cli import compare, gan, predict, promote, replay, run, startup, sweep
 from flows.cli.options import OneLineErrorParser, setup_environment
 
 # one module per subcommand, in the order `digitflow --help` lists them
@@ -52,6 +52,7 @@ def command() -> None:
     registers its own, runs after all of them (Prefect's log and event drains run earlier still, at
     thread shutdown), flushes the standard streams and ends the process with main's exit status.
     """
+    startup.pause()  # the imports without the garbage collector, until the flow's are done (flows/cli/startup.py)
     status = [1]  # main's exit status; 1 if it raised (the traceback is printed before the hooks run)
 
     def exit_now() -> None:

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from digitflow.config.options import REQUIRED, Option
 from digitflow.errors import CheckpointError, ConfigError, DataError, DigitflowError
+from flows.cli.startup import imports_done
 from flows.interrupt import RunSignals
 from flows.local_server import use_local_server
 from reporting.logs import quiet_expected_errors
@@ -148,6 +149,7 @@ def run_flow(
             quiet_expected_errors(full_in_log=False)  # the CLI prints an expected error in full, last
             signals.replace_prefect_sigterm_handler()
             flow = load()
+            imports_done()  # the console script's collector, paused for the imports, back on
             if server is not None:
                 server.wait_ready()
             # Heartbeats serve a server's crash automation (the team setup's); the local server has none.

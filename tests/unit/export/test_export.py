@@ -225,8 +225,18 @@ def test_verifier_refuses_project_imports():
     imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
     # A relative import (no module) counts as "", which no allowed name matches.
     imported |= {(n.module or "").split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom)}
-    stdlib = {"contextlib", "importlib", "json", "os", "sys", "warnings", "__future__", "collections", "types"}
-    stdlib |= {"typing"}
+    stdlib = {
+        "contextlib",
+        "importlib",
+        "json",
+        "os",
+        "sys",
+        "warnings",
+        "__future__",
+        "collections",
+        "types",
+        "typing",
+    }
     assert imported <= {"torch", *stdlib}, imported  # torch + stdlib only
 
 
