@@ -36,6 +36,7 @@ from reporting.progress import run_logger
 from tasks.data import load_prepared
 from tasks.train import TrainedModel
 from tracking import runlog
+from tracking.races import retried_on_race
 from tracking.runs import child_run, image_signature, torch_requirement, without_save_checks
 from tracking.store import unwrap
 
@@ -266,5 +267,6 @@ def _register(
     for key, value in metrics.items():
         if "/class_" not in key:
             client.set_model_version_tag(name, version, key, f"{value:.4f}")
-    client.set_registered_model_alias(name, alias, version)
+    # two runs registering at once both find no alias row and both insert it: the second try moves it
+    retried_on_race(lambda: client.set_registered_model_alias(name, alias, version), table="registered_model_alias")
     return str(version)

@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
 
 from digitflow.errors import DigitflowError
+from tracking.races import retried_on_race
 
 DEFAULT_KEPT_DIR = Path("outputs") / "unlogged"
 
@@ -274,21 +275,11 @@ def log_image(image: Any, artifact_file: str) -> None:
         Image.fromarray(array.squeeze()).save(path)
 
 
-def log_input(dataset: Any, context: str, attempts: int = 3) -> None:
+def log_input(dataset: Any, context: str) -> None:
     """``mlflow.log_input``, tried again when another run logged the same dataset to the same experiment at
-    the same moment: MLflow's store looks the dataset up, then inserts it, so two runs that do this at once
-    race on the database's unique key (on PostgreSQL, in the team setup: ``UniqueViolation ... dataset_pk``,
-    a 400 to the client); the next try finds the dataset the other run made and links it to this run."""
-    for attempt in range(1, attempts + 1):
-        try:
-            mlflow.log_input(dataset, context=context)
-            return
-        except mlflow.MlflowException as exc:
-            text = str(exc)
-            raced = "dataset" in text and ("duplicate key" in text or "UNIQUE constraint failed" in text)
-            if not raced or attempt == attempts:
-                raise
-            time.sleep(0.2 * attempt)
+    the same moment (:mod:`tracking.races`: on PostgreSQL, in the team setup, ``UniqueViolation ... dataset_pk``);
+    the next try finds the dataset the other run made and links it to this run."""
+    retried_on_race(lambda: mlflow.log_input(dataset, context=context), table="dataset")
 
 
 def _leave_run() -> None:
