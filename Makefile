@@ -34,7 +34,7 @@ lint: setup ## ruff (lint + format check), mypy (strict on src/digitflow, basic 
 	exit $$status
 
 test: setup ## the whole test suite, real-data runs included (skipped without ../shared/data), on TEST_WORKERS processes
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(if $(filter-out 0,$(TEST_WORKERS)),--dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS)
 
 test-fast: setup ## unit, task and flow tests on tiny data only
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
