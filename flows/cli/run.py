@@ -52,9 +52,13 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
     """Check every option, then run :func:`flows.pipeline.pipeline` in this process."""
+    from digitflow.export.exporters import prestart_verifier
     from digitflow.params.run import build_config  # torch: only once the options parse
     from digitflow.training.data_parallel import check_data_parallel
 
+    # The export's verifier imports torch (3-3.5 s of one core) while this process imports the rest; started
+    # later, its imports ran into the first epoch on a warm run, whose start-up is shorter than that.
+    prestart_verifier()
     try:
         params = flow_parameters(args)
         # Check every option now, not minutes later inside the flow (and without a failed run in MLflow).
@@ -73,9 +77,6 @@ def execute(args: argparse.Namespace, argv: Sequence[str], parser: argparse.Argu
     exit_unless_tracking_server_answers(parser)
 
     def load() -> Callable[[], Any]:
-        from digitflow.export.exporters import prestart_verifier
-
-        prestart_verifier()  # the export's verifier imports torch on the other core while this process imports
         from flows.pipeline import pipeline  # imports Prefect and MLflow: only once the options are valid
 
         return functools.partial(pipeline, **params)

@@ -359,13 +359,17 @@ _waiting: subprocess.Popen[str] | None = None  # a verifier started ahead of its
 def prestart_verifier() -> None:
     """Start the verifier process now, so that its Python start and torch import (about 3.5 s of one
     core) overlap the run's other work instead of following the export; the next :func:`verify_exports`
-    of this process hands it its job. Does nothing if one is already waiting. A waiting verifier that
-    never gets a job is stopped when this process exits (or, killed, when the verifier sees its stdin close)."""
+    of this process hands it its job. If one is already waiting, only its exit hook moves to the end of the
+    list (see below). A waiting verifier that never gets a job is stopped when this process exits (or,
+    killed, when the verifier sees its stdin close)."""
     global _waiting
-    if _waiting is not None and _waiting.poll() is None:
-        return
-    _waiting = _start_verifier(["--wait"], cwd=tempfile.gettempdir(), stdin=subprocess.PIPE)
-    atexit.register(_stop_waiting, _waiting)  # still importing torch when this process ends: not left behind
+    if _waiting is None or _waiting.poll() is not None:
+        _waiting = _start_verifier(["--wait"], cwd=tempfile.gettempdir(), stdin=subprocess.PIPE)
+    # Exit hooks run last registered first, and one registered after this one may end the process without
+    # the rest (the CLI's interrupt handling, flows/interrupt.py): registered again with each call (the CLI's,
+    # then the flow's), it runs before those, and a Ctrl-C leaves no verifier behind.
+    atexit.unregister(_stop_waiting)
+    atexit.register(_stop_waiting, _waiting)
 
 
 def _stop_waiting(process: subprocess.Popen[str]) -> None:
