@@ -30,6 +30,7 @@ def _share_the_cores_among_workers() -> None:
     and its real-data runs 2-3x their time alone. A run's own sharing (digitflow.training.cpu_share) steps
     aside for the variable; its tests set and clear it themselves. One process (TEST_WORKERS=0): untouched."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    # cpu_share.USER_THREAD_SETTINGS, spelt out: importing that module would import torch before this runs
     if workers > 1 and not any(os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
         os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
 
